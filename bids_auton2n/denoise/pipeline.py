@@ -1,0 +1,314 @@
+"""The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion.
+
+Every caller (the single-image command, the Nipype interfaces, the benchmark) goes through
+:func:`denoise_array` or its file-level wrapper :func:`denoise_file`, so the steps and the
+provenance record are the same everywhere.
+
+References
+----------
+.. [1] Morell-Ortega S. et al. Auto-N2N: Self-supervised MRI denoising using synthetic pair
+   generation and mixture of experts. MIDL 2026 (under review).
+.. [2] Manjón J.V. et al. New methods for MRI denoising based on sparseness and
+   self-similarity. Med Image Anal 16:18-27, 2012.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .. import __version__
+from .experts import ExpertChoice, ExpertRegistry
+from .inference import cnn_denoise, resolve_device
+from .intensity import IntensityNormalizer, sanitize
+from .noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
+from .pairs import synthetic_pair
+from .rinlm import ri_nlm
+
+LOGGER = logging.getLogger("bids_auton2n.denoise")
+
+#: BIDS suffixes the app denoises; used to infer the contrast from a file name.
+CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
+
+
+class InputImageError(ValueError):
+    """An input image that cannot be denoised; the message names the file."""
+
+
+@dataclass
+class DenoiseResult:
+    """What :func:`denoise_array` produced and how."""
+
+    denoised: np.ndarray
+    noise: NoiseEstimate
+    noise_source: str
+    experts: list[ExpertChoice]
+    weights_sha256: dict[str, str]
+    tta: bool
+    fusion: bool
+    rician: bool
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def provenance(self) -> dict:
+        """JSON-serialisable record for sidecars and reports."""
+        return {
+            "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "Experts": [
+                {"NoiseLevelPercent": c.level, "Weight": c.weight,
+                 "SHA256": self.weights_sha256[_level_key(c.level)]}
+                for c in self.experts
+            ],
+            "TestTimeAugmentation": self.tta,
+            "RINLMFusion": self.fusion,
+            "RicianNoiseModel": self.rician,
+            "Device": self.device,
+            "TimingsSeconds": {k: round(v, 3) for k, v in self.timings.items()},
+            "SoftwareName": "bids-auton2n",
+            "SoftwareVersion": __version__,
+        }
+
+
+def _level_key(level: float) -> str:
+    return f"{level:g}"
+
+
+@contextmanager
+def _stage(name: str, timings: dict, progress: bool):
+    if progress:
+        LOGGER.info("%s ...", name)
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    if progress:
+        LOGGER.info("%s done in %.1f s", name, timings[name])
+
+
+def denoise_array(
+    x: np.ndarray,
+    *,
+    contrast: str = "T1w",
+    mask: np.ndarray | None = None,
+    noise_level: float | None = None,
+    expert: float | None = None,
+    blend: bool = False,
+    tta: bool = True,
+    fusion: bool = True,
+    device: str = "auto",
+    rician: bool = True,
+    registry: ExpertRegistry | None = None,
+    progress: bool = False,
+) -> DenoiseResult:
+    """Denoise one 3D volume with the Auto-N2N mixture of experts.
+
+    Parameters
+    ----------
+    x : ndarray, 3D
+        Noisy magnitude image in its own units. Non-finite voxels are left as they are.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue for the noise percentage (BrainWeb convention).
+    mask : ndarray of bool, optional
+        Head foreground; estimated with :func:`~.noise.head_mask` when omitted.
+    noise_level : float, optional
+        Noise in percent of the reference tissue; skips the estimate when given.
+    expert : float, optional
+        Expert level (percent) to use instead of the one nearest to the noise level.
+    blend : bool
+        Blend the two experts bracketing the noise level instead of picking the nearest.
+    tta : bool
+        Average the identity and the three axis flips.
+    fusion : bool
+        Average the CNN output with the RI-NLM filter guided by it (the paper's final image).
+    device : {"auto", "cpu", "cuda"}
+    rician : bool
+        Treat the data as Rician magnitude (bias-corrected RI-NLM); ``False`` for Gaussian.
+    registry : ExpertRegistry, optional
+        Where the expert weights come from (default: the experts shipped with the package).
+    progress : bool
+        Log each stage and show progress bars on long ones.
+
+    Returns
+    -------
+    DenoiseResult
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    finite, nonfinite = sanitize(x)
+    if mask is None:
+        mask = head_mask(finite)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != finite.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {finite.shape}")
+
+    if noise_level is None:
+        noise = estimate_array_noise(finite, contrast=contrast, mask=mask, timings=timings,
+                                     progress=progress)
+        noise_source = "estimated"
+    else:
+        if not np.isfinite(noise_level) or noise_level < 0:
+            raise ValueError(f"noise level must be a non-negative percentage, got {noise_level}")
+        reference = reference_intensity(finite, mask, contrast)
+        noise = NoiseEstimate(
+            sigma=noise_level / 100.0 * reference.intensity,
+            percent=float(noise_level),
+            reference_tissue=reference.name,
+            reference_intensity=reference.intensity,
+            raw_std=float("nan"),
+            n_voxels=int(mask.sum()),
+        )
+        noise_source = "user"
+
+    registry = registry or ExpertRegistry()
+    choices = [ExpertChoice(level=float(expert), weight=1.0)] if expert is not None \
+        else registry.select(noise.percent, blend=blend)
+    torch_device = resolve_device(device)
+    models = [(registry.load(c.level, torch_device), c.weight) for c in choices]
+    normalizer = IntensityNormalizer(noise.reference_intensity)
+
+    with _stage("cnn", timings, progress):
+        cnn = normalizer.inverse(cnn_denoise(
+            normalizer.forward(finite), models, tta=tta, device=torch_device, mask=mask,
+            progress=progress,
+        ))
+    if fusion:
+        with _stage("rinlm", timings, progress):
+            guided = ri_nlm(finite, cnn, noise.sigma, rician=rician, mask=mask)
+        denoised = 0.5 * (cnn + guided)
+    else:
+        denoised = cnn
+    denoised = denoised.astype(np.float32, copy=False)
+    denoised[nonfinite] = np.asarray(x, dtype=np.float32)[nonfinite]
+    timings["total"] = time.perf_counter() - start
+    return DenoiseResult(
+        denoised=denoised,
+        noise=noise,
+        noise_source=noise_source,
+        experts=choices,
+        weights_sha256={_level_key(c.level): registry.sha256(c.level) for c in choices},
+        tta=tta,
+        fusion=fusion,
+        rician=rician,
+        device=str(torch_device),
+        timings=timings,
+    )
+
+
+def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
+                         timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
+    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
+    timings = {} if timings is None else timings
+    with _stage("pairs", timings, progress):
+        pair = synthetic_pair(finite, mask=mask)
+    with _stage("estimate", timings, progress):
+        return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
+
+
+def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
+    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``."""
+    stem = Path(path).name.split(".")[0]
+    suffix = stem.rsplit("_", 1)[-1]
+    return suffix if suffix in CONTRASTS else default
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a 3D NIfTI image, refusing what cannot be denoised.
+
+    A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
+    (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
+    multi-volume 4D image, and an image with no finite or no non-zero voxel.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputImageError(f"{path}: not a readable NIfTI image ({exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputImageError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+    elif len(shape) == 4:
+        raise InputImageError(
+            f"{path}: 4D image with {shape[3]} volumes; select one first, e.g. "
+            f"`python -c \"import nibabel as nb; nb.load('{path.name}').slicer[..., 0]"
+            f".to_filename('vol0.nii.gz')\"`"
+        )
+    if len(img.shape) != 3 or min(img.shape) < 2:
+        raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputImageError(f"{path}: image data cannot be read ({exc})") from None
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise InputImageError(f"{path}: image has no finite voxel (all NaN/Inf)")
+    if not np.any(data[finite]):
+        raise InputImageError(f"{path}: image is all zeros")
+    return img
+
+
+def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
+    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms)."""
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
+    out.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    out.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    out.header.set_slope_inter(1.0, 0.0)
+    out.to_filename(str(out_file))
+
+
+def _read_inputs(in_file, mask_file):
+    img = load_volume(in_file)
+    mask = None
+    if mask_file is not None:
+        mask_img = load_volume(mask_file)
+        if mask_img.shape != img.shape:
+            raise InputImageError(
+                f"{mask_file}: mask shape {mask_img.shape} differs from image shape {img.shape}")
+        mask = np.asanyarray(mask_img.dataobj) > 0
+    return img, np.asarray(img.get_fdata(dtype=np.float32)), mask
+
+
+def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,
+                        mask_file: str | Path | None = None) -> NoiseEstimate:
+    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`)."""
+    _, data, mask = _read_inputs(in_file, mask_file)
+    finite, _ = sanitize(data)
+    if mask is None:
+        mask = head_mask(finite)
+    return estimate_array_noise(finite, contrast=contrast or contrast_from_filename(in_file),
+                                mask=mask)
+
+
+def denoise_file(
+    in_file: str | Path,
+    out_file: str | Path,
+    *,
+    contrast: str | None = None,
+    mask_file: str | Path | None = None,
+    noise_map: str | Path | None = None,
+    **kwargs,
+) -> DenoiseResult:
+    """Denoise a NIfTI file and write the result (and optionally input − output).
+
+    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none); the other
+    keyword arguments are those of :func:`denoise_array`.
+    """
+    img, data, mask = _read_inputs(in_file, mask_file)
+    result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
+                           mask=mask, **kwargs)
+    save_like(result.denoised, img, out_file)
+    if noise_map is not None:
+        save_like(np.nan_to_num(data - result.denoised), img, noise_map)
+    return result
