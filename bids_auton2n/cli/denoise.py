@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,8 +15,16 @@ from .. import __version__
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT = 64, 65, 66, 70, 73
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with EX_USAGE (64), as the BIDS execution specification asks."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bids_auton2n-denoise",
         description="Denoise a 3D anatomical MRI (T1w, T2w, FLAIR, PDw) with the Auto-N2N mixture "
                     "of experts fused with RI-NLM. The input header and affine are kept.",
@@ -70,6 +79,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _unwritable(path: Path | None) -> str | None:
+    """Why ``path`` cannot be written, checked before any work is done."""
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{path}: output folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"{path}: output folder {folder} is not writable"
+    return None
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
@@ -84,6 +105,11 @@ def run(argv: list[str] | None = None) -> int:
     from ..denoise.pipeline import (
         InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
     )
+
+    for target in (opts.out_file, opts.sidecar, opts.noise_map):
+        problem = _unwritable(target)
+        if problem:
+            return _fail(problem, EX_CANTCREAT)
 
     contrast = opts.contrast or contrast_from_filename(opts.in_file)
     try:
@@ -109,7 +135,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(exc), code)
     except ExpertWeightsError as exc:
         return _fail(str(exc), EX_SOFTWARE)
-    except PermissionError as exc:
+    except OSError as exc:
         return _fail(f"{exc.filename}: cannot write ({exc.strerror})", EX_CANTCREAT)
     except ValueError as exc:
         return _fail(f"{opts.in_file}: {exc}", EX_DATAERR)
