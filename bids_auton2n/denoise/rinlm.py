@@ -51,7 +51,9 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 __all__ = ["ri_nlm"]
 
@@ -59,39 +61,41 @@ _F32 = np.float32
 _ZERO, _HALF, _ONE = _F32(0.0), _F32(0.5), _F32(1.0)
 _MAX_DISTANCE = _F32(10.0)
 _LOG2E = _F32(1.4426950408889634)
-# Cody-Waite split of ln 2: n * _LN2_HI is exact in float32 for the n <= 15 used here.
+# Cody-Waite split of ln 2: n * _LN2_HI is exact in float32 for the small n used here.
 _LN2_HI = _F32(0.693359375)
 _LN2_LO = _F32(-2.12194440e-4)
 _INV_FACT = tuple(_F32(1.0 / f) for f in (2, 6, 24, 120, 720, 5040))
-_P2, _P4, _P8 = _F32(0.25), _F32(2.0**-4), _F32(2.0**-8)
-_TWO, _FOUR, _EIGHT = _F32(2.0), _F32(4.0), _F32(8.0)
 
 # Rows of output per parallel work item (see module docstring for the cache budget).
 _TILE_ROWS = 16
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bits are the low 32 bits of an integer (LLVM bitcast)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low_bits = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low_bits, context.get_value_type(types.float32))
+
+    return types.float32(bits), codegen
+
+
 @njit(fastmath=True, cache=True)
 def _exp_neg(d):
-    """``exp(-d)`` for ``0 <= d <= ~11`` in float32, branch-free so loops vectorise.
+    """``exp(-d)`` in float32 for ``0 <= d <= 80``, branch-free so loops vectorise.
 
-    ``d = n ln2 + r`` with integer ``n`` and ``|r| <= ln2 / 2``; ``exp(-r)`` by a
-    degree-7 Taylor polynomial (relative error < 1e-7) and ``2^-n`` as a product of
-    selected powers of two (exact for ``0 <= n <= 15``).
+    ``d = n ln2 + r`` with integer ``n`` and ``|r| <= ln2 / 2``: ``exp(-r)`` by a
+    degree-7 Taylor polynomial (relative error < 1e-7) times ``2^-n`` built from its
+    IEEE-754 bits (numba has no vectorised ``exp`` without Intel SVML).
     """
     n = np.floor(d * _LOG2E + _HALF)
     u = n * _LN2_HI - d + n * _LN2_LO  # u = -r
     c2, c3, c4, c5, c6, c7 = _INV_FACT
     p = _ONE + u * (_ONE + u * (c2 + u * (c3 + u * (c4 + u * (c5 + u * (c6 + u * c7))))))
-    big = n >= _EIGHT
-    p = p * (_P8 if big else _ONE)
-    n = n - (_EIGHT if big else _ZERO)
-    big = n >= _FOUR
-    p = p * (_P4 if big else _ONE)
-    n = n - (_FOUR if big else _ZERO)
-    big = n >= _TWO
-    p = p * (_P2 if big else _ONE)
-    n = n - (_TWO if big else _ZERO)
-    return p * (_HALF if n >= _ONE else _ONE)
+    return p * _float32_from_bits((127 - np.int32(n)) << 23)
 
 
 @njit(fastmath=True, cache=True)
