@@ -1,0 +1,222 @@
+"""Command line of the BIDS-App: builds the argument parser and fills :mod:`~bids_auton2n.config`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..utils.bids import EXIT_NOINPUT, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, BIDSAppError
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the BIDS execution-spec exit code for usage errors (64, not 2)."""
+
+    def error(self, message):
+        raise BIDSAppError(f"{self.prog}: error: {message}", EXIT_USAGE)
+
+
+def _drop_sub(value: str) -> str:
+    return value.removeprefix("sub-")
+
+
+def _drop_ses(value: str) -> str:
+    return value.removeprefix("ses-")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return number
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from ..config import DEFAULT_SUFFIXES
+
+    parser = _Parser(
+        prog="bids_auton2n",
+        description=(
+            f"bids-auton2n {__version__}: self-supervised denoising of anatomical MRI "
+            "(T1w, T2w, FLAIR, PDw) with the Auto-N2N mixture of 3D CNN experts fused with "
+            "RI-NLM, as a BIDS-App. Run the participant level first, then the group level "
+            "on the same output directory."
+        ),
+        epilog=(
+            "Exit codes (BIDS execution specification): 0 success; 1 some images failed "
+            "(the others are written, see the report); 16 input failed BIDS validation; 17 "
+            "unknown analysis level; 18 the participant/session/filter selection matched "
+            "nothing; 64 usage error; 66 missing input (dataset, filter file, expert "
+            "weights); 73 the output directory cannot be created. "
+            "No telemetry: bids-auton2n never sends usage data anywhere."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument(
+        "output_dir", type=Path,
+        help="output (derivatives) directory; must not be inside bids_dir except under "
+        "bids_dir/derivatives/",
+    )
+    parser.add_argument(
+        "analysis_level", metavar="{participant,group}",
+        help="participant: denoise the selected images; group: QC table and report over "
+        "everything denoised in output_dir",
+    )
+    parser.add_argument("--version", action="version", version=f"bids-auton2n {__version__}")
+
+    g_bids = parser.add_argument_group("Selecting the inputs")
+    g_bids.add_argument(
+        "--participant-label", "--participant_label", nargs="+", type=_drop_sub, default=[],
+        metavar="LABEL", help="participants to process (with or without 'sub-'); default all",
+    )
+    g_bids.add_argument(
+        "--session-label", "--session_label", nargs="+", type=_drop_ses, default=[],
+        metavar="LABEL", help="sessions to process (with or without 'ses-'); default all",
+    )
+    g_bids.add_argument(
+        "--bids-filter-file", type=Path, metavar="FILE",
+        help="JSON file of pybids entity filters for the anatomical query, e.g. "
+        '{"acquisition": "mprage", "run": [1]} (fMRIPrep-style {"t1w": {...}} also works)',
+    )
+    g_bids.add_argument(
+        "--suffix", nargs="+", choices=DEFAULT_SUFFIXES, default=list(DEFAULT_SUFFIXES),
+        help="anatomical suffixes to denoise",
+    )
+    g_bids.add_argument(
+        "--skip-bids-validation", "--skip_bids_validation", action="store_true",
+        help="do not check file names against the BIDS specification (the check is offline "
+        "and needs no Node.js validator)",
+    )
+
+    g_den = parser.add_argument_group("Denoising")
+    g_den.add_argument("--device", default="auto",
+                       help="torch device: auto (CUDA if available), cpu, cuda or cuda:N")
+    g_den.add_argument("--no-tta", dest="tta", action="store_false",
+                       help="skip the flip test-time augmentation (4x faster CNN stage)")
+    g_den.add_argument("--no-fusion", dest="fusion", action="store_false",
+                       help="skip the RI-NLM fusion (output the CNN mixture only)")
+    g_den.add_argument("--noise-level", type=_non_negative_float, metavar="PERCENT",
+                       help="use this noise level (percent of the reference tissue) "
+                       "instead of estimating it")
+    g_den.add_argument("--expert", type=_positive_float, metavar="PERCENT",
+                       help="use the expert trained at this noise level instead of the "
+                       "nearest to the estimate")
+    g_den.add_argument("--blend-experts", dest="blend", action="store_true",
+                       help="blend the two experts bracketing the noise level")
+    g_den.add_argument("--finetune", action="store_true",
+                       help="fine-tune the selected expert on this dataset (self-supervised, "
+                       "shared by all images of the run) before denoising")
+    g_den.add_argument("--finetune-budget", type=_positive_float, default=600.0,
+                       metavar="SECONDS", help="time budget of --finetune")
+    g_den.add_argument("--write-noise-map", action="store_true",
+                       help="also write the residual (input - denoised) as desc-noise")
+    g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
+
+    g_perf = parser.add_argument_group("Performance and execution")
+    g_perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+                        help="Nipype working directory; re-running with the same one "
+                        "resumes and skips finished steps")
+    g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=_positive_int,
+                        default=os.cpu_count() or 1, help="maximum number of processes")
+    g_perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
+                        help="threads per process (torch, numba); default min(nprocs, 8)")
+    g_perf.add_argument("--mem-gb", "--mem", type=_positive_float, metavar="GB",
+                        help="memory limit for the MultiProc scheduler")
+    g_perf.add_argument("--use-plugin", type=Path, metavar="FILE",
+                        help="Nipype plugin YAML, e.g. {plugin: SLURM, plugin_args: {...}}")
+    g_perf.add_argument("--stop-on-first-crash", action="store_true",
+                        help="stop at the first failing step instead of finishing the "
+                        "other images")
+    g_perf.add_argument("--reports-only", action="store_true",
+                        help="only (re)build the reports from an earlier run's outputs")
+    g_perf.add_argument("--notrack", action="store_true",
+                        help="accepted for compatibility with NiPreps; bids-auton2n has no "
+                        "telemetry at all, so this changes nothing")
+    g_perf.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                        help="more log messages (-vv for debug)")
+    return parser
+
+
+def parse_args(args=None) -> None:
+    """Parse ``args`` and fill :mod:`bids_auton2n.config`.
+
+    Raises
+    ------
+    BIDSAppError
+        Usage errors (64), unknown analysis level (17), missing filter/plugin files (66).
+    """
+    import yaml
+
+    from .. import config
+    from ..utils.bids import load_bids_filters
+
+    opts = _build_parser().parse_args(args)
+    if opts.analysis_level not in ANALYSIS_LEVELS:
+        raise BIDSAppError(
+            f"unknown analysis level {opts.analysis_level!r} "
+            f"(choose {' or '.join(ANALYSIS_LEVELS)})",
+            EXIT_UNKNOWN_LEVEL,
+        )
+    config.reset()
+    execution, settings, nipype = config.execution, config.workflow, config.nipype
+    execution.bids_dir = opts.bids_dir.absolute()
+    execution.output_dir = opts.output_dir.absolute()
+    execution.work_dir = opts.work_dir.absolute()
+    execution.analysis_level = opts.analysis_level
+    execution.participant_label = sorted(set(opts.participant_label))
+    execution.session_label = sorted(set(opts.session_label))
+    execution.suffixes = list(dict.fromkeys(opts.suffix))
+    execution.skip_bids_validation = opts.skip_bids_validation
+    execution.reports_only = opts.reports_only
+    execution.verbosity = opts.verbosity
+    experts_dir = opts.experts_dir or os.getenv(config.EXPERTS_DIR_ENV)
+    execution.experts_dir = Path(experts_dir).absolute() if experts_dir else None
+    if opts.bids_filter_file:
+        execution.bids_filters = load_bids_filters(opts.bids_filter_file)
+
+    settings.device = opts.device
+    settings.tta = opts.tta
+    settings.fusion = opts.fusion
+    settings.noise_level = opts.noise_level
+    settings.expert = opts.expert
+    settings.blend = opts.blend
+    settings.finetune = opts.finetune
+    settings.finetune_budget_s = opts.finetune_budget
+    settings.write_noise_map = opts.write_noise_map
+    if opts.expert is not None and opts.blend:
+        raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)
+
+    nipype.nprocs = opts.nprocs
+    nipype.omp_nthreads = min(opts.omp_nthreads or min(opts.nprocs, 8), opts.nprocs)
+    nipype.mem_gb = opts.mem_gb
+    nipype.stop_on_first_crash = opts.stop_on_first_crash
+    if opts.use_plugin:
+        if not opts.use_plugin.is_file():
+            raise BIDSAppError(f"{opts.use_plugin}: plugin file does not exist", EXIT_NOINPUT)
+        try:
+            plugin = yaml.safe_load(opts.use_plugin.read_text())
+        except yaml.YAMLError as exc:
+            raise BIDSAppError(f"{opts.use_plugin}: not valid YAML ({exc})", EXIT_USAGE) from None
+        if not isinstance(plugin, dict) or "plugin" not in plugin:
+            raise BIDSAppError(
+                f"{opts.use_plugin}: must be a YAML mapping with a 'plugin' key", EXIT_USAGE)
+        nipype.plugin = plugin["plugin"]
+        nipype.plugin_args = dict(plugin.get("plugin_args") or {})

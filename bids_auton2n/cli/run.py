@@ -1,0 +1,210 @@
+"""Entry point of the BIDS-App (``bids_auton2n bids_dir output_dir {participant,group}``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..utils.bids import (
+    EXIT_CANTCREAT,
+    EXIT_FAILURE,
+    EXIT_NOINPUT,
+    BIDSAppError,
+)
+
+LOGGER = logging.getLogger("bids_auton2n")
+
+
+def main(argv=None) -> int:
+    """Run the app; returns the exit code (BIDS execution specification)."""
+    from .. import config
+    from .parser import parse_args
+
+    try:
+        parse_args(argv)
+        logging.basicConfig(
+            level=max(logging.DEBUG, logging.WARNING - 10 * (config.execution.verbosity + 1)),
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        )
+        if config.execution.analysis_level == "group":
+            return run_group()
+        return run_participant()
+    except BIDSAppError as exc:
+        print(f"bids_auton2n: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _prepare_output(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "logs").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise BIDSAppError(f"{output_dir}: cannot create the output directory ({exc})",
+                           EXIT_CANTCREAT) from None
+
+
+def _check_experts(experts_dir) -> None:
+    """Fail before building anything when the expert weights are missing or corrupt."""
+    from ..denoise.experts import ExpertRegistry, ExpertWeightsError
+
+    try:
+        registry = ExpertRegistry(experts_dir)
+        for level in registry.levels:
+            if not registry.path(level).is_file():
+                raise ExpertWeightsError(f"{registry.path(level)}: expert weights missing")
+    except ExpertWeightsError as exc:
+        raise BIDSAppError(f"expert weights unavailable: {exc}", EXIT_NOINPUT) from None
+
+
+def run_participant() -> int:
+    """Denoise the selected images; reports and status are written even when a run fails."""
+    from nipype import config as nipype_config
+
+    from .. import config
+    from ..reports.core import generate_reports, write_boilerplate
+    from ..utils.bids import (
+        check_paths,
+        collect_anatomicals,
+        make_layout,
+        validate_dataset,
+        write_derivative_description,
+    )
+
+    execution = config.execution
+    check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    if not execution.skip_bids_validation:
+        validate_dataset(execution.bids_dir)
+    _prepare_output(execution.output_dir)
+
+    if execution.reports_only:
+        subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
+        if execution.participant_label:
+            subjects = [s for s in subjects if s in execution.participant_label]
+        failed_reports = generate_reports(subjects, execution.output_dir, execution.run_uuid)
+        print(f"Reports written in {execution.output_dir}")
+        return EXIT_FAILURE if failed_reports else 0
+
+    layout = make_layout(execution.bids_dir)
+    subjects = collect_anatomicals(
+        layout,
+        participant_label=execution.participant_label,
+        session_label=execution.session_label,
+        suffixes=execution.suffixes,
+        bids_filters=execution.bids_filters,
+    )
+    _check_experts(execution.experts_dir)
+    from ..workflows.base import init_auton2n_wf
+
+    workflow = init_auton2n_wf(layout=layout, subjects=subjects)
+    run_dir = execution.work_dir / "runs" / execution.run_uuid
+    config.to_filename(run_dir / "config.json")
+    nipype_config.update_config({
+        "execution": {
+            "crashfile_format": "txt",
+            "stop_on_first_crash": config.nipype.stop_on_first_crash,
+            "remove_unnecessary_outputs": False,
+            "create_report": False,
+            "get_linked_libs": False,
+        },
+        "monitoring": {"enabled": False},
+    })
+    sources = sorted(f for files in subjects.values() for f in files)
+    write_derivative_description(execution.bids_dir, execution.output_dir)
+    crashed = None
+    try:
+        workflow.run(**config.nipype.get_plugin())
+    except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
+        crashed = exc
+    finally:
+        status = _image_status(sources, execution.output_dir, execution.bids_dir,
+                               execution.run_uuid)
+        status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
+        status_file.write_text(json.dumps(status, indent=2))
+        write_boilerplate(execution.output_dir, config.to_dict()["workflow"])
+        failures = {}
+        for record in status:
+            if record["status"] != "success":
+                failures.setdefault(record["subject"], []).append(Path(record["source"]).name)
+        failed_reports = generate_reports(
+            sorted({r["subject"] for r in status}), execution.output_dir, execution.run_uuid,
+            failures=failures,
+        )
+    n_failed = sum(len(v) for v in failures.values())
+    print(f"Denoised {len(status) - n_failed} of {len(status)} image(s); "
+          f"reports in {execution.output_dir}/sub-<label>.html")
+    if n_failed or crashed is not None or failed_reports:
+        for subject, names in failures.items():
+            print(f"FAILED sub-{subject}: {', '.join(names)} (details in "
+                  f"{execution.output_dir}/sub-{subject}.html)", file=sys.stderr)
+        if crashed is not None and not n_failed:
+            print(f"bids_auton2n: workflow error: {crashed}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def derivative_path(source: str, bids_dir: Path, output_dir: Path, desc: str = "denoised") -> Path:
+    """Where the derivative of ``source`` lands (``desc`` is the last entity in BIDS)."""
+    relative = Path(source).absolute().relative_to(Path(bids_dir).absolute())
+    stem = relative.name.split(".")[0]
+    entities, suffix = stem.rsplit("_", 1)
+    return Path(output_dir) / relative.parent / f"{entities}_desc-{desc}_{suffix}.nii.gz"
+
+
+def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> list[dict]:
+    """Success/failure of every planned image, failures with the error from its crash file."""
+    from ..workflows.base import image_workflow_name
+
+    records = []
+    for source in sources:
+        subject = Path(source).name.split("_")[0][4:]
+        crash_dir = Path(output_dir) / f"sub-{subject}" / "log" / run_uuid
+        marker = f".{image_workflow_name(source)}."
+        error = None
+        for crash in sorted(crash_dir.glob("crash-*.txt")):
+            text = crash.read_text(errors="replace")
+            if marker in text:
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+                error = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])
+                break
+        derivative = derivative_path(source, bids_dir, output_dir)
+        ok = error is None and derivative.is_file()
+        records.append({
+            "source": str(Path(source).absolute().relative_to(Path(bids_dir).absolute())),
+            "subject": subject,
+            "derivative": str(derivative.relative_to(output_dir)) if ok else None,
+            "status": "success" if ok else "failed",
+            "error": None if ok else (error or "not run (an earlier step or the run stopped)"),
+            "run_uuid": run_uuid,
+        })
+    return records
+
+
+def run_group() -> int:
+    """Group level: IQM table and group report over all images in the output directory."""
+    from .. import config
+    from ..workflows.group import run_group_level
+
+    execution = config.execution
+    check_output = execution.output_dir / "dataset_description.json"
+    if not check_output.is_file():
+        raise BIDSAppError(
+            f"{execution.output_dir}: no participant-level outputs (run the participant "
+            "level first)", EXIT_NOINPUT)
+    from ..utils.bids import check_paths
+
+    check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    tsv, html, n_failed = run_group_level(
+        bids_dir=execution.bids_dir,
+        output_dir=execution.output_dir,
+        work_dir=execution.work_dir,
+        participant_label=execution.participant_label,
+        plugin=config.nipype.get_plugin(),
+    )
+    print(f"Group table: {tsv}\nGroup report: {html}")
+    return EXIT_FAILURE if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Settings of one run of the BIDS-App.
+
+Read only by the command line (:mod:`bids_auton2n.cli`) and the top workflow builder
+(:func:`bids_auton2n.workflows.base.init_auton2n_wf`); every other builder takes keyword
+arguments. The sections mirror fMRIPrep's ``config`` module: ``execution`` (paths,
+selection, the run identifier), ``workflow`` (what the denoiser does) and ``nipype``
+(how Nipype executes it). :func:`to_filename` stores them in the work directory so a run
+can be inspected and repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+#: Anatomical BIDS suffixes the app denoises by default.
+DEFAULT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
+
+#: Environment variable naming a directory of expert weights (``manifest.json`` + files)
+#: to use instead of the shipped experts; meant for tests and expert development.
+EXPERTS_DIR_ENV = "BIDS_AUTON2N_EXPERTS_DIR"
+
+
+def _new_run_uuid() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}_{uuid.uuid4()}"
+
+
+@dataclass
+class ExecutionSettings:
+    """Paths, input selection and run identity."""
+
+    bids_dir: Path | None = None
+    output_dir: Path | None = None
+    work_dir: Path = field(default_factory=lambda: Path("work").absolute())
+    analysis_level: str = "participant"
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    bids_filters: dict = field(default_factory=dict)
+    suffixes: list[str] = field(default_factory=lambda: list(DEFAULT_SUFFIXES))
+    skip_bids_validation: bool = False
+    reports_only: bool = False
+    experts_dir: Path | None = None
+    run_uuid: str = field(default_factory=_new_run_uuid)
+    verbosity: int = 0
+
+
+@dataclass
+class WorkflowSettings:
+    """What the denoiser does to every image."""
+
+    device: str = "auto"
+    tta: bool = True
+    fusion: bool = True
+    noise_level: float | None = None
+    expert: float | None = None
+    blend: bool = False
+    finetune: bool = False
+    finetune_budget_s: float = 600.0
+    write_noise_map: bool = False
+
+
+@dataclass
+class NipypeSettings:
+    """How Nipype runs the workflow."""
+
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    stop_on_first_crash: bool = False
+
+    def get_plugin(self) -> dict:
+        """Plugin name and arguments for :meth:`nipype.pipeline.engine.Workflow.run`."""
+        args = dict(self.plugin_args)
+        if self.plugin in ("MultiProc", "LegacyMultiProc"):
+            args.setdefault("n_procs", self.nprocs)
+            if self.mem_gb:
+                args.setdefault("memory_gb", self.mem_gb)
+            args.setdefault("raise_insufficient", False)
+            args.setdefault("maxtasksperchild", 1)
+        return {"plugin": self.plugin, "plugin_args": args}
+
+
+execution = ExecutionSettings()
+workflow = WorkflowSettings()
+nipype = NipypeSettings()
+
+
+def reset() -> None:
+    """Restore defaults (a fresh run identifier included)."""
+    global execution, workflow, nipype
+    execution, workflow, nipype = ExecutionSettings(), WorkflowSettings(), NipypeSettings()
+
+
+def to_dict() -> dict:
+    """All settings as JSON-serialisable sections."""
+    def clean(section):
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(section).items()}
+
+    return {"execution": clean(execution), "workflow": clean(workflow), "nipype": clean(nipype)}
+
+
+def to_filename(path: str | Path) -> Path:
+    """Write the settings to ``path`` (JSON) and return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(), indent=2, default=str))
+    return path

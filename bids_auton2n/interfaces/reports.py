@@ -1,0 +1,62 @@
+"""Reportlets of the per-subject report (summary fragments; figures come from niworkflows)."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _SummaryInputSpec(BaseInterfaceInputSpec):
+    provenance_json = File(exists=True, mandatory=True, desc="DenoiseProvenance output")
+
+
+class _SummaryOutputSpec(TraitedSpec):
+    out_report = File(exists=True, desc="HTML fragment for the nireports assembler")
+
+
+class DenoiseSummary(SimpleInterface):
+    """HTML fragment stating the noise estimate, the experts and the options that ran.
+
+    Like fMRIPrep's ``SubjectSummary``, the fragment is an ``.html`` reportlet that the
+    nireports assembler inlines in ``sub-<label>.html``.
+    """
+
+    input_spec = _SummaryInputSpec
+    output_spec = _SummaryOutputSpec
+
+    def _run_interface(self, runtime):
+        record = json.loads(Path(self.inputs.provenance_json).read_text())
+        noise = record["NoiseEstimate"]
+        experts = ", ".join(
+            f"{e['NoiseLevelPercent']:g} % (weight {e['Weight']:.2f})" for e in record["Experts"]
+        )
+        items = [
+            ("Source", record["Sources"][0]),
+            ("Noise level", f"{noise['percent']:.2f} % of the {noise['reference_tissue']} "
+                            f"intensity (&sigma; = {noise['sigma']:.4g} image units, "
+                            f"{noise['Source']})"),
+            ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
+                          + (", fine-tuned on this dataset" if record["FineTuned"] else "")),
+            ("Test-time augmentation", "flips (4 passes)" if record["TestTimeAugmentation"]
+             else "off"),
+            ("RI-NLM fusion", "on" if record["RINLMFusion"] else "off"),
+            ("Device", record["Device"]),
+            ("Runtime", f"{record['TimingsSeconds']['total']:.1f} s"),
+        ]
+        rows = "\n".join(
+            f"\t\t<li><strong>{escape(key)}:</strong> {value if key != 'Source' else escape(value)}</li>"
+            for key, value in items
+        )
+        out_report = Path(runtime.cwd) / "summary.html"
+        out_report.write_text(f'<h3 class="elem-title">Denoising summary</h3>\n\t<ul class="elem-desc">\n{rows}\n\t</ul>\n')
+        self._results["out_report"] = str(out_report)
+        return runtime

@@ -1,0 +1,138 @@
+"""Assembly of the participant reports (nireports) and of the methods boilerplate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+
+SPEC = Path(__file__).parent.parent / "data" / "reports-spec.yml"
+
+REFERENCES = """\
+1. Morell-Ortega S., et al. Auto-N2N: Self-supervised MRI denoising using synthetic pair
+   generation and mixture of experts. MIDL 2026 (under review).
+2. Manjón J.V., Coupé P., Buades A., Collins D.L., Robles M. New methods for MRI denoising
+   based on sparseness and self-similarity. Medical Image Analysis 16(1):18-27, 2012.
+   doi:10.1016/j.media.2011.04.003
+3. Gorgolewski K., et al. Nipype: a flexible, lightweight and extensible neuroimaging data
+   processing framework in Python. Frontiers in Neuroinformatics 5:13, 2011.
+   doi:10.3389/fninf.2011.00013
+4. Gorgolewski K.J., et al. BIDS apps: Improving ease of use, accessibility, and
+   reproducibility of neuroimaging data analysis methods. PLoS Comput Biol 13(3):e1005420,
+   2017. doi:10.1371/journal.pcbi.1005420
+"""
+
+
+def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
+    """Write ``logs/CITATION.md``: a methods paragraph stating exactly what ran.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Derivatives root.
+    workflow_settings : dict
+        :func:`bids_auton2n.config.to_dict` ``["workflow"]`` of the run.
+    """
+    s = workflow_settings
+    if s["noise_level"] is not None:
+        noise = f"The noise level was set by the user to {s['noise_level']:g} %"
+    else:
+        noise = (
+            "The noise level of each image was estimated from the difference between the "
+            "image and a synthetic second realization built by non-local patch matching "
+            "(Auto-N2N [1]), as a standard deviation in image units and as a percentage of "
+            "the intensity of the reference tissue (white matter for T1w and FLAIR, "
+            "cerebrospinal fluid for T2w and PDw)"
+        )
+    if s["expert"] is not None:
+        experts = f"the expert trained for {s['expert']:g} % noise was used (user choice)"
+    elif s["blend"]:
+        experts = ("the two experts whose training noise levels bracket the estimate were "
+                   "blended with linear weights")
+    else:
+        experts = "the expert whose training noise level is nearest to the estimate was used"
+    text = [
+        f"Anatomical images were denoised with bids-auton2n {__version__}, a BIDS-App "
+        "implementing Auto-N2N [1], which runs on Nipype [3] following the BIDS-Apps "
+        "conventions [4].",
+        f"{noise}.",
+        "Auto-N2N trains 3D residual convolutional networks (5 residual blocks of two "
+        "3x3x3 convolutions with 16 filters, after a fixed high-pass layer) without clean "
+        "references, on synthetic noisy pairs, one expert per noise level (1, 3, 5, 7 and "
+        f"9 %); {experts}.",
+    ]
+    if s["finetune"]:
+        text.append("Before denoising, the selected expert was fine-tuned self-supervisedly "
+                    "on the images of this dataset (Auto-N2N synthetic pairs).")
+    text.append(
+        "The network was applied in sliding windows"
+        + (", averaging its outputs over the identity and the three single-axis flips "
+           "(test-time augmentation)" if s["tta"] else ", without test-time augmentation")
+        + "."
+    )
+    if s["fusion"]:
+        text.append("The network output was then averaged with a rotationally invariant "
+                    "non-local means filter (RI-NLM [2]) of the noisy image guided by it, "
+                    "with a Rician noise model.")
+    else:
+        text.append("No RI-NLM fusion was applied (network output only).")
+    text.append("Denoised images keep the voxel grid, affine and header of their source.")
+    out = Path(output_dir) / "logs" / "CITATION.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(" ".join(text) + "\n\n### References\n\n" + REFERENCES)
+    return out
+
+
+def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -> list[str]:
+    """Write ``sub-<label>.html`` for each participant; return labels whose report failed.
+
+    Parameters
+    ----------
+    subjects : iterable of str
+        Participant labels (without ``sub-``).
+    output_dir : Path
+        Derivatives root (figures are read from ``sub-<label>/figures``).
+    run_uuid : str
+        Identifier of this run (selects the crash-file folder).
+    failures : dict, optional
+        Failed image names by participant, listed in the summary.
+    """
+    from nireports.assembler.report import Report
+
+    failures = failures or {}
+    errors = []
+    for subject in subjects:
+        failed = failures.get(subject, [])
+        summary = {
+            "Summary": {
+                "Participant": f"sub-{subject}",
+                "Software": f"bids-auton2n {__version__}",
+                "Run identifier": run_uuid,
+                "Failed images": ", ".join(failed) if failed else "none",
+            }
+        }
+        try:
+            Report(
+                str(output_dir),
+                run_uuid,
+                bootstrap_file=SPEC,
+                reportlets_dir=str(output_dir),
+                metadata={"summary-meta": summary},
+                subject=subject,
+            ).generate_report()
+        except Exception as exc:  # a broken report must not hide the other participants'
+            errors.append(subject)
+            (Path(output_dir) / "logs").mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "logs" / f"report_error_sub-{subject}.txt").write_text(
+                f"{type(exc).__name__}: {exc}\n")
+    return errors
+
+
+def read_status(output_dir: Path) -> dict[str, dict]:
+    """Latest status of every image processed in ``output_dir`` (from the run logs)."""
+    records: dict[str, dict] = {}
+    for status_file in sorted((Path(output_dir) / "logs").glob("status_*.json")):
+        for record in json.loads(status_file.read_text()):
+            records[record["source"]] = record
+    return records

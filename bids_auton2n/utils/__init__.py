@@ -1,0 +1,1 @@
+"""Helpers of the BIDS-App (BIDS input collection, derivative bookkeeping, exit codes)."""

@@ -1,0 +1,237 @@
+"""Input collection and derivative-dataset bookkeeping for the BIDS-App.
+
+Exit codes follow the BIDS execution specification (Table 7 of
+https://github.com/bids-standard/execution-spec): BIDS-related codes 16-18 and the BSD
+``sysexits`` codes 64-74.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import __url__, __version__
+
+EXIT_FAILURE = 1  # some image(s) failed; the others are written
+EXIT_INVALID_BIDS = 16  # the input dataset failed BIDS validation / is not a BIDS dataset
+EXIT_UNKNOWN_LEVEL = 17  # unknown analysis level
+EXIT_NOTHING_SELECTED = 18  # entity-based filtering options selected no files
+EXIT_USAGE = 64  # the command was used incorrectly
+EXIT_NOINPUT = 66  # the input data was missing or unreadable
+EXIT_CANTCREAT = 73  # an output file/directory cannot be created
+
+#: Name of the raw dataset in ``DatasetLinks`` (so ``Sources`` read ``bids:raw:sub-...``).
+RAW_DATASET_LINK = "raw"
+
+
+class BIDSAppError(RuntimeError):
+    """An error the command line reports in one line, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) -> None:
+    """Refuse a missing/non-BIDS input and outputs that would write into the input dataset.
+
+    Writing is allowed inside the input dataset only under its ``derivatives/`` folder,
+    as BIDS reserves that place for derived data.
+    """
+    bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
+    if not bids_dir.is_dir():
+        raise BIDSAppError(f"{bids_dir}: input BIDS directory does not exist", EXIT_NOINPUT)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise BIDSAppError(
+            f"{bids_dir}: not a BIDS dataset (no dataset_description.json at its root)",
+            EXIT_INVALID_BIDS,
+        )
+    for label, path in (("output", output_dir), ("work", work_dir)):
+        if path is None:
+            continue
+        path = Path(path).absolute()
+        if _is_within(path, bids_dir) and not _is_within(path, bids_dir / "derivatives"):
+            raise BIDSAppError(
+                f"{path}: the {label} directory is inside the input dataset {bids_dir}; "
+                f"use a folder outside it or under {bids_dir / 'derivatives'}",
+                EXIT_USAGE,
+            )
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    path, parent = Path(os.path.realpath(path)), Path(os.path.realpath(parent))
+    return path == parent or parent in path.parents
+
+
+def validate_dataset(bids_dir: Path, *, max_listed: int = 5) -> None:
+    """Check every file name of ``bids_dir`` against the BIDS schema, offline.
+
+    Uses the Python ``bids_validator`` (file-name rules of the BIDS schema), which works
+    without network access or Node.js; the full JavaScript/Deno validator is not
+    required. Folders BIDS exempts (``derivatives``, ``sourcedata``, ``code``, ``stimuli``,
+    hidden files) and paths listed in ``.bidsignore`` are skipped.
+    """
+    from bids_validator import BIDSValidator
+
+    bids_dir = Path(bids_dir).absolute()
+    exempt = {"derivatives", "sourcedata", "code", "stimuli", "models"}
+    ignored = _bidsignore_patterns(bids_dir)
+    validator = BIDSValidator()
+    invalid = []
+    for path in sorted(bids_dir.rglob("*")):
+        relative = path.relative_to(bids_dir)
+        if path.is_dir() or relative.parts[0] in exempt:
+            continue
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if any(relative.match(pattern) for pattern in ignored):
+            continue
+        if not validator.is_bids("/" + relative.as_posix()):
+            invalid.append(relative.as_posix())
+    if invalid:
+        listed = ", ".join(invalid[:max_listed]) + (" ..." if len(invalid) > max_listed else "")
+        raise BIDSAppError(
+            f"{bids_dir}: BIDS validation failed, {len(invalid)} file(s) with names outside "
+            f"the BIDS specification: {listed} (rename them, list them in .bidsignore, or "
+            "pass --skip-bids-validation)",
+            EXIT_INVALID_BIDS,
+        )
+
+
+def _bidsignore_patterns(bids_dir: Path) -> list[str]:
+    ignore_file = bids_dir / ".bidsignore"
+    if not ignore_file.is_file():
+        return []
+    lines = (line.strip() for line in ignore_file.read_text().splitlines())
+    return [line.strip("/") for line in lines if line and not line.startswith("#")]
+
+
+def make_layout(bids_dir: Path, *, database_dir: Path | None = None):
+    """Index ``bids_dir`` with pybids (validation is :func:`validate_dataset`'s job)."""
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+
+    return BIDSLayout(
+        str(bids_dir),
+        validate=False,
+        indexer=BIDSLayoutIndexer(validate=False),
+        database_path=str(database_dir) if database_dir else None,
+        reset_database=True,
+    )
+
+
+def collect_anatomicals(
+    layout,
+    *,
+    participant_label=(),
+    session_label=(),
+    suffixes=("T1w", "T2w", "FLAIR", "PDw"),
+    bids_filters=None,
+) -> dict[str, list[str]]:
+    """Anatomical images to denoise, by subject label.
+
+    Raises :class:`BIDSAppError` with exit code 18 when a requested participant or session
+    does not exist or the filters select nothing, and 66 when the dataset holds no
+    anatomical image of the requested suffixes at all.
+    """
+    subjects = layout.get_subjects()
+    if participant_label:
+        missing = sorted(set(participant_label) - set(subjects))
+        if missing:
+            raise BIDSAppError(
+                f"{layout.root}: participant label(s) not found: {', '.join(missing)} "
+                f"(available: {', '.join(sorted(subjects)) or 'none'})",
+                EXIT_NOTHING_SELECTED,
+            )
+        subjects = list(participant_label)
+    if session_label:
+        missing = sorted(set(session_label) - set(layout.get_sessions()))
+        if missing:
+            raise BIDSAppError(
+                f"{layout.root}: session label(s) not found: {', '.join(missing)}",
+                EXIT_NOTHING_SELECTED,
+            )
+    query = {"datatype": "anat", "extension": [".nii", ".nii.gz"], "suffix": list(suffixes)}
+    query.update(bids_filters or {})
+    if session_label:
+        query["session"] = list(session_label)
+    selected = {
+        subject: sorted(layout.get(return_type="file", subject=subject, **query))
+        for subject in sorted(subjects)
+    }
+    selected = {subject: files for subject, files in selected.items() if files}
+    if not selected:
+        filtered = bool(participant_label or session_label or bids_filters)
+        raise BIDSAppError(
+            f"{layout.root}: no anatomical image with suffix {'/'.join(suffixes)} "
+            + ("matches the selection" if filtered else "found"),
+            EXIT_NOTHING_SELECTED if filtered else EXIT_NOINPUT,
+        )
+    return selected
+
+
+def load_bids_filters(path: Path) -> dict:
+    """Read a ``--bids-filter-file`` (JSON object of pybids entity queries)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BIDSAppError(f"{path}: BIDS filter file does not exist", EXIT_NOINPUT)
+    try:
+        filters = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BIDSAppError(f"{path}: not valid JSON ({exc})", EXIT_USAGE) from None
+    if not isinstance(filters, dict):
+        raise BIDSAppError(f"{path}: must hold a JSON object of entity filters", EXIT_USAGE)
+    # fMRIPrep's filter files are keyed by image kind ({"t1w": {...}}); accept a flat
+    # object as well as those keys, which all apply to the anatomical query here.
+    nested = [v for v in filters.values() if isinstance(v, dict)]
+    if nested:
+        merged = {}
+        for value in nested:
+            merged.update(value)
+        return merged
+    return filters
+
+
+def bids_uri(path: str | Path, bids_dir: str | Path) -> str:
+    """BIDS URI of a raw file, e.g. ``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``."""
+    relative = Path(path).absolute().relative_to(Path(bids_dir).absolute())
+    return f"bids:{RAW_DATASET_LINK}:{relative.as_posix()}"
+
+
+def write_derivative_description(bids_dir: Path, output_dir: Path) -> Path:
+    """Create or update ``dataset_description.json`` of the derivatives dataset."""
+    bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
+    generated_by = {
+        "Name": "bids-auton2n",
+        "Version": __version__,
+        "CodeURL": __url__,
+        "Description": "Self-supervised denoising of anatomical MRI (Auto-N2N mixture of "
+        "experts fused with RI-NLM).",
+    }
+    container = os.getenv("BIDS_AUTON2N_CONTAINER")
+    if container:
+        generated_by["Container"] = {"Type": container, "Tag": f"bids-auton2n:{__version__}"}
+    raw_description = {}
+    raw_file = bids_dir / "dataset_description.json"
+    if raw_file.is_file():
+        try:
+            raw_description = json.loads(raw_file.read_text())
+        except json.JSONDecodeError:
+            raw_description = {}
+    source = {"URL": bids_dir.as_uri()}
+    if raw_description.get("DatasetDOI"):
+        source["DOI"] = raw_description["DatasetDOI"]
+    description = {
+        "Name": f"bids-auton2n outputs of {raw_description.get('Name', bids_dir.name)}",
+        "BIDSVersion": raw_description.get("BIDSVersion", "1.9.0"),
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source],
+        "DatasetLinks": {RAW_DATASET_LINK: bids_dir.as_uri()},
+        "HowToAcknowledge": "Please cite the Auto-N2N paper and this software; see "
+        "logs/CITATION.md for the methods text of this run.",
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out_file = output_dir / "dataset_description.json"
+    out_file.write_text(json.dumps(description, indent=2) + "\n")
+    return out_file

@@ -1,0 +1,351 @@
+"""Nipype workflows of the participant level.
+
+``init_auton2n_wf`` (reads :mod:`bids_auton2n.config`) → one ``init_single_subject_wf`` per
+participant → one ``init_anat_denoise_wf`` per anatomical image:
+
+    estimate noise → select expert(s) → CNN experts (+ flip TTA) → RI-NLM fusion
+    → provenance → derivatives + reportlets
+
+With ``--finetune`` the noise estimates of all images feed one fine-tuning node shared by
+the dataset, whose expert registry then serves every CNN node.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.denoise import (
+    CNNDenoise,
+    DenoiseProvenance,
+    EstimateNoise,
+    FineTune,
+    FuseRINLM,
+    SelectExperts,
+)
+from ..interfaces.reports import DenoiseSummary
+from .outputs import init_ds_denoised_wf, init_ds_reportlets_wf
+
+
+def init_auton2n_wf(*, layout=None, subjects=None):
+    """Top-level workflow for all selected participants, built from :mod:`~bids_auton2n.config`.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout, optional
+        Index of the input dataset (built from the config when omitted).
+    subjects : dict, optional
+        Images by participant label, as :func:`~bids_auton2n.utils.bids.collect_anatomicals`
+        returns (collected from the config when omitted).
+
+    Returns
+    -------
+    nipype.pipeline.engine.Workflow
+        ``auton2n_wf``, with ``base_dir`` set to the work directory.
+    """
+    from .. import config
+    from ..utils.bids import collect_anatomicals, make_layout
+
+    execution, settings = config.execution, config.workflow
+    layout = layout or make_layout(execution.bids_dir)
+    subjects = subjects or collect_anatomicals(
+        layout,
+        participant_label=execution.participant_label,
+        session_label=execution.session_label,
+        suffixes=execution.suffixes,
+        bids_filters=execution.bids_filters,
+    )
+    workflow = pe.Workflow(name="auton2n_wf")
+    workflow.base_dir = str(execution.work_dir)
+
+    finetune_node = None
+    if settings.finetune:
+        finetune_node = pe.Node(
+            FineTune(time_budget_s=settings.finetune_budget_s, device=settings.device,
+                     omp_nthreads=config.nipype.omp_nthreads),
+            name="finetune",
+            n_procs=config.nipype.omp_nthreads,
+        )
+        if execution.experts_dir:
+            finetune_node.inputs.experts_dir = str(execution.experts_dir)
+        all_files = [f for files in subjects.values() for f in files]
+        finetune_node.inputs.in_files = all_files
+        merge_percents = pe.Node(niu.Merge(len(all_files)), name="merge_percents")
+        workflow.connect(merge_percents, "out", finetune_node, "percents")
+
+    merge_index = 0
+    for subject_id, anat_files in subjects.items():
+        subject_wf = init_single_subject_wf(
+            subject_id=subject_id,
+            anat_files=anat_files,
+            source_metadata={f: _sidecar(layout, f) for f in anat_files},
+            bids_dir=str(execution.bids_dir),
+            output_dir=str(execution.output_dir),
+            crashdump_dir=str(
+                Path(execution.output_dir) / f"sub-{subject_id}" / "log" / execution.run_uuid
+            ),
+            experts_dir=str(execution.experts_dir) if execution.experts_dir else None,
+            tta=settings.tta,
+            fusion=settings.fusion,
+            noise_level=settings.noise_level,
+            expert=settings.expert,
+            blend=settings.blend,
+            device=settings.device,
+            finetune=settings.finetune,
+            write_noise_map=settings.write_noise_map,
+            omp_nthreads=config.nipype.omp_nthreads,
+        )
+        if finetune_node is not None:
+            for anat_file in anat_files:
+                merge_index += 1
+                image_wf = image_workflow_name(anat_file)
+                workflow.connect([
+                    (subject_wf, merge_percents, [
+                        (f"{image_wf}.outputnode.noise_percent", f"in{merge_index}")]),
+                    (finetune_node, subject_wf, [
+                        ("experts_dir", f"{image_wf}.inputnode.experts_dir")]),
+                ])  # fmt:skip
+        workflow.add_nodes([subject_wf])
+    return workflow
+
+
+def _sidecar(layout, path: str) -> dict:
+    """Metadata of ``path`` after BIDS inheritance (JSON-able values only)."""
+    return {k: v for k, v in layout.get_metadata(path).items()
+            if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+
+
+def image_workflow_name(path: str) -> str:
+    """Nipype-safe, unique-per-subject name of the workflow of one image."""
+    stem = Path(path).name.split(".")[0]
+    stem = re.sub(r"^sub-[a-zA-Z0-9]+_", "", stem)
+    return "anat_" + re.sub(r"[^a-zA-Z0-9]", "_", stem) + "_wf"
+
+
+def init_single_subject_wf(
+    *,
+    subject_id: str,
+    anat_files: list[str],
+    source_metadata: dict[str, dict],
+    bids_dir: str,
+    output_dir: str,
+    crashdump_dir: str | None = None,
+    experts_dir: str | None = None,
+    tta: bool = True,
+    fusion: bool = True,
+    noise_level: float | None = None,
+    expert: float | None = None,
+    blend: bool = False,
+    device: str = "auto",
+    finetune: bool = False,
+    write_noise_map: bool = False,
+    omp_nthreads: int = 1,
+    name: str | None = None,
+):
+    """Denoise every anatomical image of one participant.
+
+    Parameters
+    ----------
+    subject_id : str
+        Participant label without ``sub-``.
+    anat_files : list of str
+        Raw images to denoise (any session/acq/rec/run, T1w/T2w/FLAIR/PDw).
+    source_metadata : dict
+        Sidecar metadata of each image (carried into the derivative sidecar).
+    bids_dir, output_dir : str
+        Raw dataset root and derivatives root.
+    crashdump_dir : str, optional
+        Where Nipype writes crash files of this participant (read by the report).
+    experts_dir : str, optional
+        Expert registry; ``None`` uses the shipped experts.
+    tta, fusion, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
+        See :func:`init_anat_denoise_wf`.
+    name : str, optional
+        Defaults to ``sub_<label>_wf``.
+
+    Inputs
+    ------
+    None: the inputs are fixed at build time (one sub-workflow per image).
+
+    Outputs
+    -------
+    None: derivatives and reportlets are written by the sinks.
+    """
+    workflow = pe.Workflow(name=name or f"sub_{subject_id}_wf")
+    if crashdump_dir:
+        workflow.config["execution"] = {"crashdump_dir": crashdump_dir}
+    for anat_file in anat_files:
+        suffix = Path(anat_file).name.split(".")[0].rsplit("_", 1)[-1]
+        anat_wf = init_anat_denoise_wf(
+            contrast=suffix,
+            tta=tta,
+            fusion=fusion,
+            noise_level=noise_level,
+            expert=expert,
+            blend=blend,
+            device=device,
+            finetune=finetune,
+            omp_nthreads=omp_nthreads,
+            name=image_workflow_name(anat_file),
+        )
+        anat_wf.inputs.inputnode.in_file = anat_file
+        if not finetune:
+            anat_wf.inputs.inputnode.experts_dir = experts_dir or ""
+        provenance = anat_wf.get_node("provenance")
+        provenance.inputs.bids_dir = bids_dir
+        provenance.inputs.source_metadata = source_metadata.get(anat_file, {})
+
+        ds_denoised_wf = init_ds_denoised_wf(
+            output_dir=output_dir, write_noise_map=write_noise_map,
+            name=f"ds_{anat_wf.name}",
+        )
+        ds_denoised_wf.inputs.inputnode.source_file = anat_file
+        ds_reportlets_wf = init_ds_reportlets_wf(
+            output_dir=output_dir, name=f"ds_reportlets_{anat_wf.name}",
+        )
+        ds_reportlets_wf.inputs.inputnode.source_file = anat_file
+        workflow.connect([
+            (anat_wf, ds_denoised_wf, [
+                ("outputnode.out_file", "inputnode.out_file"),
+                ("outputnode.noise_image", "inputnode.noise_image"),
+                ("outputnode.metadata", "inputnode.metadata"),
+            ]),
+            (anat_wf, ds_reportlets_wf, [
+                ("outputnode.out_report", "inputnode.before_after"),
+                ("outputnode.residual_report", "inputnode.residual"),
+                ("outputnode.summary_report", "inputnode.summary"),
+            ]),
+        ])  # fmt:skip
+    return workflow
+
+
+def init_anat_denoise_wf(
+    *,
+    contrast: str,
+    tta: bool = True,
+    fusion: bool = True,
+    noise_level: float | None = None,
+    expert: float | None = None,
+    blend: bool = False,
+    device: str = "auto",
+    finetune: bool = False,
+    omp_nthreads: int = 1,
+    name: str = "anat_denoise_wf",
+):
+    """Denoise one anatomical image (the app's denoiser, QSIPrep-style output contract).
+
+    Parameters
+    ----------
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of the noise percentage.
+    tta : bool
+        Flip test-time augmentation of the CNN experts.
+    fusion : bool
+        Average the CNN output with RI-NLM guided by it.
+    noise_level : float, optional
+        Noise level (percent) to use instead of the estimate.
+    expert : float, optional
+        Expert level (percent) to use instead of the selection.
+    blend : bool
+        Blend the two experts bracketing the noise level.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    finetune : bool
+        ``inputnode.experts_dir`` comes from a fine-tuning node (recorded in the sidecar).
+    omp_nthreads : int
+        Threads per node (torch and numba).
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    in_file
+        Raw anatomical image.
+    experts_dir
+        Expert registry directory (empty string: shipped experts).
+
+    Outputs
+    -------
+    out_file
+        Denoised image (input affine and header).
+    noise_image
+        Input minus denoised.
+    out_report
+        Before/after flicker SVG (niworkflows ``SimpleBeforeAfterRPT``).
+    residual_report
+        Mosaic SVG of the residual.
+    summary_report
+        HTML fragment: noise estimate, experts, options.
+    out_json
+        Provenance record (also as ``metadata`` dict for the sidecar).
+    noise_percent
+        Noise level in percent (feeds the optional fine-tuning node).
+    """
+    from nireports.interfaces.mosaic import PlotMosaic
+    from niworkflows.interfaces.reportlets.registration import SimpleBeforeAfterRPT
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "experts_dir"]),
+                        name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=[
+            "out_file", "noise_image", "out_report", "residual_report", "summary_report",
+            "out_json", "metadata", "noise_percent",
+        ]),
+        name="outputnode",
+    )
+    estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads),
+                       name="estimate_noise", n_procs=omp_nthreads)
+    if noise_level is not None:
+        estimate.inputs.noise_level = noise_level
+    select = pe.Node(SelectExperts(blend=blend), name="select_experts")
+    if expert is not None:
+        select.inputs.expert = expert
+    cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
+                  name="cnn_denoise", n_procs=omp_nthreads)
+    fuse = pe.Node(FuseRINLM(fusion=fusion, omp_nthreads=omp_nthreads),
+                   name="rinlm_fusion", n_procs=omp_nthreads)
+    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, finetuned=finetune),
+                         name="provenance")
+    before_after = pe.Node(
+        SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
+                             dismiss_affine=False, generate_report=True),
+        name="before_after",
+    )
+    residual = pe.Node(
+        PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
+                   cmap="Greys_r", out_file="residual.svg"),
+        name="residual_mosaic",
+    )
+    summary = pe.Node(DenoiseSummary(), name="summary")
+
+    workflow.connect([
+        (inputnode, estimate, [("in_file", "in_file")]),
+        (inputnode, select, [("experts_dir", "experts_dir")]),
+        (estimate, select, [("percent", "percent")]),
+        (inputnode, cnn, [("in_file", "in_file"), ("experts_dir", "experts_dir")]),
+        (estimate, cnn, [("mask_file", "mask_file"), ("out_json", "noise_json")]),
+        (select, cnn, [("out_json", "experts_json")]),
+        (inputnode, fuse, [("in_file", "in_file")]),
+        (estimate, fuse, [("mask_file", "mask_file"), ("sigma", "sigma")]),
+        (cnn, fuse, [("out_file", "cnn_file")]),
+        (inputnode, provenance, [("in_file", "source_file")]),
+        (estimate, provenance, [("out_json", "noise_json"), ("runtime_s", "estimate_s")]),
+        (select, provenance, [("out_json", "experts_json")]),
+        (cnn, provenance, [("device", "device"), ("runtime_s", "cnn_s")]),
+        (fuse, provenance, [("out_file", "denoised_file"), ("runtime_s", "rinlm_s")]),
+        (inputnode, before_after, [("in_file", "before")]),
+        (fuse, before_after, [("out_file", "after")]),
+        (fuse, residual, [("noise_image", "in_file")]),
+        (provenance, summary, [("out_json", "provenance_json")]),
+        (estimate, outputnode, [("percent", "noise_percent")]),
+        (fuse, outputnode, [("out_file", "out_file"), ("noise_image", "noise_image")]),
+        (before_after, outputnode, [("out_report", "out_report")]),
+        (residual, outputnode, [("out_file", "residual_report")]),
+        (summary, outputnode, [("out_report", "summary_report")]),
+        (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
+    ])  # fmt:skip
+    return workflow
