@@ -1,0 +1,23 @@
+"""Training of the Auto-N2N noise-level experts and per-dataset fine-tuning.
+
+See :mod:`bids_auton2n.train.curriculum` (entry points), :mod:`.trainer` (one expert)
+and :mod:`.data` (prepared scans, patch sampling, validation split).
+"""
+
+from .curriculum import LEVELS, finetune, load_volumes, train_curriculum
+from .data import PatchSampler, TrainingVolume, prepare_volume, volume_from_arrays
+from .trainer import TrainConfig, TrainResult, train_expert
+
+__all__ = [
+    "LEVELS",
+    "PatchSampler",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingVolume",
+    "finetune",
+    "load_volumes",
+    "prepare_volume",
+    "train_curriculum",
+    "train_expert",
+    "volume_from_arrays",
+]

@@ -1,0 +1,287 @@
+"""Curriculum training of the five noise-level experts and per-dataset fine-tuning.
+
+Curriculum (paper section 2.4): the 1 % expert is trained from random weights,
+the 3 % expert starts from the 1 % weights, the 5 % from the 3 %, and so on,
+each trained by :func:`~bids_auton2n.train.trainer.train_expert` and written
+to a registry directory with :func:`~bids_auton2n.denoise.experts.write_manifest_entry`
+as soon as it is done (so an interrupted curriculum keeps its finished experts
+and resumes the one in progress from its checkpoint).
+
+Fine-tuning adapts one expert to a user's dataset: the synthetic pairs of the
+user's own scans, with no added noise by default (the scans' own noise is the
+Noise2Noise noise), under a wall-clock budget, and saves a one-expert registry
+that every subject of the dataset is then denoised with.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..denoise.experts import ExpertRegistry, write_manifest_entry
+from ..denoise.pipeline import contrast_from_filename
+from .data import PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume
+from .trainer import TrainConfig, TrainResult, train_expert
+
+LOGGER = logging.getLogger("bids_auton2n.train")
+
+#: Noise levels (percent) of the shipped experts (paper section 2.4).
+LEVELS = (1.0, 3.0, 5.0, 7.0, 9.0)
+#: Relative share of the total time budget per level: the from-scratch 1 % expert
+#: gets twice the time of the fine-tuned ones (curriculum levels start close to
+#: their optimum, the paper's reason for the curriculum).
+FIRST_LEVEL_SHARE = 2.0
+#: The real scans of the project's training set and their contrasts
+#: (``/work/shared/data``, see its README and ``docs/model-card.md``).
+TRAINING_SCANS = (
+    ("stroke_T1.nii.gz", "T1w"),
+    ("stroke_T2.nii.gz", "T2w"),
+    ("stroke_FLAIR.nii.gz", "FLAIR"),
+    ("seg3D_MR.nii.gz", "T1w"),
+    ("chris_PD.nii.gz", "PDw"),
+)
+#: Default wall-clock budget of :func:`finetune` (seconds): ~10 min per dataset
+#: on 2 CPU cores, pair generation included.
+FINETUNE_BUDGET_S = 600.0
+
+
+def git_revision() -> str:
+    """``git describe``-like revision of the source tree (``"unknown"`` outside git)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                  text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return revision + ("-dirty" if dirty.strip() else "")
+
+
+def current_command() -> str:
+    """The command line of this process, shell-quoted."""
+    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None) -> list[TrainingVolume]:
+    """Prepare scans given as paths, ``"PATH:CONTRAST"`` strings or ``(path, contrast)`` pairs.
+
+    The contrast defaults to ``contrast``, else the file's BIDS suffix, else T1w.
+    """
+    volumes = []
+    for spec in specs:
+        if isinstance(spec, TrainingVolume):
+            volumes.append(spec)
+            continue
+        if isinstance(spec, tuple):
+            path, given = Path(spec[0]), spec[1]
+        else:
+            path, given = parse_volume_spec(str(spec))
+        volumes.append(prepare_volume(
+            path, given or contrast or contrast_from_filename(path), work_dir=work_dir,
+            exclude_centre=exclude_centre,
+        ))
+    return volumes
+
+
+def _provenance(volumes, config: TrainConfig, result: TrainResult, *, command, exclude_centre,
+                initialised_from, extra=None) -> dict:
+    settings = asdict(config)
+    settings.pop("device")
+    return {
+        "training_data": [v.record() for v in volumes],
+        "command": command,
+        "revision": git_revision(),
+        "software_version": __version__,
+        "torch_version": torch.__version__,
+        "initialised_from": initialised_from,
+        "pairs": {"exclude_centre": bool(exclude_centre)},
+        "settings": settings,
+        **result.summary(),
+        **(extra or {}),
+    }
+
+
+def train_curriculum(
+    volumes: list[TrainingVolume],
+    *,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    levels=LEVELS,
+    total_budget_s: float | None = None,
+    expert_budget_s: float | None = None,
+    base_config: TrainConfig | None = None,
+    exclude_centre: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train the experts of ``levels`` in increasing order, each initialised from the previous.
+
+    Parameters
+    ----------
+    volumes : list of TrainingVolume
+    out_dir : path-like
+        Registry directory receiving the weights and ``manifest.json``.
+    work_dir : path-like
+        Checkpoints (``expert_<level>.ckpt``); rerunning resumes from them.
+    levels : sequence of float
+        Noise levels in percent.
+    total_budget_s : float, optional
+        Wall-clock budget of the whole curriculum, shared out dynamically: each
+        level gets the remaining time times its share (:data:`FIRST_LEVEL_SHARE`
+        for the first level, 1 for the others) over the remaining shares, so
+        time an early-stopped level leaves unused goes to the next ones.
+    expert_budget_s : float, optional
+        Upper limit per level.
+    base_config : TrainConfig, optional
+        Settings other than ``level`` and ``time_budget_s``.
+    exclude_centre : bool
+        Recorded in the provenance (the volumes' pairs must have been built so).
+    command : str, optional
+        Command recorded in the manifest (default: this process's command line).
+    progress : bool
+
+    Returns
+    -------
+    list of TrainResult
+        One per level, in order.
+    """
+    levels = sorted(float(level) for level in levels)
+    base = base_config or TrainConfig(level=levels[0])
+    command = command or current_command()
+    work_dir = Path(work_dir)
+    sampler = PatchSampler(volumes, base.patch_size)
+    shares = [FIRST_LEVEL_SHARE] + [1.0] * (len(levels) - 1)
+    results: list[TrainResult] = []
+    spent = 0.0
+    previous = None
+    for index, level in enumerate(levels):
+        budget = expert_budget_s
+        if total_budget_s is not None:
+            fair = max(total_budget_s - spent, 0.0) * shares[index] / sum(shares[index:])
+            budget = fair if budget is None else min(budget, fair)
+        config = replace(base, level=level, time_budget_s=budget)
+        LOGGER.info("expert %g%%: budget %s s, initialised from %s", level,
+                    "none" if budget is None else f"{budget:.0f}",
+                    "random weights" if previous is None else f"{previous.level:g}% expert")
+        result = train_expert(
+            sampler, config, init_state=None if previous is None else previous.state_dict,
+            checkpoint=work_dir / f"expert_{level:g}.ckpt", progress=progress,
+        )
+        spent += result.train_seconds
+        write_manifest_entry(out_dir, level, result.state_dict, _provenance(
+            volumes, config, result, command=command, exclude_centre=exclude_centre,
+            initialised_from=None if previous is None else previous.level,
+        ))
+        results.append(result)
+        previous = result
+    return results
+
+
+def finetune(
+    volumes,
+    *,
+    start_level: float | None = None,
+    out_dir: str | Path,
+    time_budget_s: float | None = FINETUNE_BUDGET_S,
+    max_epochs: int | None = None,
+    seed: int = 0,
+    registry: ExpertRegistry | None = None,
+    work_dir: str | Path | None = None,
+    contrast: str | None = None,
+    add_noise_to_level: bool = False,
+    exclude_centre: bool = False,
+    config: TrainConfig | None = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune one expert on a dataset's own scans and save it as a registry directory.
+
+    Parameters
+    ----------
+    volumes : sequence
+        The dataset's scans: paths, ``"PATH:CONTRAST"`` strings, ``(path, contrast)``
+        pairs or prepared :class:`TrainingVolume` objects.
+    start_level : float, optional
+        Expert to start from; by default the one :meth:`ExpertRegistry.select` picks
+        for the median estimated noise of the scans.
+    out_dir : path-like
+        Registry directory written (``manifest.json`` + one weight file, at
+        ``start_level``); pass it as ``registry`` to the denoiser.
+    time_budget_s : float or None
+        Wall-clock budget of the whole call, pair generation included
+        (default :data:`FINETUNE_BUDGET_S`).  ``None``: no time limit.
+    max_epochs : int, optional
+        Epoch limit (default: that of ``config``).
+    seed : int
+    registry : ExpertRegistry, optional
+        Source of the starting expert (default: the shipped experts).
+    work_dir : path-like, optional
+        Pair cache and checkpoint (default ``out_dir/work``).
+    contrast : str, optional
+        Contrast of scans given without one (default: BIDS suffix, else T1w).
+    add_noise_to_level : bool
+        Top the scans' noise up to ``start_level`` where they are cleaner (the
+        level the expert was made for); default False, pure self-supervision on
+        the scans' own noise.
+    exclude_centre : bool
+        Noise2Sim-style pairs.
+    config : TrainConfig, optional
+        Other settings (patch and batch size, lr, loss, patience, device).
+    command : str, optional
+        Recorded in the manifest (default: this process's command line).
+    progress : bool
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir is not None else out_dir / "work"
+    registry = registry or ExpertRegistry()
+    prepared = load_volumes(volumes, work_dir=work_dir, exclude_centre=exclude_centre,
+                            contrast=contrast)
+    noise = float(np.median([v.noise_percent for v in prepared]))
+    if start_level is None:
+        start_level = registry.select(noise)[0].level
+    start_level = float(start_level)
+    base = registry.load(start_level, "cpu")
+    prepare_seconds = time.perf_counter() - started
+    train_budget = None if time_budget_s is None else max(time_budget_s - prepare_seconds, 0.0)
+    config = replace(
+        config or TrainConfig(level=0.0), level=start_level if add_noise_to_level else 0.0,
+        time_budget_s=train_budget, seed=seed,
+    )
+    if max_epochs is not None:
+        config = replace(config, max_epochs=int(max_epochs))
+    LOGGER.info("fine-tuning the %g%% expert on %d scan(s) (median noise %.2f%%), %s", start_level,
+                len(prepared), noise,
+                "no time limit" if train_budget is None else f"{train_budget:.0f} s left for training")
+    result = train_expert(
+        PatchSampler(prepared, config.patch_size), config,
+        init_state=base.state_dict(), checkpoint=work_dir / f"finetune_{start_level:g}.ckpt",
+        progress=progress,
+    )
+    write_manifest_entry(out_dir, start_level, result.state_dict, _provenance(
+        prepared, config, result, command=command or current_command(),
+        exclude_centre=exclude_centre, initialised_from=start_level,
+        extra={
+            "finetuned_from": {"registry": str(registry.root),
+                               "sha256": registry.sha256(start_level)},
+            "dataset_median_noise_percent": round(noise, 3),
+            "time_budget_s": time_budget_s,
+            "total_seconds": round(time.perf_counter() - started, 1),
+        },
+    ))
+    return out_dir

@@ -1,0 +1,343 @@
+"""Training material for the Auto-N2N experts: prepared volumes and patch sampling.
+
+Every real scan is prepared once (:func:`prepare_volume`): finite copy, head mask,
+synthetic Noise2Noise pair ``y`` of the *original* scan (paper section 2.1), its
+intrinsic noise ``p0`` (percent of the reference tissue) and the division by the
+reference-tissue intensity (network units, ``docs/architecture.md``).  The pair is
+expensive (seconds to a minute per volume), so it is cached in a work directory
+keyed by the file's SHA-256 and the pair settings.
+
+:class:`PatchSampler` then draws, for a target noise level ``p`` (percent), random
+3D patches inside the head with random flips of the three axes and independent
+Gaussian noise of std ``sqrt(max(p**2 - p0**2, 0)) / 100`` added to the input and
+to the target (paper section 3: "adds Gaussian noise on-the-fly"), so that both
+reach ``p`` % while their noises stay independent, the Noise2Noise condition.
+
+Validation is spatial hold-out: in every volume a slab one patch thick across
+its longest axis (at 3/4 of the head's extent, off the centre so that most of the
+brain stays in training) is never touched by a training patch; validation patches
+are drawn inside it once, with fixed noise, from a fixed seed.
+
+Every random draw of training step ``s`` comes from a generator seeded by
+``(seed, round(100 * level), s)``, so a run is reproducible and a resumed run
+draws exactly what an uninterrupted one would.
+
+References
+----------
+.. [1] S. Morell-Ortega et al., "Auto-N2N: Self-supervised MRI Denoising using
+   Synthetic Pair Generation and Mixture of Experts", sections 2.1 and 3.
+.. [2] J. Lehtinen et al., "Noise2Noise: Learning image restoration without
+   clean data", ICML 2018.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..denoise.experts import _atomic_write, sha256_file
+from ..denoise.intensity import IntensityNormalizer, sanitize
+from ..denoise.noise import estimate_noise, head_mask
+from ..denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS, synthetic_pair
+from ..denoise.pipeline import CONTRASTS, load_volume
+
+LOGGER = logging.getLogger("bids_auton2n.train")
+
+#: Smallest patch edge the trainer accepts (the loss needs >= 3, border effects of the
+#: 23-voxel receptive field dominate far below 16).
+MIN_PATCH = 8
+
+
+@dataclass
+class TrainingVolume:
+    """One real scan ready for training, in network units.
+
+    Attributes
+    ----------
+    name : str
+        File name (or a label for in-memory arrays).
+    sha256 : str or None
+        SHA-256 of the source file.
+    contrast : str
+        T1w, T2w, FLAIR or PDw (selects the reference tissue).
+    image, pair : numpy.ndarray
+        The scan and its synthetic N2N pair divided by the reference intensity.
+    mask : numpy.ndarray of bool
+        Head mask.
+    noise_percent : float
+        Intrinsic noise of the scan (percent of the reference tissue).
+    reference_tissue : str
+    reference_intensity : float
+        In image units.
+    """
+
+    name: str
+    sha256: str | None
+    contrast: str
+    image: np.ndarray
+    pair: np.ndarray
+    mask: np.ndarray
+    noise_percent: float
+    reference_tissue: str
+    reference_intensity: float
+
+    def record(self) -> dict:
+        """JSON-able description for provenance records."""
+        return {
+            "file": self.name,
+            "sha256": self.sha256,
+            "contrast": self.contrast,
+            "shape": list(self.image.shape),
+            "intrinsic_noise_percent": round(float(self.noise_percent), 3),
+            "reference_tissue": self.reference_tissue,
+            "reference_intensity": round(float(self.reference_intensity), 4),
+        }
+
+
+def parse_volume_spec(spec: str) -> tuple[Path, str | None]:
+    """``"PATH[:CONTRAST]"`` -> ``(Path, contrast or None)``."""
+    path, sep, contrast = spec.rpartition(":")
+    if sep and contrast in CONTRASTS:
+        return Path(path), contrast
+    if sep and "/" not in contrast and "." not in contrast:
+        raise ValueError(f"{spec}: unknown contrast {contrast!r} (choose {', '.join(CONTRASTS)})")
+    return Path(spec), None
+
+
+def prepare_volume(
+    path: str | Path,
+    contrast: str,
+    *,
+    work_dir: str | Path | None = None,
+    exclude_centre: bool = False,
+) -> TrainingVolume:
+    """Load a NIfTI scan and prepare it for training (pair cached in ``work_dir``).
+
+    Parameters
+    ----------
+    path : path-like
+        3D NIfTI file (checked by :func:`~bids_auton2n.denoise.pipeline.load_volume`).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+    work_dir : path-like, optional
+        Cache directory for the synthetic pairs; no caching when omitted.
+    exclude_centre : bool
+        Train on the pair built without the centre voxel in the patch distance
+        (Noise2Sim-style) instead of the paper's pair.  The noise estimate always
+        uses the centre-excluded pair, the one its calibration was made with.
+    """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"{path}: contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+    path = Path(path)
+    image = load_volume(path)
+    finite, _ = sanitize(np.asarray(image.get_fdata(dtype=np.float32)))
+    digest = sha256_file(path)
+    mask = head_mask(finite)
+    if not mask.any():
+        raise ValueError(f"{path}: empty head mask, nothing to train on")
+    cache = None if work_dir is None else Path(work_dir) / "pairs"
+    # The noise estimate is calibrated on centre-excluded pairs (noise.noise_pair).
+    estimate_pair = cached_pair(finite, mask, exclude_centre=True, cache=cache, key=digest,
+                                label=path.name)
+    noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=estimate_pair)
+    pair = estimate_pair if exclude_centre else cached_pair(
+        finite, mask, exclude_centre=False, cache=cache, key=digest, label=path.name)
+    return volume_from_arrays(
+        path.name, finite, pair, mask, contrast=contrast, noise_percent=noise.percent,
+        reference_tissue=noise.reference_tissue, reference_intensity=noise.reference_intensity,
+        sha256=digest,
+    )
+
+
+def cached_pair(
+    finite: np.ndarray,
+    mask: np.ndarray,
+    *,
+    exclude_centre: bool,
+    cache: Path | None,
+    key: str,
+    label: str,
+) -> np.ndarray:
+    """:func:`~bids_auton2n.denoise.pairs.synthetic_pair` of ``finite``, cached as ``.npy``.
+
+    ``key`` identifies the volume (its file's SHA-256); the pair settings complete the
+    cache file name, so a change of search window or patch size recomputes the pair.
+    """
+    name = f"{key[:20]}_s{SEARCH_RADIUS}_p{PATCH_RADIUS}_xc{int(exclude_centre)}.npy"
+    if cache is not None and (cache / name).is_file():
+        pair = np.load(cache / name)
+        if pair.shape == finite.shape:
+            return pair
+    LOGGER.info("%s: synthetic pair (exclude_centre=%s) ...", label, exclude_centre)
+    pair = synthetic_pair(finite, mask=mask, exclude_centre=exclude_centre)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        _atomic_write(cache / name, lambda temporary: _save_npy(temporary, pair))
+    return pair
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    # Through a handle: np.save would append ".npy" to the temporary name.
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def volume_from_arrays(
+    name: str,
+    image: np.ndarray,
+    pair: np.ndarray,
+    mask: np.ndarray,
+    *,
+    contrast: str,
+    noise_percent: float,
+    reference_intensity: float,
+    reference_tissue: str = "given",
+    sha256: str | None = None,
+) -> TrainingVolume:
+    """:class:`TrainingVolume` from arrays in image units (divided here by the reference)."""
+    normalizer = IntensityNormalizer(reference_intensity)
+    mask = np.asarray(mask, dtype=bool)
+    if not (image.shape == pair.shape == mask.shape) or image.ndim != 3:
+        raise ValueError(f"{name}: image, pair and mask must be 3D of one shape")
+    if not math.isfinite(noise_percent) or noise_percent < 0:
+        raise ValueError(f"{name}: intrinsic noise must be a percentage >= 0, got {noise_percent}")
+    return TrainingVolume(
+        name=name, sha256=sha256, contrast=contrast,
+        image=normalizer.forward(image), pair=normalizer.forward(pair), mask=mask,
+        noise_percent=float(noise_percent), reference_tissue=reference_tissue,
+        reference_intensity=float(reference_intensity),
+    )
+
+
+def added_noise_std(level: float, intrinsic_percent: float) -> float:
+    """Std (network units) of the Gaussian noise that brings ``intrinsic_percent`` to ``level``.
+
+    Independent Gaussian noises add in variance, so ``sqrt(max(level**2 - p0**2, 0)) / 100``;
+    a scan already noisier than ``level`` gets none.
+    """
+    return math.sqrt(max(level * level - intrinsic_percent * intrinsic_percent, 0.0)) / 100.0
+
+
+def step_rng(seed: int, level: float, step: int, purpose: int = 0) -> np.random.Generator:
+    """Generator of the draws of one training step (or of validation, ``purpose=1``)."""
+    return np.random.default_rng([int(seed), int(round(100 * level)), int(step), int(purpose)])
+
+
+@dataclass
+class _Layout:
+    """Where training and validation patches of one volume may start."""
+
+    train_starts: np.ndarray  # (n, 3) int64 patch corners, patch outside the slab
+    val_starts: np.ndarray  # (m, 3) corners of patches inside the slab
+
+
+class PatchSampler:
+    """Random training patches and a fixed validation set from prepared volumes.
+
+    Parameters
+    ----------
+    volumes : list of TrainingVolume
+    patch_size : int
+        Edge of the cubic patches; reduced (with a warning) when a volume is too
+        small to hold a training and a validation patch along its longest axis
+        and one patch along every other.
+    validation : bool
+        Hold out a slab per volume (False: every patch position trains, and
+        :meth:`validation_set` raises).
+    """
+
+    def __init__(self, volumes: list[TrainingVolume], patch_size: int, *, validation: bool = True):
+        if not volumes:
+            raise ValueError("no training volumes")
+        self.volumes = list(volumes)
+        self.validation = validation
+        limit = min(min(min(v.image.shape), max(v.image.shape) // (2 if validation else 1))
+                    for v in self.volumes)
+        if limit < MIN_PATCH:
+            small = min(self.volumes, key=lambda v: min(v.image.shape))
+            raise ValueError(f"{small.name}: volume {small.image.shape} too small for training patches")
+        if patch_size > limit:
+            LOGGER.warning("patch size reduced from %d to %d to fit the smallest volume", patch_size, limit)
+        self.patch_size = int(min(patch_size, limit))
+        self._layouts = [self._layout(v) for v in self.volumes]
+
+    def _layout(self, volume: TrainingVolume) -> _Layout:
+        size = self.patch_size
+        shape = np.array(volume.image.shape)
+        # Patch corners centred on head voxels (every 2nd voxel per axis is plenty
+        # and keeps the tables small), clipped into the volume.
+        centres = np.argwhere(volume.mask[::2, ::2, ::2]) * 2
+        starts = np.clip(centres - size // 2, 0, shape - size)
+        if not self.validation:
+            return _Layout(np.unique(starts, axis=0), np.empty((0, 3), np.int64))
+        axis = int(np.argmax(shape))
+        head = np.flatnonzero(volume.mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        slab = int(np.clip(round(head[0] + 0.75 * (head[-1] + 1 - head[0])) - size // 2,
+                           0, shape[axis] - size))
+        if slab < size and slab + 2 * size > shape[axis]:
+            slab = int(shape[axis]) - size  # leave room for one training patch before the slab
+        outside = (starts[:, axis] + size <= slab) | (starts[:, axis] >= slab + size)
+        inside = (centres[:, axis] >= slab) & (centres[:, axis] < slab + size)
+        val_starts = starts[inside].copy()
+        val_starts[:, axis] = slab
+        train_starts = np.unique(starts[outside], axis=0)
+        if len(train_starts) == 0 or len(val_starts) == 0:
+            raise ValueError(f"{volume.name}: head too small to split into training and validation")
+        return _Layout(train_starts, np.unique(val_starts, axis=0))
+
+    def _cut(self, array: np.ndarray, start) -> np.ndarray:
+        z, y, x = (int(s) for s in start)
+        size = self.patch_size
+        return array[z:z + size, y:y + size, x:x + size]
+
+    def training_batch(self, step: int, batch_size: int, level: float, seed: int):
+        """Inputs and targets ``(batch, 1, P, P, P)`` float32 for training step ``step``."""
+        rng = step_rng(seed, level, step)
+        inputs, targets = [], []
+        for _ in range(batch_size):
+            index = int(rng.integers(len(self.volumes)))
+            volume, layout = self.volumes[index], self._layouts[index]
+            start = layout.train_starts[rng.integers(len(layout.train_starts))]
+            flips = tuple(axis for axis in range(3) if rng.random() < 0.5)
+            std = added_noise_std(level, volume.noise_percent)
+            shape = (self.patch_size,) * 3
+            noisy_input = self._cut(volume.image, start) + std * rng.standard_normal(shape)
+            noisy_target = self._cut(volume.pair, start) + std * rng.standard_normal(shape)
+            inputs.append(np.flip(noisy_input, flips))
+            targets.append(np.flip(noisy_target, flips))
+        return (np.stack(inputs)[:, None].astype(np.float32),
+                np.stack(targets)[:, None].astype(np.float32))
+
+    def validation_set(self, level: float, per_volume: int, seed: int) -> dict:
+        """Fixed validation patches at ``level``: always the same for the same arguments.
+
+        Returns
+        -------
+        dict
+            ``inputs``, ``targets`` (noisy, as in training, no flips), ``originals``
+            (the scan before added noise), ``masks`` (head), all ``(n, 1, P, P, P)``,
+            and ``added_std`` (per patch, network units).
+        """
+        if not self.validation:
+            raise ValueError("this sampler holds out no validation slab")
+        rng = step_rng(seed, level, 0, purpose=1)
+        out = {"inputs": [], "targets": [], "originals": [], "masks": [], "added_std": []}
+        shape = (self.patch_size,) * 3
+        for volume, layout in zip(self.volumes, self._layouts):
+            chosen = rng.choice(len(layout.val_starts), size=min(per_volume, len(layout.val_starts)),
+                                replace=False)
+            std = added_noise_std(level, volume.noise_percent)
+            for start in layout.val_starts[np.sort(chosen)]:
+                original = self._cut(volume.image, start)
+                out["inputs"].append(original + std * rng.standard_normal(shape))
+                out["targets"].append(self._cut(volume.pair, start) + std * rng.standard_normal(shape))
+                out["originals"].append(original)
+                out["masks"].append(self._cut(volume.mask, start))
+                out["added_std"].append(std)
+        result = {key: np.stack(value)[:, None].astype(np.float32 if key != "masks" else bool)
+                  for key, value in out.items() if key != "added_std"}
+        result["added_std"] = np.asarray(out["added_std"], dtype=np.float64)
+        return result

@@ -1,0 +1,245 @@
+"""Tests of the expert training package (tiny volumes, a few Adam steps)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bids_auton2n.cli.train import main as train_main
+from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file, write_manifest_entry
+from bids_auton2n.denoise.network import ResidualDenoiser3D
+from bids_auton2n.denoise.pipeline import InputImageError
+from bids_auton2n.train import curriculum
+from bids_auton2n.train.curriculum import finetune, load_volumes, train_curriculum
+from bids_auton2n.train.data import (
+    PatchSampler,
+    added_noise_std,
+    parse_volume_spec,
+    prepare_volume,
+    volume_from_arrays,
+)
+from bids_auton2n.train.trainer import TrainConfig, train_expert
+
+SHAPE = (40, 32, 32)
+REFERENCE = 100.0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions are dominated by thread synchronisation, worst on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_clean(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipsoidal 'head' with smooth structure and an edge; reference tissue ~100."""
+    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]].astype(np.float32)
+    head = ((z - 20) / 18) ** 2 + ((y - 16) / 14) ** 2 + ((x - 16) / 14) ** 2 < 1
+    shift = np.random.default_rng(seed).uniform(0, 3)
+    clean = REFERENCE * (0.8 + 0.2 * np.sin(z / 4 + shift) * np.cos(y / 5)) - 30 * (x > 16)
+    return (clean * head).astype(np.float32), head
+
+
+def toy_volume(name="toy", seed=0, percent=2.0):
+    """Prepared volume whose pair is an independent noise realization (an exact N2N pair)."""
+    clean, head = toy_clean(seed)
+    rng = np.random.default_rng(seed + 100)
+    sigma = percent / 100 * REFERENCE
+    noisy = clean + sigma * rng.standard_normal(SHAPE).astype(np.float32)
+    pair = clean + sigma * rng.standard_normal(SHAPE).astype(np.float32)
+    return volume_from_arrays(name, noisy, pair, head, contrast="T1w", noise_percent=percent,
+                              reference_intensity=REFERENCE)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    settings = dict(level=5.0, patch_size=12, batch_size=2, steps_per_epoch=4, max_epochs=3,
+                    patience=10, val_patches_per_volume=2, seed=3, device="cpu")
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_added_noise_reaches_level_in_variance():
+    assert added_noise_std(5.0, 3.0) == pytest.approx(0.04)
+    assert added_noise_std(1.0, 2.5) == 0.0  # already noisier than the level: nothing added
+
+
+def test_training_batch_noise_is_independent_with_the_level_std():
+    clean, head = toy_clean()
+    volume = volume_from_arrays("flat", clean, clean, head, contrast="T1w", noise_percent=0.0,
+                                reference_intensity=REFERENCE)
+    sampler = PatchSampler([volume], 12)
+    inputs, targets = sampler.training_batch(step=0, batch_size=32, level=5.0, seed=1)
+    assert inputs.shape == (32, 1, 12, 12, 12) and inputs.dtype == np.float32
+    # Input and target start equal, so their difference is the two added noises only.
+    assert np.std(inputs - targets) == pytest.approx(0.05 * np.sqrt(2), rel=0.03)
+
+
+def test_validation_slab_never_overlaps_training_patches():
+    volume = toy_volume()
+    sampler = PatchSampler([volume], 12)
+    layout = sampler._layouts[0]
+    axis = int(np.argmax(SHAPE))
+    slab = int(layout.val_starts[0, axis])
+    assert np.all(layout.val_starts[:, axis] == slab)
+    ends = layout.train_starts[:, axis] + sampler.patch_size
+    assert np.all((ends <= slab) | (layout.train_starts[:, axis] >= slab + sampler.patch_size))
+
+
+def test_patch_size_shrinks_to_fit_small_volume():
+    assert PatchSampler([toy_volume()], 64).patch_size == 20  # longest axis 40 holds 2 patches
+
+
+def test_loss_decreases_on_toy_volume():
+    result = train_expert(PatchSampler([toy_volume()], 12), tiny_config(max_epochs=4, lr=3e-3),
+                          progress=False)
+    history = result.history
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert history[-1]["train_loss"] < history[1]["train_loss"] * 1.05
+    assert history[-1]["psnr_output_db"] > history[0]["psnr_output_db"]
+    assert result.stopped == "max_epochs" and result.steps == 16
+
+
+def test_training_is_deterministic_given_a_seed():
+    sampler = PatchSampler([toy_volume()], 12)
+    first = train_expert(sampler, tiny_config(), progress=False)
+    second = train_expert(sampler, tiny_config(), progress=False)
+    assert same_weights(first.state_dict, second.state_dict)
+    other = train_expert(sampler, tiny_config(seed=4), progress=False)
+    assert not same_weights(first.state_dict, other.state_dict)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    sampler = PatchSampler([toy_volume()], 12)
+    straight = train_expert(sampler, tiny_config(max_epochs=3, patience=1000), progress=False)
+    checkpoint = tmp_path / "expert.ckpt"
+    interrupted = train_expert(sampler, tiny_config(max_epochs=1, patience=1000),
+                               checkpoint=checkpoint, progress=False)
+    assert interrupted.epochs == 1 and checkpoint.is_file()
+    resumed = train_expert(sampler, tiny_config(max_epochs=3, patience=1000),
+                           checkpoint=checkpoint, progress=False)
+    assert resumed.epochs == 3
+    assert same_weights(straight.state_dict, resumed.state_dict)
+    assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
+
+
+def test_checkpoint_with_other_settings_is_refused(tmp_path):
+    sampler = PatchSampler([toy_volume()], 12)
+    checkpoint = tmp_path / "expert.ckpt"
+    train_expert(sampler, tiny_config(max_epochs=1), checkpoint=checkpoint, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train_expert(sampler, tiny_config(max_epochs=1, lr=0.5), checkpoint=checkpoint,
+                     progress=False)
+
+
+def test_time_budget_stops_training():
+    start = time.perf_counter()
+    result = train_expert(PatchSampler([toy_volume()], 12),
+                          tiny_config(max_epochs=10_000, time_budget_s=1.0), progress=False)
+    assert result.stopped == "time_budget"
+    assert time.perf_counter() - start < 8.0
+
+
+def test_curriculum_initialises_each_level_from_the_previous(tmp_path, monkeypatch):
+    calls = []
+    real_train = curriculum.train_expert
+
+    def spy(sampler, config, *, init_state=None, **kwargs):
+        result = real_train(sampler, config, init_state=init_state, **kwargs)
+        calls.append((config.level, init_state, result.state_dict))
+        return result
+
+    monkeypatch.setattr(curriculum, "train_expert", spy)
+    out = tmp_path / "experts"
+    train_curriculum([toy_volume("a", 0), toy_volume("b", 1)], out_dir=out,
+                     work_dir=tmp_path / "work", levels=(3, 1), base_config=tiny_config(max_epochs=1),
+                     command="test", progress=False)
+    assert [level for level, _, _ in calls] == [1.0, 3.0]
+    assert calls[0][1] is None
+    assert same_weights(calls[1][1], calls[0][2])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["initialised_from"] for e in manifest["experts"]] == [None, 1.0]
+
+
+def test_manifest_records_hashes_and_provenance(tmp_path):
+    out = tmp_path / "experts"
+    results = train_curriculum([toy_volume()], out_dir=out, work_dir=tmp_path / "work",
+                               levels=(1, 3), base_config=tiny_config(max_epochs=1),
+                               command="bids_auton2n-train --test", progress=False)
+    registry = ExpertRegistry(out)
+    assert registry.levels == [1.0, 3.0]
+    for result in results:
+        entry = registry.entry(result.level)
+        assert entry["sha256"] == sha256_file(registry.path(result.level))
+        assert entry["command"] == "bids_auton2n-train --test"
+        assert entry["training_data"][0]["file"] == "toy"
+        assert entry["revision"]
+        assert entry["epochs"] == 1 and entry["settings"]["level"] == result.level
+        model = registry.load(result.level)
+        assert same_weights(model.state_dict(), result.state_dict)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Two toy scans as NIfTI files and a one-expert starting registry."""
+    files = []
+    for index in range(2):
+        clean, _ = toy_clean(index)
+        noisy = clean + 3.0 * np.random.default_rng(index).standard_normal(SHAPE)
+        path = tmp_path / f"sub-0{index + 1}_T1w.nii.gz"
+        nib.Nifti1Image(np.clip(noisy, 0, None).astype(np.float32), np.eye(4)).to_filename(path)
+        files.append(path)
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    write_manifest_entry(start, 3.0, ResidualDenoiser3D().state_dict(),
+                         {"training_data": "none", "command": "test", "revision": "test"})
+    return files, ExpertRegistry(start)
+
+
+def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset):
+    files, start = dataset
+    work = tmp_path / "work"
+    load_volumes(files, work_dir=work)  # pairs cached: the timed call measures training
+    budget = 4.0
+    began = time.perf_counter()
+    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=budget, registry=start,
+                   work_dir=work, config=tiny_config(level=0.0, max_epochs=10_000),
+                   command="test", progress=False)
+    assert time.perf_counter() - began < budget + 4.0
+    registry = ExpertRegistry(out)
+    assert registry.levels == [3.0]
+    entry = registry.entry(3.0)
+    assert entry["stopped"] == "time_budget"
+    assert entry["finetuned_from"]["sha256"] == start.sha256(3.0)
+    assert [d["file"] for d in entry["training_data"]] == [f.name for f in files]
+    assert entry["settings"]["level"] == 0.0  # no noise added by default
+    registry.load(3.0)
+
+
+def test_finetune_epoch_budget(tmp_path, dataset):
+    files, start = dataset
+    out = finetune(files, start_level=3.0, out_dir=tmp_path / "ft", time_budget_s=None,
+                   max_epochs=2, registry=start, config=tiny_config(level=0.0),
+                   command="test", progress=False)
+    entry = ExpertRegistry(out).entry(3.0)
+    assert entry["epochs"] == 2 and entry["stopped"] == "max_epochs"
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown contrast"):
+        parse_volume_spec("scan.nii.gz:T3w")
+    assert parse_volume_spec("/a/b_T2w.nii.gz:T2w")[1] == "T2w"
+    with pytest.raises(InputImageError, match="missing.nii.gz"):
+        prepare_volume(tmp_path / "missing.nii.gz", "T1w")
+    assert train_main(["--finetune", str(tmp_path / "missing.nii.gz"), "--out",
+                       str(tmp_path / "o"), "--no-progress"]) == 2
