@@ -21,12 +21,11 @@ def _reference_local_mean(guide):
 
 
 def reference_ri_nlm(x, guide, sigma, search_radius=5, rician=True, mask=None):
-    """The RI-NLM spec, one voxel at a time, on the authors' 0-255 intensity scale."""
+    """The RI-NLM spec, one voxel at a time, in image units (no 0-255 rescaling)."""
     x = np.asarray(x, np.float64)
-    scale = 255.0 / np.abs(guide).max()
-    g = np.asarray(guide, np.float64) * scale
-    mu = _reference_local_mean(np.asarray(guide, np.float64)) * scale
-    h = sigma * scale / 3.0
+    g = np.asarray(guide, np.float64)
+    mu = _reference_local_mean(g)
+    h = sigma / 3.0
     values = x**2 if rician else x
     output = x.copy()
     r = search_radius
@@ -90,6 +89,15 @@ def test_radius_zero_is_identity_or_bias_correction():
     np.testing.assert_allclose(ri_nlm(noisy, guide, 4.0, search_radius=0, rician=False), noisy, rtol=1e-6)
     expected = np.sqrt(np.maximum(noisy.astype(np.float64) ** 2 - 32.0, 0))
     np.testing.assert_allclose(ri_nlm(noisy, guide, 4.0, search_radius=0), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("unit", [1e-30, 1e-3, 1e4])
+def test_result_does_not_depend_on_intensity_units(unit):
+    # Also covers the 0-255 rescaling: the reference works in image units.
+    _, noisy, guide = _smooth_phantom((8, 9, 10), seed=9)
+    expected = ri_nlm(noisy, guide, 4.0) * unit
+    scaled = ri_nlm(noisy * np.float32(unit), guide * np.float32(unit), 4.0 * unit)
+    np.testing.assert_allclose(scaled, expected, rtol=1e-5, atol=1e-5 * 4.0 * unit)
 
 
 def test_result_does_not_depend_on_thread_count():
