@@ -74,6 +74,13 @@ def test_matches_reference(rician, search_radius):
     assert np.abs(result - noisy).mean() > 0.5
 
 
+@pytest.mark.parametrize("shape", [(1, 7, 9), (6, 1, 5), (5, 6, 1)])
+def test_matches_reference_on_one_voxel_thick_volumes(shape):
+    _, noisy, guide = _smooth_phantom(shape, seed=10)
+    expected = reference_ri_nlm(noisy, guide, 4.0, 5, True)
+    np.testing.assert_allclose(ri_nlm(noisy, guide, 4.0), expected, rtol=1e-5, atol=4e-5)
+
+
 def test_matches_reference_with_mask_and_keeps_outside():
     _, noisy, guide = _smooth_phantom((12, 11, 14), seed=2)
     zz, yy, xx = np.indices(noisy.shape)
@@ -175,7 +182,8 @@ def _bad_inputs():
         ((good, good, 1.0), {"search_radius": 2.5}, "search_radius must be an integer"),
         ((good, good, 1.0), {"mask": np.ones((4, 5), bool)}, "mask must be a 3D array"),
         ((good, good, 1.0), {"mask": np.ones((4, 5, 7), bool)}, "mask shape"),
-        ((good.astype(str), good, 1.0), {}, "x must be numeric"),
+        ((good.astype(str), good, 1.0), {}, "x must be real-valued"),
+        ((good, good.astype(complex), 1.0), {}, "guide must be real-valued"),
     ]
 
 

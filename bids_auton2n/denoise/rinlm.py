@@ -218,8 +218,8 @@ def _as_volume(name, array, shape=None):
         raise ValueError(f"ri_nlm: {name} must be a 3D array, got shape {array.shape}")
     if shape is not None and array.shape != shape:
         raise ValueError(f"ri_nlm: {name} shape {array.shape} differs from x shape {shape}")
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
-        raise ValueError(f"ri_nlm: {name} must be numeric, got dtype {array.dtype}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"ri_nlm: {name} must be real-valued, got dtype {array.dtype}")
     return array
 
 
