@@ -11,7 +11,8 @@ machine is shared: the load average before and after each run is printed, quote 
 the times; the process CPU time (summed over threads) is printed too, as it is less
 sensitive to other people's jobs than the wall time.
 
-Usage: ``python scripts/time_rinlm.py [--repeats N] [--percent P] [--radius R]``
+Usage (from the repository root): ``PYTHONPATH=. python scripts/time_rinlm.py
+[--repeats N] [--percent P] [--radius R]``
 """
 
 import argparse

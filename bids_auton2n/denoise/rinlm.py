@@ -196,9 +196,8 @@ def _local_mean_3x3x3(volume):
         shifted_sum[tuple(before)] += total[tuple(after)]
         total = shifted_sum
         neighbours = np.full(length, 3.0)
-        neighbours[[0, -1]] -= 1.0
-        if length == 1:
-            neighbours[0] = 1.0
+        neighbours[0] -= 1.0  # for length 1 both edges fall on one voxel: 1 neighbour
+        neighbours[-1] -= 1.0
         count = np.multiply.outer(count, neighbours)
     return (total / count.reshape(volume.shape)).astype(np.float32)
 
