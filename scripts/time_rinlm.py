@@ -6,6 +6,9 @@ Rician noise of ``--percent`` % of its maximum. The guide is the clean image plu
 small residual noise (a stand-in for the CNN output). The filter is timed on the whole
 volume and within a brain mask (guide > 0, the case the pipeline hits with a mask).
 
+Throughput is quoted as voxels x (2r+1)^3 nominal candidates per wall second (border
+voxels have fewer candidates, masked rows compute a little more than the mask).
+
 The JIT is warmed up on a tiny volume first, so the times exclude compilation. The
 machine is shared: the load average before and after each run is printed, quote it with
 the times; the process CPU time (summed over threads) is printed too, as it is less
