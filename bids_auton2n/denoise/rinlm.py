@@ -35,7 +35,9 @@ contiguous, vectorised (fastmath, float32) innermost loop over x. A tile reads a
 11-plane by (``_TILE_ROWS`` + 10)-row band of three float32 arrays (~0.7 MB for a
 200-voxel-wide volume), which stays in L2. The exponential is a branch-free polynomial
 (``_exp_neg``) because numba has no vectorised ``exp`` without SVML. Only the span
-between the first and last mask voxel of each row is computed.
+between the first and last mask voxel of each row is computed. Each voxel's sums are
+accumulated in the same order whatever the thread count, so results are bit-identical
+for any number of threads.
 
 Not used, measured: the symmetric Darbon offset loop (half the offsets, both voxels of
 a pair updated, race-free by two-colouring z-slabs at least ``r`` thick). With the
@@ -252,8 +254,9 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     Raises
     ------
     ValueError
-        On a non-3D input, mismatched shapes, non-finite values, a negative or
-        non-finite ``sigma`` or a negative ``search_radius``.
+        On a non-3D or non-real input, mismatched shapes, non-finite values (callers
+        sanitize first, see ``intensity.sanitize``), a negative or non-finite ``sigma``
+        or a negative or non-integer ``search_radius``.
 
     Notes
     -----
