@@ -15,7 +15,12 @@ from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file, write_mani
 from bids_auton2n.denoise.network import ResidualDenoiser3D
 from bids_auton2n.denoise.pipeline import InputImageError
 from bids_auton2n.train import curriculum
-from bids_auton2n.train.curriculum import finetune, load_volumes, train_curriculum
+from bids_auton2n.train.curriculum import (
+    eligible_volumes,
+    finetune,
+    load_volumes,
+    train_curriculum,
+)
 from bids_auton2n.train.data import (
     PatchSampler,
     added_noise_std,
@@ -187,6 +192,16 @@ def test_manifest_records_hashes_and_provenance(tmp_path):
         assert entry["epochs"] == 1 and entry["settings"]["level"] == result.level
         model = registry.load(result.level)
         assert same_weights(model.state_dict(), result.state_dict)
+
+
+def test_scans_noisier_than_the_level_are_left_out():
+    clean, low, high = toy_volume("c", percent=0.5), toy_volume("l", percent=2.0), toy_volume(
+        "h", percent=6.0)
+    names = lambda level: [v.name for v in eligible_volumes([clean, low, high], level, 1.25)]
+    assert names(1.0) == ["c"]
+    assert names(5.0) == ["c", "l", "h"]  # 6 <= 1.25 * 5
+    assert [v.name for v in eligible_volumes([low, high], 1.0, 1.25)] == ["l"]  # cleanest alone
+    assert len(eligible_volumes([clean, low, high], 1.0, None)) == 3
 
 
 @pytest.fixture

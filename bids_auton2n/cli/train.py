@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 
 from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
+from ..denoise.inference import resolve_device
 from ..denoise.pipeline import CONTRASTS, InputImageError
-from ..train.curriculum import LEVELS, TRAINING_SCANS, finetune, load_volumes, train_curriculum
+from ..train.curriculum import (
+    LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes, train_curriculum,
+)
 from ..train.trainer import TrainConfig
 
 
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data-dir", type=Path,
                         help="directory holding the project's training scans: "
                              + ", ".join(f"{name} ({c})" for name, c in TRAINING_SCANS))
+    source.add_argument("--max-noise-ratio", type=float, default=MAX_NOISE_RATIO,
+                        help="a scan trains the p %% expert only if its own noise is <= this "
+                             "times p (0: every scan trains every level)")
     source.add_argument("--levels", nargs="+", type=float, default=list(LEVELS),
                         help="expert noise levels (percent), trained in increasing order")
     ft = parser.add_argument_group("fine-tuning")
@@ -82,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Noise2Sim-style pairs (centre voxel left out of the patch distance)")
     net.add_argument("--seed", type=int, default=0)
     net.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    net.add_argument("--threads", type=int,
+                     help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -90,6 +98,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        resolve_device(args.device, threads=args.threads)
+    except ValueError as error:
+        parser.error(str(error))
     config = TrainConfig(
         level=0.0, patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, steps_per_epoch=args.steps_per_epoch, max_epochs=args.max_epochs,
@@ -124,7 +136,7 @@ def main(argv=None) -> int:
             total_budget_s=args.total_budget_min * 60.0,
             expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
             base_config=config, exclude_centre=args.exclude_centre,
-            progress=not args.no_progress,
+            max_noise_ratio=args.max_noise_ratio or None, progress=not args.no_progress,
         )
     except (InputImageError, ExpertWeightsError, ValueError, FileNotFoundError) as error:
         print(f"bids_auton2n-train: error: {error}", file=sys.stderr)

@@ -40,6 +40,10 @@ LEVELS = (1.0, 3.0, 5.0, 7.0, 9.0)
 #: gets twice the time of the fine-tuned ones (curriculum levels start close to
 #: their optimum, the paper's reason for the curriculum).
 FIRST_LEVEL_SHARE = 2.0
+#: A scan trains the expert of level ``p`` only if its own noise is at most this
+#: multiple of ``p``: noise can be added to a scan, never removed, so a scan noisier
+#: than the level would teach the expert a higher level than its own.
+MAX_NOISE_RATIO = 1.25
 #: The real scans of the project's training set and their contrasts
 #: (``/work/shared/data``, see its README and ``docs/model-card.md``).
 TRAINING_SCANS = (
@@ -111,6 +115,25 @@ def _provenance(volumes, config: TrainConfig, result: TrainResult, *, command, e
     }
 
 
+def eligible_volumes(volumes: list[TrainingVolume], level: float,
+                     max_noise_ratio: float | None = MAX_NOISE_RATIO) -> list[TrainingVolume]:
+    """Scans whose own noise is at most ``max_noise_ratio * level`` (all if None).
+
+    When none is that clean, the cleanest scan alone (with a warning): an expert
+    needs data, and it is the closest to the level there is.
+    """
+    if max_noise_ratio is None:
+        return list(volumes)
+    used = [v for v in volumes if v.noise_percent <= max_noise_ratio * level]
+    if not used:
+        cleanest = min(volumes, key=lambda v: v.noise_percent)
+        LOGGER.warning("no scan has noise <= %.2f%% for the %g%% expert; using the cleanest, "
+                       "%s (%.2f%%)", max_noise_ratio * level, level, cleanest.name,
+                       cleanest.noise_percent)
+        used = [cleanest]
+    return used
+
+
 def train_curriculum(
     volumes: list[TrainingVolume],
     *,
@@ -121,6 +144,7 @@ def train_curriculum(
     expert_budget_s: float | None = None,
     base_config: TrainConfig | None = None,
     exclude_centre: bool = False,
+    max_noise_ratio: float | None = MAX_NOISE_RATIO,
     command: str | None = None,
     progress: bool = True,
 ) -> list[TrainResult]:
@@ -146,6 +170,8 @@ def train_curriculum(
         Settings other than ``level`` and ``time_budget_s``.
     exclude_centre : bool
         Recorded in the provenance (the volumes' pairs must have been built so).
+    max_noise_ratio : float or None
+        See :func:`eligible_volumes`; None trains every level on every scan.
     command : str, optional
         Command recorded in the manifest (default: this process's command line).
     progress : bool
@@ -159,7 +185,6 @@ def train_curriculum(
     base = base_config or TrainConfig(level=levels[0])
     command = command or current_command()
     work_dir = Path(work_dir)
-    sampler = PatchSampler(volumes, base.patch_size)
     shares = [FIRST_LEVEL_SHARE] + [1.0] * (len(levels) - 1)
     results: list[TrainResult] = []
     spent = 0.0
@@ -170,17 +195,22 @@ def train_curriculum(
             fair = max(total_budget_s - spent, 0.0) * shares[index] / sum(shares[index:])
             budget = fair if budget is None else min(budget, fair)
         config = replace(base, level=level, time_budget_s=budget)
-        LOGGER.info("expert %g%%: budget %s s, initialised from %s", level,
+        used = eligible_volumes(volumes, level, max_noise_ratio)
+        LOGGER.info("expert %g%%: budget %s s, initialised from %s, scans %s", level,
                     "none" if budget is None else f"{budget:.0f}",
-                    "random weights" if previous is None else f"{previous.level:g}% expert")
+                    "random weights" if previous is None else f"{previous.level:g}% expert",
+                    ", ".join(v.name for v in used))
         result = train_expert(
-            sampler, config, init_state=None if previous is None else previous.state_dict,
+            PatchSampler(used, base.patch_size), config,
+            init_state=None if previous is None else previous.state_dict,
             checkpoint=work_dir / f"expert_{level:g}.ckpt", progress=progress,
         )
         spent += result.train_seconds
         write_manifest_entry(out_dir, level, result.state_dict, _provenance(
-            volumes, config, result, command=command, exclude_centre=exclude_centre,
+            used, config, result, command=command, exclude_centre=exclude_centre,
             initialised_from=None if previous is None else previous.level,
+            extra={"scans_left_out_as_noisier_than_level": [
+                v.name for v in volumes if v not in used]},
         ))
         results.append(result)
         previous = result
