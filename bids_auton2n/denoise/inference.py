@@ -25,9 +25,9 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
-#: Default tile edge.  128^3 tiles keep peak memory near 1.5 GiB in fp32 (16
-#: feature maps of 2M voxels, a few alive at a time) while adding little
-#: recomputation at tile overlaps; see docs/cnn-performance.md.
+#: Default tile edge.  128^3 tiles keep fp32 peak memory around 1-2 GiB (16
+#: feature maps of 2M voxels, a few alive at a time), add little recomputation
+#: at tile overlaps, and ran fastest on CPU (docs/cnn-performance.md).
 DEFAULT_ROI_SIZE = (128, 128, 128)
 #: Margin (voxels) kept around the head mask's bounding box, so that the edge
 #: of the head is not at the crop border, where the network would see
@@ -139,7 +139,9 @@ def cnn_denoise(
         See :func:`resolve_device`.
     roi_size : sequence of 3 int
         Tile size; clipped to the (cropped) volume size so small volumes are
-        processed in one tile, without padding.
+        processed in one tile, without padding.  On CPU keep tiles >= 48 per
+        edge: PyTorch runs 32^3 convolutions outside oneDNN, ~10x slower
+        (docs/cnn-performance.md).
     overlap : float
         Fractional tile overlap for the sliding window.
     mask : numpy.ndarray of bool, optional
@@ -150,8 +152,9 @@ def cnn_denoise(
     sw_batch_size : int
         Tiles per forward call.
     precision : {"fp32", "bf16"}
-        ``"bf16"`` runs the convolutions under bfloat16 autocast (see
-        docs/cnn-performance.md for its measured speed and PSNR cost).
+        ``"bf16"`` runs the convolutions under bfloat16 autocast: measured
+        PSNR cost 0.003 dB, speed gain not established on CPU
+        (docs/cnn-performance.md).  The input and the global skip stay fp32.
     progress : bool
         Show a tqdm bar over the (expert, flip) passes.
 
