@@ -61,6 +61,7 @@ class Case:
     brain_mask: np.ndarray | None = None
     score_mask: np.ndarray | None = None   # where PSNR / SSIM are measured
     peak: float | None = None              # PSNR peak
+    has_air: bool = True                   # real scans: uncropped, so the background is air
 
     @property
     def is_phantom(self) -> bool:
@@ -126,7 +127,8 @@ def real_cases(config: BenchmarkConfig):
         affine = image.affine
         if config.crop_shape:
             data, affine = _centre_crop(data, affine, config.crop_shape)
-        yield Case(dataset=name, contrast=REAL_SCANS.get(name, "T1w"), level=None, noisy=data, affine=affine)
+        yield Case(dataset=name, contrast=REAL_SCANS.get(name, "T1w"), level=None, noisy=data, affine=affine,
+                   has_air=not config.crop_shape)
 
 
 def real_scan_masks(noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +225,9 @@ def real_measures(case: Case, denoised: np.ndarray, head: np.ndarray, background
         "residual_std": float(residual[head].std()),
         "residual_whiteness": metrics.residual_whiteness(residual, head),
         "residual_edge_corr": metrics.residual_edge_correlation(residual, denoised, head),
-        "background_std": metrics.background_std(denoised, background),
+        # Skull-stripped scans have an all-zero background and central crops have no air.
+        "background_std": (metrics.background_std(denoised, background)
+                           if case.has_air and case.noisy[background].any() else float("nan")),
     }
 
 
