@@ -83,7 +83,6 @@ class NipypeSettings:
             if self.mem_gb:
                 args.setdefault("memory_gb", self.mem_gb)
             args.setdefault("raise_insufficient", False)
-            args.setdefault("maxtasksperchild", 1)
         return {"plugin": self.plugin, "plugin_args": args}
 
 

@@ -24,16 +24,27 @@ def main(argv=None) -> int:
 
     try:
         parse_args(argv)
-        logging.basicConfig(
-            level=max(logging.DEBUG, logging.WARNING - 10 * (config.execution.verbosity + 1)),
-            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        )
+        _setup_logging(config.execution.verbosity)
         if config.execution.analysis_level == "group":
             return run_group()
         return run_participant()
     except BIDSAppError as exc:
         print(f"bids_auton2n: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _setup_logging(verbosity: int) -> None:
+    """Our messages at INFO (DEBUG with -vv); Nipype's node chatter only with -v."""
+    from nipype import logging as nipype_logging
+
+    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+    nipype_logging.getLogger("nipype.workflow").setLevel(
+        logging.INFO if verbosity else logging.WARNING)
 
 
 def _prepare_output(output_dir: Path) -> None:
@@ -97,9 +108,6 @@ def run_participant() -> int:
     _check_experts(execution.experts_dir)
     from ..workflows.base import init_auton2n_wf
 
-    workflow = init_auton2n_wf(layout=layout, subjects=subjects)
-    run_dir = execution.work_dir / "runs" / execution.run_uuid
-    config.to_filename(run_dir / "config.json")
     nipype_config.update_config({
         "execution": {
             "crashfile_format": "txt",
@@ -110,6 +118,10 @@ def run_participant() -> int:
         },
         "monitoring": {"enabled": False},
     })
+
+    workflow = init_auton2n_wf(layout=layout, subjects=subjects)
+    run_dir = execution.work_dir / "runs" / execution.run_uuid
+    config.to_filename(run_dir / "config.json")
     sources = sorted(f for files in subjects.values() for f in files)
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None

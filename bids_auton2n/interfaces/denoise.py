@@ -66,7 +66,7 @@ class _EstimateNoiseOutputSpec(TraitedSpec):
 
 
 class EstimateNoise(SimpleInterface):
-    """Head mask and noise level (both units) of one image, from its Auto-N2N pair."""
+    """Head mask and noise level (both units) of one image (:func:`~.noise.estimate_noise`)."""
 
     input_spec = _EstimateNoiseInputSpec
     output_spec = _EstimateNoiseOutputSpec
@@ -74,7 +74,6 @@ class EstimateNoise(SimpleInterface):
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
-        from ..denoise.pairs import synthetic_pair
         from ..denoise.pipeline import load_volume
 
         start = time.perf_counter()
@@ -94,8 +93,7 @@ class EstimateNoise(SimpleInterface):
             )
             source = "user"
         else:
-            pair = synthetic_pair(finite, mask=mask)
-            noise = estimate_noise(finite, contrast=self.inputs.contrast, mask=mask, pair=pair)
+            noise = estimate_noise(finite, contrast=self.inputs.contrast, mask=mask)
             source = "estimated"
 
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)

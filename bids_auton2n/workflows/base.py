@@ -13,6 +13,7 @@ the dataset, whose expert registry then serves every CNN node.
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -175,8 +176,6 @@ def init_single_subject_wf(
     None: derivatives and reportlets are written by the sinks.
     """
     workflow = pe.Workflow(name=name or f"sub_{subject_id}_wf")
-    if crashdump_dir:
-        workflow.config["execution"] = {"crashdump_dir": crashdump_dir}
     for anat_file in anat_files:
         suffix = Path(anat_file).name.split(".")[0].rsplit("_", 1)[-1]
         anat_wf = init_anat_denoise_wf(
@@ -219,6 +218,11 @@ def init_single_subject_wf(
                 ("outputnode.summary_report", "inputnode.summary"),
             ]),
         ])  # fmt:skip
+    if crashdump_dir:
+        # Nipype reads the crash folder from each node's own config (as in fMRIPrep)
+        workflow.config["execution"]["crashdump_dir"] = crashdump_dir
+        for node in workflow._get_all_nodes():
+            node.config = deepcopy(workflow.config)
     return workflow
 
 
@@ -274,7 +278,7 @@ def init_anat_denoise_wf(
     noise_image
         Input minus denoised.
     out_report
-        Before/after flicker SVG (niworkflows ``SimpleBeforeAfterRPT``).
+        Before/after flicker SVG (nireports ``SimpleBeforeAfterRPT``, ex-niworkflows).
     residual_report
         Mosaic SVG of the residual.
     summary_report
@@ -285,7 +289,7 @@ def init_anat_denoise_wf(
         Noise level in percent (feeds the optional fine-tuning node).
     """
     from nireports.interfaces.mosaic import PlotMosaic
-    from niworkflows.interfaces.reportlets.registration import SimpleBeforeAfterRPT
+    from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "experts_dir"]),

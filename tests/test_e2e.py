@@ -1,0 +1,187 @@
+"""End-to-end: the real app (Nipype MultiProc, pybids, torch) on the tiny generated dataset.
+
+Experts are the identity networks of the ``test_experts_dir`` fixture, so these tests check
+the app (names, headers, sidecars, reports, group table, failures, resume), not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_auton2n import __version__
+from bids_auton2n.cli.run import main
+
+SOURCES = (
+    "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz",
+    "sub-01/ses-1/anat/sub-01_ses-1_run-2_T1w.nii.gz",
+    "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+    "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
+    "sub-02/ses-2/anat/sub-02_ses-2_T2w.nii.gz",
+)
+
+
+def _listing(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def app_run(tiny_bids, test_experts_dir, tmp_path_factory):
+    """Participant then group level, as a user would run them."""
+    base = tmp_path_factory.mktemp("e2e")
+    out, work = base / "out", base / "work"
+    before = _listing(tiny_bids)
+    common = [str(tiny_bids), str(out)]
+    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1",
+            "--experts-dir", str(test_experts_dir)]
+    code = main(common + ["participant", "--write-noise-map"] + opts)
+    group_code = main(common + ["group"] + opts)
+    return {"bids": tiny_bids, "out": out, "work": work, "code": code,
+            "group_code": group_code, "before": before, "opts": opts,
+            "experts": test_experts_dir}
+
+
+def test_exit_codes_and_input_untouched(app_run):
+    assert app_run["code"] == 0
+    assert app_run["group_code"] == 0
+    assert _listing(app_run["bids"]) == app_run["before"]
+
+
+def test_derivative_names_and_headers(app_run):
+    out, bids = app_run["out"], app_run["bids"]
+    for source in SOURCES:
+        stem, suffix = source.split(".")[0].rsplit("_", 1)
+        for desc in ("denoised", "noise"):
+            derivative = out / f"{stem}_desc-{desc}_{suffix}.nii.gz"
+            assert derivative.is_file(), derivative
+        src = nb.load(bids / source)
+        den = nb.load(out / f"{stem}_desc-denoised_{suffix}.nii.gz")
+        assert den.shape == src.shape
+        np.testing.assert_allclose(den.affine, src.affine)
+        assert int(den.header["sform_code"]) == int(src.header["sform_code"])
+        assert den.get_data_dtype() == np.float32
+        data = den.get_fdata()
+        assert np.isfinite(data).all() and data.std() > 0
+
+
+def test_sidecars(app_run):
+    out = app_run["out"]
+    manifest = json.loads((app_run["experts"] / "manifest.json").read_text())
+    hashes = {float(e["level"]): e["sha256"] for e in manifest["experts"]}
+    for source in SOURCES:
+        stem, suffix = source.split(".")[0].rsplit("_", 1)
+        meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
+        assert meta["Sources"] == [f"bids:raw:{source}"]
+        assert meta["SkullStripped"] is False
+        noise = meta["NoiseEstimate"]
+        assert noise["sigma"] > 0 and noise["percent"] > 0
+        assert noise["percent"] == pytest.approx(100 * noise["sigma"] / noise["reference_intensity"])
+        assert noise["Source"] == "estimated"
+        assert meta["Experts"] and all(e["SHA256"] == hashes[e["NoiseLevelPercent"]]
+                                       for e in meta["Experts"])
+        assert meta["TestTimeAugmentation"] is True and meta["RINLMFusion"] is True
+        assert meta["FineTuned"] is False
+        assert meta["SoftwareVersion"] == __version__
+        assert meta["TimingsSeconds"]["total"] > 0
+        assert re.fullmatch(r"[0-9a-f]{64}", meta["SourceSHA256"])
+        # the source's own sidecar metadata is carried forward
+        assert meta["RepetitionTime"] == (2.3 if suffix == "T1w" else 3.2)
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Version"] == __version__
+    assert description["DatasetLinks"]["raw"] == app_run["bids"].as_uri()
+
+
+def test_participant_reports(app_run):
+    out = app_run["out"]
+    for subject, n_images in (("01", 3), ("02", 2)):
+        html = (out / f"sub-{subject}.html").read_text()
+        figures = re.findall(r'(?:src|data)="\./(sub-[^"]+\.svg)"', html)
+        assert len(figures) == 2 * n_images  # before/after flicker + residual per image
+        assert all((out / f).is_file() for f in figures)
+        assert html.count("Denoising summary") == n_images
+        assert "No errors to report" in html
+        assert "Auto-N2N" in html  # methods boilerplate
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "test-time augmentation" in citation and "RI-NLM" in citation
+
+
+def test_group_table_and_report(app_run):
+    out = app_run["out"]
+    table = pd.read_csv(out / "group_denoising.tsv", sep="\t", dtype={"subject": str,
+                                                                      "session": str})
+    assert sorted(table["source"]) == sorted(SOURCES)
+    assert (table["status"] == "success").all()
+    for metric in ("snr", "cnr", "cjv", "fwhm"):
+        assert np.isfinite(table[f"{metric}_before"]).all()
+        assert np.isfinite(table[f"{metric}_after"]).all()
+    assert set(table["suffix"]) == {"T1w", "T2w"}
+    assert (table["runtime_s"] > 0).all()
+    html = (out / "group_denoising.html").read_text()
+    for figure in ("noisedist", "snrgain", "smoothness"):
+        assert f"figures/group_desc-{figure}_T1w.svg" in html
+        assert (out / "figures" / f"group_desc-{figure}_T1w.svg").is_file()
+    assert "No image failed" in html
+
+
+def test_rerun_resumes_from_work_dir(app_run):
+    """A second run with the same work dir reuses finished nodes (no recomputation)."""
+    work = app_run["work"]
+    results = sorted(work.glob("auton2n_wf/sub_*_wf/anat_*_wf/cnn_denoise/result_cnn_denoise.pklz"))
+    assert len(results) == len(SOURCES)
+    stamps = [p.stat().st_mtime_ns for p in results]
+    code = main([str(app_run["bids"]), str(app_run["out"]), "participant", "--write-noise-map",
+                 *app_run["opts"]])
+    assert code == 0
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_one_failing_image_does_not_stop_the_others(tiny_bids, test_experts_dir, tmp_path):
+    bids = shutil.copytree(tiny_bids, tmp_path / "bids")
+    broken = bids / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"
+    img = nb.load(broken)
+    nb.Nifti1Image(np.zeros(img.shape, np.int16), img.affine, img.header).to_filename(broken)
+    out, work = tmp_path / "out", tmp_path / "work"
+    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--no-tta",
+            "--experts-dir", str(test_experts_dir), "--participant-label", "02"]
+    assert main([str(bids), str(out), "participant", *opts]) == 1
+    assert (out / "sub-02/ses-2/anat/sub-02_ses-2_desc-denoised_T2w.nii.gz").is_file()
+    assert not (out / "sub-02/ses-1/anat/sub-02_ses-1_desc-denoised_T1w.nii.gz").exists()
+    status = json.loads(next((out / "logs").glob("status_*.json")).read_text())
+    failed = [r for r in status if r["status"] == "failed"]
+    assert [r["source"] for r in failed] == ["sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"]
+    assert "all zeros" in failed[0]["error"]
+    html = (out / "sub-02.html").read_text()
+    assert "One or more execution steps failed" in html
+    assert "sub-02_ses-1_T1w.nii.gz" in html
+    assert main([str(bids), str(out), "group", *opts]) == 1
+    table = pd.read_csv(out / "group_denoising.tsv", sep="\t")
+    row = table[table["status"] == "failed"]
+    assert len(row) == 1 and row["outlier"].iloc[0].startswith("failed")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_group_report_renders_in_headless_chromium(app_run, tmp_path):
+    """Open the group report in a real browser: the DOM has the figures and the table."""
+    report = app_run["out"] / "group_denoising.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "group_desc-snrgain_T1w.svg" in dom and "<table" in dom
+    shot = tmp_path / "group.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
+                    report.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
