@@ -153,39 +153,21 @@ def denoise_array(
                                      progress=progress)
         noise_source = "estimated"
     else:
-        if not np.isfinite(noise_level) or noise_level < 0:
-            raise ValueError(f"noise level must be a non-negative percentage, got {noise_level}")
-        reference = reference_intensity(finite, mask, contrast)
-        noise = NoiseEstimate(
-            sigma=noise_level / 100.0 * reference.intensity,
-            percent=float(noise_level),
-            reference_tissue=reference.name,
-            reference_intensity=reference.intensity,
-            raw_std=float("nan"),
-            n_voxels=int(mask.sum()),
-        )
+        noise = noise_for_level(finite, mask=mask, contrast=contrast, percent=noise_level)
         noise_source = "user"
 
     registry = registry or ExpertRegistry()
-    choices = [ExpertChoice(level=float(expert), weight=1.0)] if expert is not None \
-        else registry.select(noise.percent, blend=blend)
+    choices = choose_experts(registry, noise.percent, expert=expert, blend=blend)
     torch_device = resolve_device(device)
-    models = [(registry.load(c.level, torch_device), c.weight) for c in choices]
-    normalizer = IntensityNormalizer(noise.reference_intensity)
-
     with _stage("cnn", timings, progress):
-        cnn = normalizer.inverse(cnn_denoise(
-            normalizer.forward(finite), models, tta=tta, device=torch_device, mask=mask,
-            progress=progress,
-        ))
+        cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
+                          mask=mask, progress=progress)
     if fusion:
         with _stage("rinlm", timings, progress):
-            guided = ri_nlm(finite, cnn, noise.sigma, rician=rician, mask=mask)
-        denoised = 0.5 * (cnn + guided)
+            denoised = fuse_rinlm(finite, cnn, noise.sigma, rician=rician, mask=mask)
     else:
         denoised = cnn
-    denoised = denoised.astype(np.float32, copy=False)
-    denoised[nonfinite] = np.asarray(x, dtype=np.float32)[nonfinite]
+    denoised = restore_nonfinite(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
         denoised=denoised,
@@ -199,6 +181,58 @@ def denoise_array(
         device=str(torch_device),
         timings=timings,
     )
+
+
+def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
+                    percent: float) -> NoiseEstimate:
+    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`."""
+    if not np.isfinite(percent) or percent < 0:
+        raise ValueError(f"noise level must be a non-negative percentage, got {percent}")
+    reference = reference_intensity(finite, mask, contrast)
+    return NoiseEstimate(
+        sigma=percent / 100.0 * reference.intensity,
+        percent=float(percent),
+        reference_tissue=reference.name,
+        reference_intensity=reference.intensity,
+        raw_std=float("nan"),
+        n_voxels=int(mask.sum()),
+    )
+
+
+def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | None = None,
+                   blend: bool = False) -> list[ExpertChoice]:
+    """The user's expert if given (it must be in the registry), else the registry's choice."""
+    if expert is None:
+        return registry.select(percent, blend=blend)
+    registry.entry(expert)  # fails clearly for a level the registry does not have
+    return [ExpertChoice(level=float(expert), weight=1.0)]
+
+
+def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
+                registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
+                progress: bool = False) -> np.ndarray:
+    """CNN mixture of experts in network units (reference tissue = 1), back in image units."""
+    device = resolve_device(device)
+    models = [(registry.load(c.level, device), c.weight) for c in choices]
+    normalizer = IntensityNormalizer(noise.reference_intensity)
+    return normalizer.inverse(cnn_denoise(
+        normalizer.forward(finite), models, tta=tta, device=device, mask=mask, progress=progress,
+    ))
+
+
+def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: bool,
+               mask: np.ndarray) -> np.ndarray:
+    """The paper's final image: the mean of the CNN output and RI-NLM guided by it."""
+    guided = ri_nlm(finite, cnn, sigma, rician=rician, mask=mask)
+    return 0.5 * (cnn + guided)
+
+
+def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
+                      nonfinite: np.ndarray) -> np.ndarray:
+    """float32 output with the input's NaN/Inf voxels put back where they were."""
+    denoised = np.array(denoised, dtype=np.float32)
+    denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
+    return denoised
 
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,

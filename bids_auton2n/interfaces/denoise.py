@@ -73,8 +73,8 @@ class EstimateNoise(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
-        from ..denoise.pipeline import load_volume
+        from ..denoise.noise import head_mask
+        from ..denoise.pipeline import estimate_array_noise, load_volume, noise_for_level
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
@@ -82,18 +82,11 @@ class EstimateNoise(SimpleInterface):
         finite, _ = sanitize(np.asanyarray(img.dataobj))
         mask = head_mask(finite)
         if isdefined(self.inputs.noise_level):
-            reference = reference_intensity(finite, mask, self.inputs.contrast)
-            noise = NoiseEstimate(
-                sigma=self.inputs.noise_level / 100.0 * reference.intensity,
-                percent=float(self.inputs.noise_level),
-                reference_tissue=reference.name,
-                reference_intensity=reference.intensity,
-                raw_std=float("nan"),
-                n_voxels=int(mask.sum()),
-            )
+            noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
+                                    percent=self.inputs.noise_level)
             source = "user"
         else:
-            noise = estimate_noise(finite, contrast=self.inputs.contrast, mask=mask)
+            noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask)
             source = "estimated"
 
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)
@@ -131,14 +124,13 @@ class SelectExperts(SimpleInterface):
     output_spec = _SelectExpertsOutputSpec
 
     def _run_interface(self, runtime):
-        from ..denoise.experts import ExpertChoice
+        from ..denoise.pipeline import choose_experts
 
         registry = _registry(self.inputs.experts_dir)
-        if isdefined(self.inputs.expert):
-            registry.entry(self.inputs.expert)  # fails clearly for an unknown level
-            choices = [ExpertChoice(float(self.inputs.expert), 1.0)]
-        else:
-            choices = registry.select(self.inputs.percent, blend=self.inputs.blend)
+        choices = choose_experts(
+            registry, self.inputs.percent, blend=self.inputs.blend,
+            expert=self.inputs.expert if isdefined(self.inputs.expert) else None,
+        )
         record = {
             "Registry": str(registry.root),
             "Experts": [
@@ -179,26 +171,25 @@ class CNNDenoise(SimpleInterface):
     output_spec = _CNNDenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        from ..denoise.inference import cnn_denoise, resolve_device
-        from ..denoise.intensity import IntensityNormalizer, sanitize
-        from ..denoise.pipeline import load_volume
+        from ..denoise.inference import resolve_device
+        from ..denoise.experts import ExpertChoice
+        from ..denoise.intensity import sanitize
+        from ..denoise.noise import NoiseEstimate
+        from ..denoise.pipeline import load_volume, run_experts
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
         img = load_volume(self.inputs.in_file)
         finite, _ = sanitize(np.asanyarray(img.dataobj))
         mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
-        noise = json.loads(Path(self.inputs.noise_json).read_text())
+        noise_record = json.loads(Path(self.inputs.noise_json).read_text())
+        noise_record.pop("Source")
         experts = json.loads(Path(self.inputs.experts_json).read_text())["Experts"]
-        registry = _registry(self.inputs.experts_dir)
+        choices = [ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts]
         device = resolve_device(self.inputs.device)
-        models = [
-            (registry.load(e["NoiseLevelPercent"], device), e["Weight"]) for e in experts
-        ]
-        normalizer = IntensityNormalizer(noise["reference_intensity"])
-        cnn = normalizer.inverse(cnn_denoise(
-            normalizer.forward(finite), models, tta=self.inputs.tta, device=device, mask=mask,
-        ))
+        cnn = run_experts(finite, NoiseEstimate(**noise_record), choices,
+                          _registry(self.inputs.experts_dir), tta=self.inputs.tta,
+                          device=device, mask=mask)
         self._results.update(
             out_file=_save_like(cnn, img, Path(runtime.cwd) / "cnn.nii.gz"),
             device=str(device),
@@ -231,8 +222,7 @@ class FuseRINLM(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import load_volume
-        from ..denoise.rinlm import ri_nlm
+        from ..denoise.pipeline import fuse_rinlm, load_volume, restore_nonfinite
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
@@ -242,12 +232,8 @@ class FuseRINLM(SimpleInterface):
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
         if self.inputs.fusion:
             mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
-            guided = ri_nlm(finite, cnn, self.inputs.sigma, rician=self.inputs.rician, mask=mask)
-            denoised = 0.5 * (cnn + guided)
-        else:
-            denoised = cnn
-        denoised = denoised.astype(np.float32, copy=False)
-        denoised[nonfinite] = original[nonfinite]
+            cnn = fuse_rinlm(finite, cnn, self.inputs.sigma, rician=self.inputs.rician, mask=mask)
+        denoised = restore_nonfinite(cnn, original, nonfinite)
         cwd = Path(runtime.cwd)
         self._results.update(
             out_file=_save_like(denoised, img, cwd / "denoised.nii.gz"),
