@@ -27,8 +27,7 @@ from .. import __version__
 from .experts import ExpertChoice, ExpertRegistry
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
-from .noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
-from .pairs import synthetic_pair
+from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
 from .rinlm import ri_nlm
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
@@ -240,7 +239,7 @@ def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
     """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
     timings = {} if timings is None else timings
     with _stage("pairs", timings, progress):
-        pair = synthetic_pair(finite, mask=mask)
+        pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
         return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
 
