@@ -106,7 +106,8 @@ def build_model(weights: str | None, noisy: np.ndarray, noise_percent: float):
 
 
 def forward_variant(model, x, *, channels_last=False, bf16=False):
-    module = model.to(memory_format=torch.channels_last_3d) if channels_last else model
+    # .to(memory_format) converts in place: copy so other variants keep contiguous weights.
+    module = copy.deepcopy(model).to(memory_format=torch.channels_last_3d) if channels_last else model
     tensor = torch.from_numpy(x)[None, None]
     if channels_last:
         tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
@@ -184,7 +185,6 @@ def main(argv=None):
         _report(name, seconds, flops, theoretical, measured_peak, clean, output,
                 reference_psnr, reference_output)
 
-    model = model.to(memory_format=torch.contiguous_format)
     for tile in args.tiles:
         def run(tile=tile):
             return cnn_denoise(noisy, [(model, 1.0)], tta=False, device="cpu",
