@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..denoise.pipeline import CONTRASTS, InputImageError
 from ..train.curriculum import (
     LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes, train_curriculum,
 )
-from ..train.trainer import TrainConfig
+from ..train.trainer import SELECTION_METRICS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--loss", default=TrainConfig.loss, choices=("l1", "l2", "auton2n"))
     net.add_argument("--val-patches", type=int, default=TrainConfig.val_patches_per_volume,
                      help="validation patches per scan")
+    net.add_argument("--select-by", choices=SELECTION_METRICS, default=TrainConfig.select_by,
+                     help="early stopping follows the held-out N2N loss or the held-out PSNR "
+                          "against the scan before added noise")
     net.add_argument("--exclude-centre", action="store_true",
                      help="Noise2Sim-style pairs (centre voxel left out of the patch distance)")
     net.add_argument("--seed", type=int, default=0)
@@ -96,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # Recorded in the manifest as the console script, however it was launched.
+    command = shlex.join([parser.prog, *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         resolve_device(args.device, threads=args.threads)
@@ -105,7 +112,8 @@ def main(argv=None) -> int:
     config = TrainConfig(
         level=0.0, patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, steps_per_epoch=args.steps_per_epoch, max_epochs=args.max_epochs,
-        patience=args.patience, val_patches_per_volume=args.val_patches, seed=args.seed,
+        patience=args.patience, val_patches_per_volume=args.val_patches,
+        select_by=args.select_by, seed=args.seed,
         device=args.device,
     )
     try:
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
                 registry=ExpertRegistry(args.registry) if args.registry else None,
                 work_dir=args.work_dir, contrast=args.contrast,
                 add_noise_to_level=args.add_noise_to_level, exclude_centre=args.exclude_centre,
-                config=config, progress=not args.no_progress,
+                config=config, command=command, progress=not args.no_progress,
             )
             print(f"fine-tuned registry written to {out}")
             return 0
@@ -136,14 +144,15 @@ def main(argv=None) -> int:
             total_budget_s=args.total_budget_min * 60.0,
             expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
             base_config=config, exclude_centre=args.exclude_centre,
-            max_noise_ratio=args.max_noise_ratio or None, progress=not args.no_progress,
+            max_noise_ratio=args.max_noise_ratio or None, command=command,
+            progress=not args.no_progress,
         )
     except (InputImageError, ExpertWeightsError, ValueError, FileNotFoundError) as error:
         print(f"bids_auton2n-train: error: {error}", file=sys.stderr)
         return 2
     for result in results:
         print(f"{result.level:g}%: {result.epochs} epochs, {result.steps} steps, "
-              f"{result.train_seconds / 60:.1f} min, best val loss {result.best_val_loss:.5g} "
+              f"{result.train_seconds / 60:.1f} min, best {args.select_by} score {result.best_score:.5g} "
               f"(epoch {result.best_epoch}), stopped by {result.stopped}")
     print(f"experts written to {out}")
     return 0

@@ -73,7 +73,7 @@ def git_revision() -> str:
 
 def current_command() -> str:
     """The command line of this process, shell-quoted."""
-    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None) -> list[TrainingVolume]:

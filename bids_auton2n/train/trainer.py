@@ -3,13 +3,13 @@
 One *epoch* is ``steps_per_epoch`` Adam steps on random patches
 (:meth:`~bids_auton2n.train.data.PatchSampler.training_batch`) followed by one
 validation pass on the fixed held-out patches.  Training stops at the first of:
-``patience`` epochs without a lower validation loss (early stopping, paper
-section 3), ``max_epochs``, or the wall-clock ``time_budget_s``.  The weights
+``patience`` epochs without a better validation score (early stopping, paper
+section 3; the score is :attr:`TrainConfig.select_by`), ``max_epochs``, or the wall-clock ``time_budget_s``.  The weights
 returned are those of the best validation epoch (epoch 0 = the initial weights,
 so a fine-tuned expert is never worse on validation than its starting point).
 
 Validation figures per epoch: the training loss and the L2 error against the
-held-out synthetic targets (self-supervised, what early stopping uses), and the
+held-out synthetic targets (self-supervised), and the
 PSNR of the noisy input and of the output against the held-out *scan before
 noise was added* (peak 1.0 = the reference tissue, inside the head).  The
 latter is only meaningful where noise was added (levels above the scan's own
@@ -43,7 +43,9 @@ LOGGER = logging.getLogger("bids_auton2n.train")
 
 #: Settings that must match for a checkpoint to be resumed.
 _RESUME_KEYS = ("level", "patch_size", "batch_size", "lr", "loss", "steps_per_epoch",
-                "val_patches_per_volume", "seed")
+                "val_patches_per_volume", "seed", "select_by")
+#: Validation figures early stopping can follow (lower is better for both).
+SELECTION_METRICS = ("val_loss", "psnr")
 
 
 @dataclass
@@ -70,6 +72,13 @@ class TrainConfig:
     time_budget_s : float or None
         Wall-clock limit of the training loop (validation included).
     val_patches_per_volume : int
+    select_by : {"val_loss", "psnr"}
+        What early stopping follows: the N2N loss against the held-out synthetic
+        targets, or the PSNR of the output against the held-out scan before
+        noise was added (where noise was added; the loss elsewhere).  The two
+        disagree where the synthetic pair's own substitution error is not small
+        next to the noise (low levels, thick slices): the loss then keeps
+        falling while the output drifts away from the scan (see the model card).
     seed : int
         Seeds the initial weights (from-scratch runs) and every random draw.
     device : str
@@ -86,6 +95,7 @@ class TrainConfig:
     patience: int = 8
     time_budget_s: float | None = None
     val_patches_per_volume: int = 4
+    select_by: str = "val_loss"
     seed: int = 0
     device: str = "auto"
 
@@ -99,7 +109,7 @@ class TrainResult:
     epochs: int
     steps: int
     best_epoch: int
-    best_val_loss: float
+    best_score: float
     stopped: str
     train_seconds: float
     history: list = field(default_factory=list)
@@ -116,6 +126,13 @@ class TrainResult:
             "validation_at_best": best,
             "history": self.history,
         }
+
+
+def selection_score(figures: dict, select_by: str) -> float:
+    """Early-stopping score of an epoch's validation ``figures`` (lower is better)."""
+    if select_by == "psnr" and "psnr_output_db" in figures:
+        return -figures["psnr_output_db"]
+    return figures["val_loss"]
 
 
 def _psnr(mse: float) -> float:
@@ -186,6 +203,8 @@ def train_expert(
     TrainResult
         With the weights of the best validation epoch.
     """
+    if config.select_by not in SELECTION_METRICS:
+        raise ValueError(f"select_by must be one of {SELECTION_METRICS}, got {config.select_by!r}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = ResidualDenoiser3D()
@@ -222,7 +241,8 @@ def train_expert(
                     state["epoch"])
     else:
         figures = evaluate(model, validation, loss_fn, device, config.batch_size)
-        state = {"epoch": 0, "best_epoch": 0, "best_val_loss": figures["val_loss"],
+        state = {"epoch": 0, "best_epoch": 0,
+                 "best_score": selection_score(figures, config.select_by),
                  "best_state": _state_copy(model), "bad_epochs": 0, "elapsed_s": 0.0,
                  "history": [{"epoch": 0, "step": 0, "seconds": 0.0, **figures}],
                  "stopped": None}
@@ -260,7 +280,7 @@ def train_expert(
             running += float(loss.detach())
             steps_done += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{running / steps_done:.4g}", best=f"{state['best_val_loss']:.4g}")
+            bar.set_postfix(loss=f"{running / steps_done:.4g}", best=f"{state['best_score']:.4g}")
         figures = evaluate(model, validation, loss_fn, device, config.batch_size)
         state["epoch"] = epoch
         state["elapsed_s"] = time.perf_counter() - start_time
@@ -269,8 +289,9 @@ def train_expert(
             "seconds": round(state["elapsed_s"], 2),
             "train_loss": running / max(steps_done, 1), **figures,
         })
-        if figures["val_loss"] < state["best_val_loss"]:
-            state.update(best_val_loss=figures["val_loss"], best_epoch=epoch,
+        score = selection_score(figures, config.select_by)
+        if score < state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch,
                          best_state=_state_copy(model), bad_epochs=0)
         else:
             state["bad_epochs"] += 1
@@ -278,9 +299,9 @@ def train_expert(
             state["stopped"] = "time_budget"
         elif state["bad_epochs"] >= config.patience:
             state["stopped"] = "early_stopping"
-        LOGGER.info("expert %g%% epoch %d: train %.5g val %.5g (best %.5g @ %d) %s", config.level,
-                    epoch, state["history"][-1]["train_loss"], figures["val_loss"],
-                    state["best_val_loss"], state["best_epoch"],
+        LOGGER.info("expert %g%% epoch %d: train %.5g val %.5g (best %s %.5g @ %d) %s",
+                    config.level, epoch, state["history"][-1]["train_loss"], figures["val_loss"],
+                    config.select_by, state["best_score"], state["best_epoch"],
                     " ".join(f"{k}={v:.2f}" for k, v in figures.items() if k.startswith("psnr")))
         if checkpoint is not None:
             _save_checkpoint(checkpoint, state, model, optimizer, settings)
@@ -292,7 +313,7 @@ def train_expert(
     return TrainResult(
         level=config.level, state_dict=state["best_state"], epochs=state["epoch"],
         steps=int(last["step"]), best_epoch=state["best_epoch"],
-        best_val_loss=state["best_val_loss"], stopped=state["stopped"],
+        best_score=state["best_score"], stopped=state["stopped"],
         train_seconds=state["elapsed_s"], history=state["history"],
     )
 
