@@ -1,0 +1,344 @@
+"""Head mask, reference tissue and Auto-N2N noise estimation (section 3.1).
+
+The noise standard deviation is measured on the difference between the image
+``x`` and its synthetic pair ``y`` (:func:`~.pairs.synthetic_pair`): for
+independent noise, ``std(x - y) = sqrt(2) * sigma``.  Because ``y`` is picked
+by patch similarity, its noise is not quite independent of ``x``'s and the
+substituted voxel carries a small anatomical mismatch, so the raw value is
+corrected by a linear model fitted on real scans with known added noise
+(``scripts/calibrate_noise.py`` -> ``bids_auton2n/data/noise_calibration.json``).
+
+Estimator (what the calibration was fitted for)
+-----------------------------------------------
+* The pair is computed with ``exclude_centre=True``: the centre voxel does not
+  vote for its own replacement, so the selection is (almost) blind to the
+  noise of ``x[i]`` and ``std(x - y) / sqrt(2)`` tracks ``sigma`` with a slope
+  close to 1 (with the centre included the slope is ~0.7 and noise-dependent,
+  the paper's ``3.33 s - 1.89``).  Pass ``pair=noise_pair(x, mask)``, or no pair.
+* Voxels: head mask eroded by one voxel, whose 3x3x3 local mean is at least
+  :data:`MIN_SNR` times a first sigma estimate.  At such SNR Rician noise is
+  Gaussian to within 1 % in std (Gudbjartsson & Patz 1995), and the zero or
+  Rayleigh background, the skull and dark CSF are left out.
+* Spread: the MAD of ``x - y`` (times 1.4826, divided by sqrt(2)), which
+  ignores the heavy tails that anatomical mismatches at edges produce.
+* Correction: ``sigma = a * s + b * scale`` where ``scale`` is the median
+  intensity of the measured voxels, so the estimate is scale-equivariant
+  (``b`` absorbs the residual anatomical mismatch, proportional to contrast).
+
+References
+----------
+Gudbjartsson H, Patz S (1995). The Rician distribution of noisy MRI data.
+MRM 34:910-914.
+Cocosco CA, Kollokian V, Kwan RK, Evans AC (1997). BrainWeb: online interface
+to a 3D MRI simulated brain database. NeuroImage 5:S425 (reference tissues).
+Otsu N (1979). A threshold selection method from gray-level histograms.
+IEEE SMC 9:62-66.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .pairs import synthetic_pair
+
+#: Contrasts and their BrainWeb reference tissue.
+REFERENCE_TISSUE = {"T1w": "WM", "FLAIR": "brightest brain tissue", "T2w": "CSF", "PDw": "CSF"}
+#: Minimum local SNR of the voxels used for the noise statistic.
+MIN_SNR = 5.0
+#: Fraction of the largest depth of the head mask below which voxels count as
+#: "outer" (scalp, skull, cortex partial volume) for the reference tissue.
+INTERIOR_DEPTH = 0.2
+#: Background threshold = median + BACKGROUND_MADS * MAD of the sub-Otsu voxels.
+BACKGROUND_MADS = 6.0
+_MAD_TO_STD = 1.4826
+
+
+@dataclass(frozen=True)
+class ReferenceTissue:
+    """Reference tissue of the noise percentage (BrainWeb convention)."""
+
+    name: str
+    intensity: float
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """Noise level of an image.
+
+    Attributes
+    ----------
+    sigma : float
+        Noise standard deviation in image units (Gaussian sigma of the
+        underlying complex data for magnitude images).
+    percent : float
+        ``100 * sigma / reference_intensity``.
+    reference_tissue : str
+    reference_intensity : float
+    raw_std : float
+        Uncorrected ``MAD(x - y) * 1.4826 / sqrt(2)`` in image units.
+    n_voxels : int
+        Voxels the statistic was computed on.
+    """
+
+    sigma: float
+    percent: float
+    reference_tissue: str
+    reference_intensity: float
+    raw_std: float
+    n_voxels: int
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable record (BIDS-style keys are left to the caller)."""
+        return {key: (value if isinstance(value, str) else float(value) if isinstance(value, float)
+                      else int(value)) for key, value in asdict(self).items()}
+
+
+def _check_volume(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"{what} needs a 3D volume, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise ValueError(f"{what} needs a real numeric volume, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} needs a finite volume (found NaN or inf); sanitize it first")
+    if not np.any(x != x.flat[0]):
+        raise ValueError(f"{what}: the volume is constant ({float(x.flat[0])}), no foreground to find")
+    return x.astype(np.float32, copy=False)
+
+
+def _check_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} differs from volume shape {shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    return mask
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1D sample (between-class variance maximum)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[np.argmax(between[:-1]) + 1])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == np.argmax(sizes)
+
+
+def _background_threshold(sample: np.ndarray) -> float:
+    """Foreground threshold from the voxels below Otsu's threshold.
+
+    ``median + 6 MAD`` of those voxels (~5 sigma above a Rayleigh background,
+    exactly 0 for a zeroed one), raised to the midpoint between their median
+    and Otsu's threshold so that a smoothed edge is cut near its middle, and
+    never above Otsu's threshold.
+    """
+    otsu = otsu_threshold(np.clip(sample, None, np.percentile(sample, 99.9)))
+    background = sample[sample <= otsu]
+    level = np.median(background)
+    spread = _MAD_TO_STD * np.median(np.abs(background - level))
+    if level <= 0 and spread <= 0:
+        return 0.0  # zeroed background (skull-stripped or masked image)
+    return float(min(max(level + BACKGROUND_MADS * spread, 0.5 * (level + otsu)), otsu))
+
+
+def head_mask(x: np.ndarray) -> np.ndarray:
+    """Head (or brain, for skull-stripped images) foreground.
+
+    Zeroed background (skull-stripped or masked images): the non-zero voxels.
+    Rician background: the image is smoothed (Gaussian, 1 voxel), which
+    shrinks the background noise ~6-fold, and thresholded at the background
+    level read from the voxels below Otsu's threshold (``median + 6 MAD``,
+    at least midway to Otsu's threshold, never above it).  Then the largest connected component is
+    kept, closed, and holes are filled (dark CSF, skull, sinuses).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Finite 3D volume.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+
+    Raises
+    ------
+    ValueError
+        Non-3D, non-finite or constant (e.g. all-zero) input.
+    """
+    x = _check_volume(x, "head_mask")
+    # A regular subsample is enough for the thresholds.
+    step = max(1, x.size // 2_000_000)
+    if _background_threshold(x.ravel()[::step]) <= 0:
+        foreground = x > 0
+    else:
+        smoothed = ndi.gaussian_filter(x, 1.0)
+        foreground = smoothed > _background_threshold(smoothed.ravel()[::step])
+    # Fill first: a closed scalp shell then holds the brain inside it even where a dark
+    # skull separates them.  Opening cuts thin bridges of noise before the component pick.
+    foreground = ndi.binary_fill_holes(foreground)
+    opened = ndi.binary_opening(foreground)
+    foreground = _largest_component(opened if opened.any() else foreground)
+    foreground = ndi.binary_closing(foreground, iterations=2, border_value=0) | foreground
+    return ndi.binary_fill_holes(foreground)
+
+
+def _kmeans_1d(values: np.ndarray, n_classes: int = 3, iterations: int = 100) -> np.ndarray:
+    """Sorted class labels of a deterministic 1D k-means.
+
+    Lloyd iterations from centres spread evenly over the value range (not over
+    the quantiles, which would merge a small bright class such as the
+    ventricles of a T2w image into its neighbour).
+    """
+    low, high = values.min(), values.max()
+    centres = low + (np.arange(n_classes) + 0.5) / n_classes * (high - low)
+    for _ in range(iterations):
+        bounds = 0.5 * (centres[1:] + centres[:-1])
+        labels = np.searchsorted(bounds, values)
+        updated = np.array([values[labels == k].mean() if np.any(labels == k) else centres[k]
+                            for k in range(n_classes)])
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    return np.searchsorted(0.5 * (centres[1:] + centres[:-1]), values)
+
+
+def reference_intensity(x: np.ndarray, mask: np.ndarray, contrast: str) -> ReferenceTissue:
+    """Intensity of the BrainWeb reference tissue.
+
+    White matter for T1w, the brightest brain tissue for FLAIR, CSF for T2w
+    and PDw: in all four it is the brightest of three tissue classes
+    (1D k-means) inside the *interior* of the mask (depth at least
+    :data:`INTERIOR_DEPTH` of the deepest voxel), which leaves out the scalp
+    fat of full-head images, the zero background and most partial volume.
+    The class median is returned.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Finite 3D volume.
+    mask : numpy.ndarray of bool
+        Head or brain foreground (:func:`head_mask`).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+
+    Returns
+    -------
+    ReferenceTissue
+    """
+    if contrast not in REFERENCE_TISSUE:
+        raise ValueError(f"contrast must be one of {', '.join(REFERENCE_TISSUE)}, got {contrast!r}")
+    x = _check_volume(x, "reference_intensity")
+    mask = _check_mask(mask, x.shape)
+    depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+    interior = depth >= INTERIOR_DEPTH * depth.max()
+    values = x[interior if interior.sum() >= 1000 else mask].astype(np.float64)
+    # A few extreme voxels (vessels, fat in the orbits) must not pull a class.
+    values = np.clip(values, *np.percentile(values, (0.1, 99.9)))
+    labels = _kmeans_1d(values)
+    intensity = float(np.median(values[labels == labels.max()]))
+    if not intensity > 0:
+        raise ValueError("reference tissue intensity is not positive: is the image a magnitude MRI?")
+    return ReferenceTissue(name=REFERENCE_TISSUE[contrast], intensity=intensity)
+
+
+@lru_cache(maxsize=1)
+def load_calibration() -> dict:
+    """Calibration record written by ``scripts/calibrate_noise.py``."""
+    text = resources.files("bids_auton2n").joinpath("data/noise_calibration.json").read_text()
+    return json.loads(text)
+
+
+def noise_pair(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The synthetic pair :func:`estimate_noise` is calibrated for (centre excluded)."""
+    return synthetic_pair(x, exclude_centre=True, mask=mask)
+
+
+def _mad_spread(difference: np.ndarray) -> float:
+    centred = difference - np.median(difference)
+    return float(_MAD_TO_STD * np.median(np.abs(centred)) / np.sqrt(2.0))
+
+
+def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
+    """Uncorrected spread of ``x - pair`` on the high-SNR voxels of ``mask``.
+
+    Returns ``(raw_std, scale, n_voxels)``: the MAD-based std of
+    ``(x - pair) / sqrt(2)``, the median intensity of the voxels used and
+    their number.  The SNR selection uses the spread over the whole eroded
+    mask as its noise level (the calibrated slope is close to 1).
+    """
+    inner = ndi.binary_erosion(mask)
+    if inner.sum() < 100:
+        inner = mask
+    difference = (x - pair)[inner]
+    local_mean = ndi.uniform_filter(x, size=3)[inner]
+    selected = local_mean >= MIN_SNR * _mad_spread(difference)
+    if selected.sum() < 100:
+        raise ValueError("too few foreground voxels above the noise to estimate it")
+    return (_mad_spread(difference[selected]), float(np.median(x[inner][selected])),
+            int(selected.sum()))
+
+
+def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | None = None,
+                   pair: np.ndarray | None = None) -> NoiseEstimate:
+    """Auto-N2N noise estimate of a single volume.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Finite 3D magnitude volume.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of ``percent``.
+    mask : numpy.ndarray of bool, optional
+        Head foreground; :func:`head_mask` when omitted.
+    pair : numpy.ndarray, optional
+        ``noise_pair(x, mask)`` if already computed (it is computed otherwise).
+        A pair made with another ``exclude_centre`` or search window does not
+        match the calibration.
+
+    Returns
+    -------
+    NoiseEstimate
+
+    Raises
+    ------
+    ValueError
+        Bad volume, mask or pair, or too few usable voxels.
+    """
+    x = _check_volume(x, "estimate_noise")
+    mask = head_mask(x) if mask is None else _check_mask(mask, x.shape)
+    if pair is None:
+        pair = noise_pair(x, mask)
+    pair = np.asarray(pair, dtype=np.float32)
+    if pair.shape != x.shape:
+        raise ValueError(f"pair shape {pair.shape} differs from volume shape {x.shape}")
+    model = load_calibration()["model"]
+    slope, intercept = float(model["slope"]), float(model["intercept"])
+    raw, scale, count = raw_noise_statistic(x, pair, mask)
+    sigma = max(slope * raw + intercept * scale, 0.0)
+    reference = reference_intensity(x, mask, contrast)
+    return NoiseEstimate(
+        sigma=float(sigma),
+        percent=float(100.0 * sigma / reference.intensity),
+        reference_tissue=reference.name,
+        reference_intensity=reference.intensity,
+        raw_std=raw,
+        n_voxels=count,
+    )

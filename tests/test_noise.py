@@ -1,0 +1,130 @@
+"""Tests of the head mask, the reference tissue and the noise estimate on small phantoms."""
+
+import numpy as np
+import pytest
+
+from bids_auton2n.denoise.noise import (
+    NoiseEstimate, estimate_noise, head_mask, load_calibration, otsu_threshold,
+    reference_intensity,
+)
+
+# Concentric "head": ventricle, white matter, cortex, skull, scalp fat (outer radii, voxels).
+SHELLS = (("CSF", 5), ("WM", 13), ("GM", 17), ("skull", 19), ("fat", 22))
+INTENSITY = {
+    "T1w": {"CSF": 25.0, "WM": 100.0, "GM": 65.0, "skull": 8.0, "fat": 115.0},
+    "T2w": {"CSF": 100.0, "WM": 32.0, "GM": 45.0, "skull": 6.0, "fat": 70.0},
+}
+SHAPE = (48, 48, 48)
+
+
+def radius():
+    grid = np.indices(SHAPE, dtype=np.float64) - (np.array(SHAPE)[:, None, None, None] - 1) / 2
+    return np.sqrt((grid**2).sum(axis=0))
+
+
+def head_phantom(contrast, skull_stripped=False):
+    """Piecewise-constant concentric head; returns (clean, head, brain) masks."""
+    r = radius()
+    clean = np.zeros(SHAPE, dtype=np.float32)
+    inner = 0.0
+    for tissue, outer in SHELLS:
+        clean[(r >= inner) & (r < outer)] = INTENSITY[contrast][tissue]
+        inner = outer
+    brain = r < 17
+    if skull_stripped:
+        clean[~brain] = 0.0
+    return clean, r < 22, brain
+
+
+def rician(clean, sigma, seed):
+    rng = np.random.default_rng(seed)
+    return np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(
+        np.float32)
+
+
+def dice(a, b):
+    return 2 * np.sum(a & b) / (a.sum() + b.sum())
+
+
+def test_otsu_separates_two_modes():
+    values = np.r_[np.full(100, 10.0), np.full(100, 50.0)]
+    assert 10 < otsu_threshold(values) <= 50
+
+
+def test_head_mask_zero_background():
+    clean, _, brain = head_phantom("T1w", skull_stripped=True)
+    mask = head_mask(clean)
+    assert dice(mask, brain) > 0.98
+
+
+def test_head_mask_rician_background_fills_skull_and_ventricle():
+    clean, head, _ = head_phantom("T1w")
+    mask = head_mask(rician(clean, 4.0, seed=0))
+    assert dice(mask, head) > 0.95
+    assert mask[radius() < 19].all()  # dark skull and CSF inside are filled
+
+
+@pytest.mark.parametrize("contrast, tissue", [("T1w", "WM"), ("T2w", "CSF")])
+def test_reference_tissue_picks_brightest_brain_class(contrast, tissue):
+    clean, head, _ = head_phantom(contrast)
+    noisy = rician(clean, 2.0, seed=1)
+    reference = reference_intensity(noisy, head, contrast)
+    assert reference.name == tissue
+    # Not fooled by the brighter scalp fat (T1w) nor by the background.
+    assert reference.intensity == pytest.approx(INTENSITY[contrast][tissue], rel=0.05)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "rician"])
+@pytest.mark.parametrize("contrast, sigma", [("T1w", 3.0), ("T1w", 7.0), ("T2w", 5.0)])
+def test_estimate_noise_recovers_sigma(noise, contrast, sigma):
+    clean, _, _ = head_phantom(contrast)
+    if noise == "gaussian":
+        noisy = clean + np.random.default_rng(2).normal(0, sigma, SHAPE).astype(np.float32)
+    else:
+        noisy = rician(clean, sigma, seed=2)
+    estimate = estimate_noise(noisy, contrast=contrast)
+    assert isinstance(estimate, NoiseEstimate)
+    assert estimate.sigma == pytest.approx(sigma, rel=0.15)
+    assert estimate.percent == pytest.approx(100 * estimate.sigma / estimate.reference_intensity)
+    assert estimate.n_voxels > 1000
+    record = estimate.to_dict()
+    assert set(record) == {"sigma", "percent", "reference_tissue", "reference_intensity", "raw_std",
+                           "n_voxels"}
+
+
+def test_estimate_noise_skull_stripped_and_scale_equivariant():
+    clean, _, _ = head_phantom("T1w", skull_stripped=True)
+    noisy = rician(clean, 4.0, seed=3)
+    noisy[clean == 0] = 0.0  # skull stripping zeroes the background after acquisition
+    first = estimate_noise(noisy)
+    assert first.sigma == pytest.approx(4.0, rel=0.15)
+    scaled = estimate_noise(10 * noisy)
+    assert scaled.sigma == pytest.approx(10 * first.sigma, rel=1e-4)
+    assert scaled.percent == pytest.approx(first.percent, rel=1e-4)
+
+
+def test_calibration_record_is_complete():
+    record = load_calibration()
+    assert record["model"]["slope"] > 0
+    assert 0.9 < record["fit"]["r2"] <= 1.0
+    assert record["date"] and record["command"].startswith("python scripts/calibrate_noise.py")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: head_mask(np.zeros((8, 8, 8))), "constant"),
+        (lambda: head_mask(np.full((8, 8, 8), np.nan)), "finite"),
+        (lambda: head_mask(np.ones((8, 8))), "3D"),
+        (lambda: estimate_noise(np.zeros((8, 8, 8))), "constant"),
+        (lambda: estimate_noise(np.full((8, 8, 8), np.nan)), "finite"),
+        (lambda: estimate_noise(head_phantom("T1w")[0], mask=np.ones((8, 8, 7), bool)), "mask shape"),
+        (lambda: estimate_noise(head_phantom("T1w")[0], mask=np.zeros(SHAPE, bool)), "empty"),
+        (lambda: estimate_noise(head_phantom("T1w")[0], pair=np.zeros((4, 4, 4))), "pair shape"),
+        (lambda: reference_intensity(head_phantom("T1w")[0], head_phantom("T1w")[1], "DWI"),
+         "contrast"),
+    ],
+)
+def test_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
