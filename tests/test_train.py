@@ -138,6 +138,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
 
 
+def test_psnr_selection_keeps_the_epoch_of_highest_held_out_psnr():
+    sampler = PatchSampler([toy_volume()], 12)
+    result = train_expert(sampler, tiny_config(select_by="psnr", max_epochs=3), progress=False)
+    best = max(result.history, key=lambda h: h["psnr_output_db"])
+    assert result.best_epoch == best["epoch"]
+    with pytest.raises(ValueError, match="select_by"):
+        train_expert(sampler, tiny_config(select_by="ssim"), progress=False)
+
+
 def test_checkpoint_with_other_settings_is_refused(tmp_path):
     sampler = PatchSampler([toy_volume()], 12)
     checkpoint = tmp_path / "expert.ckpt"
@@ -204,32 +213,41 @@ def test_scans_noisier_than_the_level_are_left_out():
     assert len(eligible_volumes([clean, low, high], 1.0, None)) == 3
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    """Two toy scans as NIfTI files and a one-expert starting registry."""
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Two toy scans as NIfTI files, their cached pairs and a one-expert starting registry."""
+    root = tmp_path_factory.mktemp("dataset")
     files = []
     for index in range(2):
         clean, _ = toy_clean(index)
         noisy = clean + 3.0 * np.random.default_rng(index).standard_normal(SHAPE)
-        path = tmp_path / f"sub-0{index + 1}_T1w.nii.gz"
+        path = root / f"sub-0{index + 1}_T1w.nii.gz"
         nib.Nifti1Image(np.clip(noisy, 0, None).astype(np.float32), np.eye(4)).to_filename(path)
         files.append(path)
     torch.manual_seed(0)
-    start = tmp_path / "start"
+    start = root / "start"
     write_manifest_entry(start, 3.0, ResidualDenoiser3D().state_dict(),
                          {"training_data": "none", "command": "test", "revision": "test"})
-    return files, ExpertRegistry(start)
+    # Pairs are the slow part of preparation (numba launch overhead): build them once.
+    load_volumes(files, work_dir=root / "cache")
+    return files, ExpertRegistry(start), root / "cache" / "pairs"
+
+
+def work_dir_with_pairs(tmp_path, pairs):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "pairs").symlink_to(pairs, target_is_directory=True)
+    return work
 
 
 def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset):
-    files, start = dataset
-    work = tmp_path / "work"
-    load_volumes(files, work_dir=work)  # pairs cached: the timed call measures training
+    files, start, pairs = dataset
     budget = 4.0
     began = time.perf_counter()
     out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=budget, registry=start,
-                   work_dir=work, config=tiny_config(level=0.0, max_epochs=10_000),
-                   command="test", progress=False)
+                   work_dir=work_dir_with_pairs(tmp_path, pairs),
+                   config=tiny_config(level=0.0, max_epochs=10_000), command="test",
+                   progress=False)
     assert time.perf_counter() - began < budget + 4.0
     registry = ExpertRegistry(out)
     assert registry.levels == [3.0]
@@ -242,10 +260,10 @@ def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset
 
 
 def test_finetune_epoch_budget(tmp_path, dataset):
-    files, start = dataset
+    files, start, pairs = dataset
     out = finetune(files, start_level=3.0, out_dir=tmp_path / "ft", time_budget_s=None,
-                   max_epochs=2, registry=start, config=tiny_config(level=0.0),
-                   command="test", progress=False)
+                   max_epochs=2, registry=start, work_dir=work_dir_with_pairs(tmp_path, pairs),
+                   config=tiny_config(level=0.0), command="test", progress=False)
     entry = ExpertRegistry(out).entry(3.0)
     assert entry["epochs"] == 2 and entry["stopped"] == "max_epochs"
 

@@ -74,11 +74,13 @@ class TrainConfig:
     val_patches_per_volume : int
     select_by : {"val_loss", "psnr"}
         What early stopping follows: the N2N loss against the held-out synthetic
-        targets, or the PSNR of the output against the held-out scan before
-        noise was added (where noise was added; the loss elsewhere).  The two
-        disagree where the synthetic pair's own substitution error is not small
-        next to the noise (low levels, thick slices): the loss then keeps
-        falling while the output drifts away from the scan (see the model card).
+        targets (default, the method's self-supervised criterion), or the PSNR of
+        the output against the held-out scan before noise was added (where noise
+        was added; the loss elsewhere).  The PSNR is biased towards *under*-
+        denoising wherever the scan's own noise ``p0`` is not small next to the
+        level: a perfect denoiser is ``p0`` away from the noisy reference, the
+        identity only ``sqrt(p**2 - p0**2)``, so for ``p0 >= p / sqrt(2)`` the
+        identity wins.  Use it for levels well above the scans' noise only.
     seed : int
         Seeds the initial weights (from-scratch runs) and every random draw.
     device : str
@@ -299,9 +301,9 @@ def train_expert(
             state["stopped"] = "time_budget"
         elif state["bad_epochs"] >= config.patience:
             state["stopped"] = "early_stopping"
-        LOGGER.info("expert %g%% epoch %d: train %.5g val %.5g (best %s %.5g @ %d) %s",
+        LOGGER.info("expert %g%% epoch %d: train %.5g val %.5g (best epoch %d) %s",
                     config.level, epoch, state["history"][-1]["train_loss"], figures["val_loss"],
-                    config.select_by, state["best_score"], state["best_epoch"],
+                    state["best_epoch"],
                     " ".join(f"{k}={v:.2f}" for k, v in figures.items() if k.startswith("psnr")))
         if checkpoint is not None:
             _save_checkpoint(checkpoint, state, model, optimizer, settings)
