@@ -60,8 +60,9 @@ def test_head_mask_zero_background():
 def test_head_mask_rician_background_fills_skull_and_ventricle():
     clean, head, _ = head_phantom("T1w")
     mask = head_mask(rician(clean, 4.0, seed=0))
-    assert dice(mask, head) > 0.95
-    assert mask[radius() < 19].all()  # dark skull and CSF inside are filled
+    # The 1-voxel Gaussian before thresholding may add up to a voxel at the surface.
+    assert mask[head].all()  # dark skull and CSF inside are filled
+    assert not mask[radius() >= 23.5].any()
 
 
 @pytest.mark.parametrize("contrast, tissue", [("T1w", "WM"), ("T2w", "CSF")])

@@ -134,6 +134,21 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[np.argmax(between[:-1]) + 1])
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """3D hole filling, plus slice-wise filling along each axis.
+
+    The slice-wise pass fills a head whose surface leaves the field of view (neck,
+    vertex), where the 3D cavity is open to the border.
+    """
+    filled = ndi.binary_fill_holes(mask)
+    for axis in range(3):
+        in_plane = np.ones((3, 3, 3), dtype=bool)
+        in_plane[(slice(None),) * axis + (0,)] = False
+        in_plane[(slice(None),) * axis + (2,)] = False
+        filled |= ndi.binary_fill_holes(mask, structure=in_plane)
+    return filled
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndi.label(mask)
     if count <= 1:
@@ -194,11 +209,11 @@ def head_mask(x: np.ndarray) -> np.ndarray:
         foreground = smoothed > _background_threshold(smoothed.ravel()[::step])
     # Fill first: a closed scalp shell then holds the brain inside it even where a dark
     # skull separates them.  Opening cuts thin bridges of noise before the component pick.
-    foreground = ndi.binary_fill_holes(foreground)
+    foreground = _fill_holes(foreground)
     opened = ndi.binary_opening(foreground)
     foreground = _largest_component(opened if opened.any() else foreground)
     foreground = ndi.binary_closing(foreground, iterations=2, border_value=0) | foreground
-    return ndi.binary_fill_holes(foreground)
+    return _fill_holes(foreground)
 
 
 def _kmeans_1d(values: np.ndarray, n_classes: int = 3, iterations: int = 100) -> np.ndarray:
