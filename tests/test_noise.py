@@ -75,8 +75,9 @@ def test_reference_tissue_picks_brightest_brain_class(contrast, tissue):
     assert reference.intensity == pytest.approx(INTENSITY[contrast][tissue], rel=0.05)
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rician"])
-@pytest.mark.parametrize("contrast, sigma", [("T1w", 3.0), ("T1w", 7.0), ("T2w", 5.0)])
+@pytest.mark.parametrize(
+    "noise, contrast, sigma", [("gaussian", "T1w", 3.0), ("rician", "T1w", 7.0), ("rician", "T2w", 5.0)]
+)
 def test_estimate_noise_recovers_sigma(noise, contrast, sigma):
     clean, _, _ = head_phantom(contrast)
     if noise == "gaussian":
