@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from bids_auton2n.denoise.experts import (
     expert_filename,
     write_manifest_entry,
 )
+from bids_auton2n.denoise.inference import cnn_denoise
 from bids_auton2n.denoise.network import ResidualDenoiser3D
 
 PROVENANCE = {"training_data": "unit-test random init", "command": "pytest", "revision": "test"}
@@ -81,11 +83,13 @@ def test_writer_rejects_bad_input(tmp_path):
 @pytest.mark.parametrize(
     "percent, blend, expected",
     [
-        (0.2, False, [(1.0, 1.0)]),
+        (0.2, False, [(1.0, 0.2), (0.0, 0.8)]),  # below the lowest: blended with identity
+        (0.0, False, [(0.0, 1.0)]),
+        (1.0, False, [(1.0, 1.0)]),
         (2.0, False, [(1.0, 1.0)]),  # tie goes to the lower level
         (2.1, False, [(3.0, 1.0)]),
         (12.0, False, [(9.0, 1.0)]),
-        (0.5, True, [(1.0, 1.0)]),
+        (0.5, True, [(1.0, 0.5), (0.0, 0.5)]),
         (9.5, True, [(9.0, 1.0)]),
         (5.0, True, [(5.0, 1.0)]),
         (3.5, True, [(3.0, 0.75), (5.0, 0.25)]),
@@ -97,6 +101,16 @@ def test_select(registry_root, percent, blend, expected):
     assert [(c.level, pytest.approx(c.weight)) for c in got] == expected
     assert all(isinstance(c, ExpertChoice) for c in got)
     assert sum(c.weight for c in got) == pytest.approx(1.0)
+
+
+def test_identity_level_loads_identity(registry_root):
+    registry = ExpertRegistry(registry_root)
+    x = np.random.default_rng(0).random((20, 22, 18), dtype=np.float32)
+    identity = registry.load(0.0)
+    for tta in (False, True):
+        np.testing.assert_allclose(cnn_denoise(x, [(identity, 1.0)], tta=tta, roi_size=(16, 16, 16)), x,
+                                   atol=1e-6)
+    assert registry.sha256(0.0) == "identity"
 
 
 def test_select_rejects_nan(registry_root):

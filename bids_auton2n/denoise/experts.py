@@ -81,8 +81,24 @@ def expert_filename(level: float) -> str:
     return f"expert_{float(level):g}pct.pt".replace(".", "p", 1)
 
 
+#: Noise level of the implicit identity expert that every registry has: below its lowest
+#: trained level the lowest expert is blended with the input itself, so an (almost) clean image
+#: comes out (almost) unchanged instead of being smoothed at the lowest expert's strength.
+IDENTITY_LEVEL = 0.0
+IDENTITY_SHA256 = "identity"
+
+
+class IdentityExpert(nn.Module):
+    """The 0 % expert. Returns a copy: MONAI's sliding window scales predictions in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
 class ExpertRegistry:
     """Noise-level experts described by a ``manifest.json``.
+
+    Besides the trained experts, level :data:`IDENTITY_LEVEL` is the identity (no weights).
 
     Parameters
     ----------
@@ -122,7 +138,9 @@ class ExpertRegistry:
         return self.root / self.entry(level)["file"]
 
     def sha256(self, level: float) -> str:
-        """Recorded SHA-256 of the expert at ``level``."""
+        """Recorded SHA-256 of the expert at ``level`` (``"identity"`` for the identity)."""
+        if float(level) == IDENTITY_LEVEL:
+            return IDENTITY_SHA256
         return self.entry(level)["sha256"]
 
     def load(self, level: float, device: str | torch.device = "cpu") -> nn.Module:
@@ -133,7 +151,11 @@ class ExpertRegistry:
         ExpertWeightsError
             Missing file, SHA-256 mismatch, unloadable file, or state dict
             whose keys / shapes do not match the network.
+
+        The identity level gives :class:`IdentityExpert`.
         """
+        if float(level) == IDENTITY_LEVEL:
+            return IdentityExpert().to(device)
         entry = self.entry(level)
         path = self.root / entry["file"]
         if not path.is_file():
@@ -163,7 +185,8 @@ class ExpertRegistry:
             False: the single nearest level (ties go to the lower level, the
             expert that smooths less).  True: the two levels bracketing
             ``percent``, linearly weighted (weights sum to 1); clamped to the
-            lowest / highest expert outside the range.
+            highest expert above the range.  Below the lowest trained level both
+            modes blend the lowest expert with the identity, linearly in ``percent``.
 
         Returns
         -------
@@ -174,11 +197,14 @@ class ExpertRegistry:
         if not math.isfinite(value):
             raise ValueError(f"noise level must be finite, got {percent!r}")
         levels = self.levels
+        if value < levels[0]:
+            lowest_weight = max(value, 0.0) / levels[0]
+            choices = [ExpertChoice(levels[0], lowest_weight),
+                       ExpertChoice(IDENTITY_LEVEL, 1.0 - lowest_weight)]
+            return [choice for choice in choices if choice.weight > 0]
         if not blend:
             nearest = min(levels, key=lambda level: (abs(level - value), level))
             return [ExpertChoice(nearest, 1.0)]
-        if value <= levels[0]:
-            return [ExpertChoice(levels[0], 1.0)]
         if value >= levels[-1]:
             return [ExpertChoice(levels[-1], 1.0)]
         upper_index = bisect.bisect_left(levels, value)
