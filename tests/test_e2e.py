@@ -1,7 +1,7 @@
 """End-to-end: the real app (Nipype MultiProc, pybids, torch) on the tiny generated dataset.
 
-Experts are the identity networks of the ``test_experts_dir`` fixture, so these tests check
-the app (names, headers, sidecars, reports, group table, failures, resume), not quality.
+The main run uses the experts shipped with the package, as users get them; the failure test
+uses the identity experts of the ``test_experts_dir`` fixture through ``--experts-dir``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 
 from bids_auton2n import __version__
+from bids_auton2n.cli.demo import DEMO_IMAGES
 from bids_auton2n.cli.run import main
+from bids_auton2n.denoise.experts import default_root
 
 SOURCES = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz",
@@ -34,19 +36,18 @@ def _listing(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app_run(tiny_bids, test_experts_dir, tmp_path_factory):
+def app_run(tiny_bids, tmp_path_factory):
     """Participant then group level, as a user would run them."""
     base = tmp_path_factory.mktemp("e2e")
     out, work = base / "out", base / "work"
     before = _listing(tiny_bids)
     common = [str(tiny_bids), str(out)]
-    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1",
-            "--experts-dir", str(test_experts_dir)]
+    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1"]
     code = main(common + ["participant", "--write-noise-map"] + opts)
     group_code = main(common + ["group"] + opts)
     return {"bids": tiny_bids, "out": out, "work": work, "code": code,
             "group_code": group_code, "before": before, "opts": opts,
-            "experts": test_experts_dir}
+            "experts": default_root()}
 
 
 def test_exit_codes_and_input_untouched(app_run):
@@ -98,6 +99,15 @@ def test_sidecars(app_run):
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Version"] == __version__
     assert description["DatasetLinks"]["raw"] == app_run["bids"].as_uri()
+
+
+def test_noise_estimates_match_the_generated_noise(app_run):
+    """The demo images carry Rician noise of a known percentage of the reference tissue."""
+    out = app_run["out"]
+    for source, (*_, truth) in zip(SOURCES, DEMO_IMAGES):
+        stem, suffix = source.split(".")[0].rsplit("_", 1)
+        meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
+        assert meta["NoiseEstimate"]["percent"] == pytest.approx(truth, abs=1.5), source
 
 
 def test_participant_reports(app_run):

@@ -191,8 +191,8 @@ def init_single_subject_wf(
             name=image_workflow_name(anat_file),
         )
         anat_wf.inputs.inputnode.in_file = anat_file
-        if not finetune:
-            anat_wf.inputs.inputnode.experts_dir = experts_dir or ""
+        if experts_dir and not finetune:
+            anat_wf.inputs.inputnode.experts_dir = experts_dir
         provenance = anat_wf.get_node("provenance")
         provenance.inputs.bids_dir = bids_dir
         provenance.inputs.source_metadata = source_metadata.get(anat_file, {})
@@ -269,7 +269,7 @@ def init_anat_denoise_wf(
     in_file
         Raw anatomical image.
     experts_dir
-        Expert registry directory (empty string: shipped experts).
+        Expert registry directory (left undefined: shipped experts).
 
     Outputs
     -------
