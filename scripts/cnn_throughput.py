@@ -188,7 +188,7 @@ def main(argv=None):
     for tile in args.tiles:
         def run(tile=tile):
             return cnn_denoise(noisy, [(model, 1.0)], tta=False, device="cpu",
-                               roi_size=(tile,) * 3, overlap=0.25)
+                               roi_size=(tile,) * 3, overlap=0.25, precision="fp32")
         output = run()
         seconds = min(_timed(run) for _ in range(args.repeats))
         _report(f"cnn_denoise tiles {tile}^3, overlap 0.25", seconds, flops, theoretical,

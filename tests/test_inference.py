@@ -10,6 +10,7 @@ from bids_auton2n.denoise.inference import (
     bounding_box,
     cnn_denoise,
     gaussian_weight_map,
+    resolve_precision,
     resolve_device,
 )
 from bids_auton2n.denoise.network import ResidualDenoiser3D
@@ -91,7 +92,8 @@ def test_experts_are_weighted(volume):
 
 def test_volume_smaller_than_roi_is_one_untiled_pass(volume):
     model = _random_network()
-    out = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu", roi_size=(96, 96, 96))
+    out = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu", roi_size=(96, 96, 96),
+                      precision="fp32")
     np.testing.assert_allclose(out, _direct(model, volume), atol=1e-5)
 
 
@@ -105,7 +107,8 @@ def test_tiled_equals_untiled(shape, roi):
     model = _random_network(1)
     x = np.random.default_rng(1).normal(1.0, 0.05, size=shape).astype(np.float32)
     untiled = _direct(model, x)
-    tiled = cnn_denoise(x, [(model, 1.0)], tta=False, device="cpu", roi_size=roi, overlap=0.5)
+    tiled = cnn_denoise(x, [(model, 1.0)], tta=False, device="cpu", roi_size=roi, overlap=0.5,
+                        precision="fp32")
     # The residual map of a random network is ~0.1; tiling changes it by < 0.5 %.
     assert np.abs(untiled - x).mean() > 0.05
     np.testing.assert_allclose(tiled, untiled, rtol=0, atol=5e-4)
@@ -134,9 +137,22 @@ def test_bounding_box_crop_leaves_outside_unchanged():
     np.testing.assert_array_equal(empty, x)
 
 
+def test_default_runs_a_small_crop_as_one_tile(volume):
+    model = _random_network()
+    out = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu", precision="fp32")
+    np.testing.assert_allclose(out, _direct(model, volume), atol=1e-5)
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32"
+
+
 def test_bf16_precision_close_to_fp32(volume):
     model = _random_network(3)
-    fp32 = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu")
+    fp32 = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu", precision="fp32")
     bf16 = cnn_denoise(volume, [(model, 1.0)], tta=False, device="cpu", precision="bf16")
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - fp32).max() < 0.02
