@@ -25,6 +25,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import real_volume
+
 #: Crops of at most this many voxels run as a single tile: no voxel is computed twice (with
 #: 128^3 tiles and 25 % overlap a 181x217x181 head computes 2.4x its voxels) and peak memory
 #: stays near 3 GiB in fp32 (measured: 2.9 GiB RSS for 7.1 M voxels, 2.1 GiB in bf16).
@@ -183,11 +185,7 @@ def cnn_denoise(
     numpy.ndarray
         float32 volume of ``x_norm``'s shape.
     """
-    volume = np.asarray(x_norm, dtype=np.float32)
-    if volume.ndim != 3:
-        raise ValueError(f"cnn_denoise expects a 3D volume, got shape {volume.shape}")
-    if not np.isfinite(volume).all():
-        raise ValueError("cnn_denoise input has non-finite voxels; sanitize() it first")
+    volume = real_volume(x_norm, "cnn_denoise").astype(np.float32, copy=False)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     if len(experts) == 0:

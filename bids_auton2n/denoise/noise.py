@@ -45,6 +45,7 @@ from importlib import resources
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._checks import real_volume
 from .pairs import synthetic_pair
 
 #: Contrasts and their BrainWeb reference tissue.
@@ -100,13 +101,7 @@ class NoiseEstimate:
 
 
 def _check_volume(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"{what} needs a 3D volume, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise ValueError(f"{what} needs a real numeric volume, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what} needs a finite volume (found NaN or inf); sanitize it first")
+    x = real_volume(x, what)
     if not np.any(x != x.flat[0]):
         raise ValueError(f"{what}: the volume is constant ({float(x.flat[0])}), no foreground to find")
     return x.astype(np.float32, copy=False)

@@ -52,6 +52,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._checks import real_volume
+
 #: Search-window half-width (voxels): a 7x7x7 window, 342 candidates.  The largest
 #: radius that meets the 10 s budget on a 197x233x189 volume on 2 cores (radius 3:
 #: ~8-9 s uncontended; the cost grows with (2R + 1)**3, radius 4 would take ~2x
@@ -236,13 +238,7 @@ def synthetic_pair(
     ``O(n_voxels * (2r + 1))``.  See the module docstring for the boundary
     and tie-breaking conventions.
     """
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"synthetic_pair needs a 3D volume, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise ValueError(f"synthetic_pair needs a real numeric volume, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("synthetic_pair needs a finite volume (found NaN or inf)")
+    x = real_volume(x, "synthetic_pair")
     if int(search_radius) != search_radius or search_radius < 1:
         raise ValueError(f"search_radius must be an integer >= 1, got {search_radius!r}")
     if int(patch_radius) != patch_radius or patch_radius < 0:

@@ -64,6 +64,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ._checks import real_volume
+
 __all__ = ["ri_nlm"]
 
 _F32 = np.float32
@@ -213,17 +215,6 @@ def _mask_row_spans(mask):
     return np.ascontiguousarray(start, np.int64), np.ascontiguousarray(stop, np.int64)
 
 
-def _as_volume(name, array, shape=None):
-    array = np.asarray(array)
-    if array.ndim != 3:
-        raise ValueError(f"ri_nlm: {name} must be a 3D array, got shape {array.shape}")
-    if shape is not None and array.shape != shape:
-        raise ValueError(f"ri_nlm: {name} shape {array.shape} differs from x shape {shape}")
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"ri_nlm: {name} must be real-valued, got dtype {array.dtype}")
-    return array
-
-
 def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     """Guided rotationally invariant NLM filter of a noisy volume.
 
@@ -263,8 +254,8 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     See the module docstring for the weights and the boundary rule. References:
     Manjón et al. (2012), Medical Image Analysis 16:18-27.
     """
-    x = _as_volume("x", x)
-    guide = _as_volume("guide", guide, x.shape)
+    x = real_volume(x, "ri_nlm")
+    guide = real_volume(guide, "ri_nlm", "guide", shape=x.shape)
     if isinstance(search_radius, bool) or not isinstance(search_radius, numbers.Integral):
         raise ValueError(f"ri_nlm: search_radius must be an integer, got {search_radius!r}")
     if search_radius < 0:
@@ -276,13 +267,9 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"ri_nlm: sigma must be finite and >= 0, got {sigma}")
     if mask is not None:
-        mask = _as_volume("mask", mask, x.shape).astype(bool)
+        mask = real_volume(mask, "ri_nlm", "mask", shape=x.shape, finite=False).astype(bool)
     x = np.ascontiguousarray(x, dtype=np.float32)
     guide = np.ascontiguousarray(guide, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("ri_nlm: x contains non-finite values (NaN or inf)")
-    if not np.isfinite(guide).all():
-        raise ValueError("ri_nlm: guide contains non-finite values (NaN or inf)")
 
     output = x.copy()
     if sigma == 0 or x.size == 0 or (mask is not None and not mask.any()):
