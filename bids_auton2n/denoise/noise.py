@@ -170,12 +170,6 @@ def _background_threshold(sample: np.ndarray) -> float:
     return float(min(max(level + BACKGROUND_MADS * spread, 0.5 * (level + otsu)), otsu))
 
 
-def _faces(x: np.ndarray) -> np.ndarray:
-    """The voxels on the six faces of the volume."""
-    return np.concatenate([np.take(x, index, axis=axis).ravel()
-                           for axis in range(3) for index in (0, -1)])
-
-
 def head_mask(x: np.ndarray) -> np.ndarray:
     """Head (or brain, for skull-stripped images) foreground.
 
@@ -207,12 +201,7 @@ def head_mask(x: np.ndarray) -> np.ndarray:
         foreground = x > 0
     else:
         smoothed = ndi.gaussian_filter(x, 1.0)
-        threshold = _background_threshold(smoothed.ravel()[::step])
-        if np.median(_faces(smoothed)) > threshold:
-            # No air around the object (a field of view cropped inside the head): the dark
-            # class below Otsu's threshold is tissue (CSF), not background.
-            return np.ones(x.shape, dtype=bool)
-        foreground = smoothed > threshold
+        foreground = smoothed > _background_threshold(smoothed.ravel()[::step])
     # Fill first: a closed scalp shell then holds the brain inside it even where a dark
     # skull separates them.  Opening cuts thin bridges of noise before the component pick.
     foreground = _fill_holes(foreground)
