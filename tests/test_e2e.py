@@ -195,3 +195,23 @@ def test_group_report_renders_in_headless_chromium(app_run, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
                     report.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
+    """--finetune trains once on the dataset's own images; every sidecar records it."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--no-tta",
+            "--participant-label", "01", "--finetune", "--finetune-budget", "15"]
+    assert main([str(tiny_bids), str(out), "participant", *opts]) == 0
+    registries = list(work.glob("auton2n_wf/finetune/finetuned_experts/manifest.json"))
+    assert len(registries) == 1
+    tuned = json.loads(registries[0].read_text())["experts"]
+    assert len(tuned) == 1 and "finetuned_from" in tuned[0]
+    shipped = {e["sha256"] for e in json.loads((default_root() / "manifest.json").read_text())["experts"]}
+    assert tuned[0]["sha256"] not in shipped
+    sidecars = sorted(out.glob("sub-01/ses-1/anat/*_desc-denoised_*.json"))
+    assert len(sidecars) == 3
+    for sidecar in sidecars:
+        meta = json.loads(sidecar.read_text())
+        assert meta["FineTuned"] is True
+        assert tuned[0]["sha256"] in {e["SHA256"] for e in meta["Experts"]}

@@ -174,6 +174,10 @@ class ExpertRegistry:
         _load_strict(model, state_dict, path)
         return model.to(device).eval()
 
+    def nearest_level(self, percent: float) -> float:
+        """The trained level nearest to ``percent`` (ties go to the lower level)."""
+        return min(self.levels, key=lambda level: (abs(level - float(percent)), level))
+
     def select(self, percent: float, blend: bool = False) -> list[ExpertChoice]:
         """Experts to use for an estimated noise level of ``percent`` %.
 
@@ -203,8 +207,7 @@ class ExpertRegistry:
                        ExpertChoice(IDENTITY_LEVEL, 1.0 - lowest_weight)]
             return [choice for choice in choices if choice.weight > 0]
         if not blend:
-            nearest = min(levels, key=lambda level: (abs(level - value), level))
-            return [ExpertChoice(nearest, 1.0)]
+            return [ExpertChoice(self.nearest_level(value), 1.0)]
         if value >= levels[-1]:
             return [ExpertChoice(levels[-1], 1.0)]
         upper_index = bisect.bisect_left(levels, value)

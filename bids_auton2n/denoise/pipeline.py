@@ -163,7 +163,7 @@ def denoise_array(
                           mask=mask, progress=progress)
     if fusion:
         with _stage("rinlm", timings, progress):
-            denoised = fuse_rinlm(finite, cnn, noise.sigma, rician=rician, mask=mask)
+            denoised = fuse_rinlm(finite, cnn, noise.sigma, rician=rician)
     else:
         denoised = cnn
     denoised = restore_nonfinite(denoised, x, nonfinite)
@@ -219,10 +219,14 @@ def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     ))
 
 
-def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: bool,
-               mask: np.ndarray) -> np.ndarray:
-    """The paper's final image: the mean of the CNN output and RI-NLM guided by it."""
-    guided = ri_nlm(finite, cnn, sigma, rician=rician, mask=mask)
+def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: bool) -> np.ndarray:
+    """The paper's final image: the mean of the CNN output and RI-NLM guided by it.
+
+    RI-NLM runs on the whole volume, not only in the head mask: where a mask misses tissue
+    (e.g. dark CSF of a field of view cropped inside the head) a masked filter would return
+    the noisy input there and the mean would keep half of the noise.
+    """
+    guided = ri_nlm(finite, cnn, sigma, rician=rician)
     return 0.5 * (cnn + guided)
 
 

@@ -59,7 +59,7 @@ class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
 
 class _EstimateNoiseOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="noise record (NoiseEstimate.to_dict() + Source)")
-    mask_file = File(exists=True, desc="head mask the estimate and the filters use")
+    mask_file = File(exists=True, desc="head mask (noise estimate, CNN bounding box)")
     percent = traits.Float(desc="noise in percent of the reference tissue")
     sigma = traits.Float(desc="noise standard deviation in image units")
     runtime_s = traits.Float(desc="seconds spent")
@@ -201,7 +201,6 @@ class CNNDenoise(SimpleInterface):
 class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
-    mask_file = File(exists=True, mandatory=True, desc="head mask")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
@@ -231,8 +230,7 @@ class FuseRINLM(SimpleInterface):
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
         if self.inputs.fusion:
-            mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
-            cnn = fuse_rinlm(finite, cnn, self.inputs.sigma, rician=self.inputs.rician, mask=mask)
+            cnn = fuse_rinlm(finite, cnn, self.inputs.sigma, rician=self.inputs.rician)
         denoised = restore_nonfinite(cnn, original, nonfinite)
         cwd = Path(runtime.cwd)
         self._results.update(
@@ -340,22 +338,20 @@ class FineTune(SimpleInterface):
     output_spec = _FineTuneOutputSpec
 
     def _run_interface(self, runtime):
-        from ..denoise.pipeline import load_volume
-        from ..train import finetune
+        from ..denoise.pipeline import contrast_from_filename
+        from ..train import TrainConfig, finetune
 
         _limit_threads(self.inputs.omp_nthreads)
         registry = _registry(self.inputs.experts_dir)
-        start_level = registry.select(float(np.median(self.inputs.percents)))[0].level
-        volumes = [np.asanyarray(load_volume(f).dataobj).astype(np.float32)
-                   for f in self.inputs.in_files]
         out_dir = Path(runtime.cwd) / "finetuned_experts"
         finetune(
-            volumes,
-            start_level=start_level,
+            [(f, contrast_from_filename(f)) for f in self.inputs.in_files],
+            start_level=registry.nearest_level(float(np.median(self.inputs.percents))),
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
             registry=registry,
-            device=self.inputs.device,
+            config=TrainConfig(level=0.0, device=self.inputs.device),
+            progress=False,
         )
         self._results["experts_dir"] = str(out_dir)
         return runtime

@@ -242,8 +242,8 @@ def finetune(
         The dataset's scans: paths, ``"PATH:CONTRAST"`` strings, ``(path, contrast)``
         pairs or prepared :class:`TrainingVolume` objects.
     start_level : float, optional
-        Expert to start from; by default the one :meth:`ExpertRegistry.select` picks
-        for the median estimated noise of the scans.
+        Expert to start from; by default the trained level nearest to the median
+        estimated noise of the scans.
     out_dir : path-like
         Registry directory written (``manifest.json`` + one weight file, at
         ``start_level``); pass it as ``registry`` to the denoiser.
@@ -284,7 +284,7 @@ def finetune(
                             contrast=contrast)
     noise = float(np.median([v.noise_percent for v in prepared]))
     if start_level is None:
-        start_level = registry.select(noise)[0].level
+        start_level = registry.nearest_level(noise)
     start_level = float(start_level)
     base = registry.load(start_level, "cpu")
     prepare_seconds = time.perf_counter() - started

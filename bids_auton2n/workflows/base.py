@@ -334,7 +334,7 @@ def init_anat_denoise_wf(
         (estimate, cnn, [("mask_file", "mask_file"), ("out_json", "noise_json")]),
         (select, cnn, [("out_json", "experts_json")]),
         (inputnode, fuse, [("in_file", "in_file")]),
-        (estimate, fuse, [("mask_file", "mask_file"), ("sigma", "sigma")]),
+        (estimate, fuse, [("sigma", "sigma")]),
         (cnn, fuse, [("out_file", "cnn_file")]),
         (inputnode, provenance, [("in_file", "source_file")]),
         (estimate, provenance, [("out_json", "noise_json"), ("runtime_s", "estimate_s")]),
