@@ -129,6 +129,7 @@ def run_participant() -> int:
         workflow.run(**config.nipype.get_plugin())
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
+        print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
     finally:
         status = _image_status(sources, execution.output_dir, execution.bids_dir,
                                execution.run_uuid)

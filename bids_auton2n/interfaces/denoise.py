@@ -317,7 +317,6 @@ class DenoiseProvenance(SimpleInterface):
 
 class _FineTuneInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
-    percents = traits.List(traits.Float, mandatory=True, desc="their noise levels (percent)")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
     time_budget_s = traits.Float(600.0, usedefault=True, desc="training time budget")
     device = traits.Str("auto", usedefault=True)
@@ -346,7 +345,6 @@ class FineTune(SimpleInterface):
         out_dir = Path(runtime.cwd) / "finetuned_experts"
         finetune(
             [(f, contrast_from_filename(f)) for f in self.inputs.in_files],
-            start_level=registry.nearest_level(float(np.median(self.inputs.percents))),
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
             registry=registry,

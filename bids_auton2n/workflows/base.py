@@ -6,8 +6,8 @@ participant → one ``init_anat_denoise_wf`` per anatomical image:
     estimate noise → select expert(s) → CNN experts (+ flip TTA) → RI-NLM fusion
     → provenance → derivatives + reportlets
 
-With ``--finetune`` the noise estimates of all images feed one fine-tuning node shared by
-the dataset, whose expert registry then serves every CNN node.
+With ``--finetune`` one fine-tuning node shared by the dataset adapts the expert nearest to
+the images' median noise (it estimates the noise itself) and its registry serves every CNN node.
 """
 
 from __future__ import annotations
@@ -74,10 +74,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             finetune_node.inputs.experts_dir = str(execution.experts_dir)
         all_files = [f for files in subjects.values() for f in files]
         finetune_node.inputs.in_files = all_files
-        merge_percents = pe.Node(niu.Merge(len(all_files)), name="merge_percents")
-        workflow.connect(merge_percents, "out", finetune_node, "percents")
 
-    merge_index = 0
     for subject_id, anat_files in subjects.items():
         subject_wf = init_single_subject_wf(
             subject_id=subject_id,
@@ -100,16 +97,13 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             omp_nthreads=config.nipype.omp_nthreads,
         )
         if finetune_node is not None:
-            for anat_file in anat_files:
-                merge_index += 1
-                image_wf = image_workflow_name(anat_file)
-                workflow.connect([
-                    (subject_wf, merge_percents, [
-                        (f"{image_wf}.outputnode.noise_percent", f"in{merge_index}")]),
-                    (finetune_node, subject_wf, [
-                        ("experts_dir", f"{image_wf}.inputnode.experts_dir")]),
-                ])  # fmt:skip
-        workflow.add_nodes([subject_wf])
+            workflow.connect([
+                (finetune_node, subject_wf, [
+                    ("experts_dir", f"{image_workflow_name(f)}.inputnode.experts_dir")])
+                for f in anat_files
+            ])
+        else:
+            workflow.add_nodes([subject_wf])  # connect() adds it in the branch above
     return workflow
 
 
