@@ -83,6 +83,10 @@ class NipypeSettings:
             if self.mem_gb:
                 args.setdefault("memory_gb", self.mem_gb)
             args.setdefault("raise_insufficient", False)
+        if self.plugin == "MultiProc":
+            # Workers are started fresh, not forked: a fork of a process whose OpenMP
+            # (torch/numba) threads already ran can deadlock in the child.
+            args.setdefault("mp_context", "forkserver")
         return {"plugin": self.plugin, "plugin_args": args}
 
 
