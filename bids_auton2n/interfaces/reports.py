@@ -11,7 +11,6 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
-    traits,
 )
 
 
