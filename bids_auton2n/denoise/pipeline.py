@@ -305,8 +305,14 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path
     out.to_filename(str(out_file))
 
 
+def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32."""
+    img = load_volume(path)
+    return img, np.asarray(img.get_fdata(dtype=np.float32))
+
+
 def _read_inputs(in_file, mask_file):
-    img = load_volume(in_file)
+    img, data = read_volume(in_file)
     mask = None
     if mask_file is not None:
         mask_img = load_volume(mask_file)
@@ -314,7 +320,7 @@ def _read_inputs(in_file, mask_file):
             raise InputImageError(
                 f"{mask_file}: mask shape {mask_img.shape} differs from image shape {img.shape}")
         mask = np.asanyarray(mask_img.dataobj) > 0
-    return img, np.asarray(img.get_fdata(dtype=np.float32)), mask
+    return img, data, mask
 
 
 def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,

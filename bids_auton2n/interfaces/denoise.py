@@ -74,12 +74,12 @@ class EstimateNoise(SimpleInterface):
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
-        from ..denoise.pipeline import estimate_array_noise, load_volume, noise_for_level
+        from ..denoise.pipeline import estimate_array_noise, noise_for_level, read_volume
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
-        img = load_volume(self.inputs.in_file)
-        finite, _ = sanitize(np.asanyarray(img.dataobj))
+        img, data = read_volume(self.inputs.in_file)
+        finite, _ = sanitize(data)
         mask = head_mask(finite)
         if isdefined(self.inputs.noise_level):
             noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
@@ -175,12 +175,12 @@ class CNNDenoise(SimpleInterface):
         from ..denoise.experts import ExpertChoice
         from ..denoise.intensity import sanitize
         from ..denoise.noise import NoiseEstimate
-        from ..denoise.pipeline import load_volume, run_experts
+        from ..denoise.pipeline import read_volume, run_experts
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
-        img = load_volume(self.inputs.in_file)
-        finite, _ = sanitize(np.asanyarray(img.dataobj))
+        img, data = read_volume(self.inputs.in_file)
+        finite, _ = sanitize(data)
         mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
         noise_record = json.loads(Path(self.inputs.noise_json).read_text())
         noise_record.pop("Source")
@@ -221,12 +221,11 @@ class FuseRINLM(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import fuse_rinlm, load_volume, restore_nonfinite
+        from ..denoise.pipeline import fuse_rinlm, read_volume, restore_nonfinite
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
-        img = load_volume(self.inputs.in_file)
-        original = np.asanyarray(img.dataobj).astype(np.float32)
+        img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
         if self.inputs.fusion:
