@@ -5,6 +5,12 @@ Curriculum (the shipped experts)::
     bids_auton2n-train --data-dir /work/shared/data --out bids_auton2n/data/experts \\
         --work-dir /tmp/auton2n-train --total-budget-min 40
 
+Single model trained on all levels (ablation of the mixture of experts; one
+weight file registered at the lowest level), for exactly N Adam steps::
+
+    bids_auton2n-train --single-model --data-dir /work/shared/data --out single_registry \
+        --work-dir /tmp/single-work --max-steps 2724 --patience 1000 --total-budget-min 0
+
 Fine-tuning on a dataset's own scans (writes a registry directory for ``--registry``
 of the denoiser)::
 
@@ -20,6 +26,7 @@ import argparse
 import logging
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
@@ -27,6 +34,7 @@ from ..denoise.inference import resolve_device
 from ..denoise.pipeline import CONTRASTS, InputImageError
 from ..train.curriculum import (
     LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes, train_curriculum,
+    train_single_model,
 )
 from ..train.trainer import SELECTION_METRICS, TrainConfig
 
@@ -50,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "times p (0: every scan trains every level)")
     source.add_argument("--levels", nargs="+", type=float, default=list(LEVELS),
                         help="expert noise levels (percent), trained in increasing order")
+    source.add_argument("--single-model", action="store_true",
+                        help="ablation: train ONE network on all --levels (each Adam step at a "
+                             "level drawn uniformly, seeded by (seed, step)) instead of one expert "
+                             "per level; --out gets one weight file registered at the lowest level "
+                             "and --total-budget-min is its budget")
     ft = parser.add_argument_group("fine-tuning")
     ft.add_argument("--finetune", nargs="+", metavar="FILE[:CONTRAST]",
                     help="fine-tune one expert on these scans instead of training the curriculum")
@@ -71,10 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pair cache and checkpoints (default: OUT/../<out-name>-work)")
     budget = parser.add_argument_group("budgets and early stopping")
     budget.add_argument("--total-budget-min", type=float, default=85.0,
-                        help="wall-clock budget of the whole curriculum (minutes)")
+                        help="wall-clock budget of the whole curriculum (minutes; 0: no time "
+                             "limit, stop on epochs, steps or early stopping only)")
     budget.add_argument("--time-budget-min", type=float,
                         help="upper limit per expert (minutes)")
     budget.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
+    budget.add_argument("--max-steps", type=int,
+                        help="Adam-step limit per model (the last epoch is cut short there)")
     budget.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     budget.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without a lower validation loss before stopping")
@@ -112,7 +128,7 @@ def main(argv=None) -> int:
     config = TrainConfig(
         level=0.0, patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr,
         loss=args.loss, steps_per_epoch=args.steps_per_epoch, max_epochs=args.max_epochs,
-        patience=args.patience, val_patches_per_volume=args.val_patches,
+        max_steps=args.max_steps, patience=args.patience, val_patches_per_volume=args.val_patches,
         select_by=args.select_by, seed=args.seed,
         device=args.device,
     )
@@ -135,23 +151,35 @@ def main(argv=None) -> int:
             specs += [(args.data_dir / name, contrast) for name, contrast in TRAINING_SCANS]
         if not specs:
             parser.error("give training scans with --data and/or --data-dir (or use --finetune)")
+        if args.single_model and args.out is None:
+            parser.error("--single-model needs --out (it must not replace the shipped experts)")
         out = args.out or default_root()
         work_dir = args.work_dir or out.parent / f"{out.name}-work"
         volumes = load_volumes(specs, work_dir=work_dir, exclude_centre=args.exclude_centre,
                                contrast=args.contrast)
-        results = train_curriculum(
-            volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
-            total_budget_s=args.total_budget_min * 60.0,
-            expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
-            base_config=config, exclude_centre=args.exclude_centre,
-            max_noise_ratio=args.max_noise_ratio or None, command=command,
-            progress=not args.no_progress,
-        )
+        total_budget_s = args.total_budget_min * 60.0 if args.total_budget_min > 0 else None
+        if args.single_model:
+            results = [train_single_model(
+                volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
+                base_config=replace(config, time_budget_s=total_budget_s),
+                exclude_centre=args.exclude_centre, max_noise_ratio=args.max_noise_ratio or None,
+                command=command, progress=not args.no_progress,
+            )]
+        else:
+            results = train_curriculum(
+                volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
+                total_budget_s=total_budget_s,
+                expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
+                base_config=config, exclude_centre=args.exclude_centre,
+                max_noise_ratio=args.max_noise_ratio or None, command=command,
+                progress=not args.no_progress,
+            )
     except (InputImageError, ExpertWeightsError, ValueError, FileNotFoundError) as error:
         print(f"bids_auton2n-train: error: {error}", file=sys.stderr)
         return 2
     for result in results:
-        print(f"{result.level:g}%: {result.epochs} epochs, {result.steps} steps, "
+        label = "single model" if args.single_model else f"{result.level:g}%"
+        print(f"{label}: {result.epochs} epochs, {result.steps} steps, "
               f"{result.train_seconds / 60:.1f} min, best {args.select_by} score {result.best_score:.5g} "
               f"(epoch {result.best_epoch}), stopped by {result.stopped}")
     print(f"experts written to {out}")

@@ -4,12 +4,15 @@ See :mod:`bids_auton2n.train.curriculum` (entry points), :mod:`.trainer` (one ex
 and :mod:`.data` (prepared scans, patch sampling, validation split).
 """
 
-from .curriculum import LEVELS, finetune, load_volumes, train_curriculum
-from .data import PatchSampler, TrainingVolume, prepare_volume, volume_from_arrays
+from .curriculum import LEVELS, finetune, load_volumes, train_curriculum, train_single_model
+from .data import (
+    MultiLevelSampler, PatchSampler, TrainingVolume, prepare_volume, volume_from_arrays,
+)
 from .trainer import TrainConfig, TrainResult, train_expert
 
 __all__ = [
     "LEVELS",
+    "MultiLevelSampler",
     "PatchSampler",
     "TrainConfig",
     "TrainResult",
@@ -19,5 +22,6 @@ __all__ = [
     "prepare_volume",
     "train_curriculum",
     "train_expert",
+    "train_single_model",
     "volume_from_arrays",
 ]

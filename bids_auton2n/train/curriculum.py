@@ -7,6 +7,12 @@ to a registry directory with :func:`~bids_auton2n.denoise.experts.write_manifest
 as soon as it is done (so an interrupted curriculum keeps its finished experts
 and resumes the one in progress from its checkpoint).
 
+The single model (the paper's ablation of the mixture of experts) is one network
+trained on all the levels at once, from the 1 % expert's initialisation, on the
+same scans per level; it is saved as a one-entry registry at the lowest level,
+which the registry then selects for every noise estimate (see
+:func:`train_single_model`).
+
 Fine-tuning adapts one expert to a user's dataset: the synthetic pairs of the
 user's own scans, with no added noise by default (the scans' own noise is the
 Noise2Noise noise), under a wall-clock budget, and saves a one-expert registry
@@ -29,7 +35,9 @@ import torch
 from .. import __version__
 from ..denoise.experts import ExpertRegistry, write_manifest_entry
 from ..denoise.pipeline import contrast_from_filename
-from .data import PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume
+from .data import (
+    MultiLevelSampler, PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume,
+)
 from .trainer import TrainConfig, TrainResult, train_expert
 
 LOGGER = logging.getLogger("bids_auton2n.train")
@@ -215,6 +223,76 @@ def train_curriculum(
         results.append(result)
         previous = result
     return results
+
+
+def train_single_model(
+    volumes: list[TrainingVolume],
+    *,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    levels=LEVELS,
+    base_config: TrainConfig | None = None,
+    exclude_centre: bool = False,
+    max_noise_ratio: float | None = MAX_NOISE_RATIO,
+    command: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one network on all ``levels`` (ablation of the mixture of experts).
+
+    Everything but the level schedule is the curriculum's: the 1 % expert's
+    initialisation (seeded random weights, zero residual head = identity), the
+    same patches, flips, losses, optimiser and early stopping, and at each level
+    the scans that level's expert trains on (:func:`eligible_volumes`).  Each Adam
+    step draws its level uniformly from ``levels`` (seeded by ``(seed, step)``);
+    the batch of step ``s`` at level ``p`` is the one the ``p`` % expert draws at
+    its step ``s``.  Validation pools every level's held-out patches.
+
+    Parameters
+    ----------
+    volumes : list of TrainingVolume
+    out_dir : path-like
+        Registry directory written: one weight file registered at the lowest level
+        (``min(levels)``).  The registry thus selects it for every estimate at or
+        above that level and, below it, blends it with the identity exactly as it
+        blends the lowest expert, so the app uses it like the mixture of experts.
+    work_dir : path-like
+        Checkpoint ``single_model.ckpt``; rerunning resumes from it.
+    levels : sequence of float
+    base_config : TrainConfig, optional
+        Settings other than ``level`` and ``levels`` (budgets: ``time_budget_s``,
+        ``max_epochs``, ``max_steps``).
+    exclude_centre, max_noise_ratio, command, progress
+        As in :func:`train_curriculum`.
+
+    Returns
+    -------
+    TrainResult
+    """
+    levels = tuple(sorted(float(level) for level in levels))
+    base = base_config or TrainConfig(level=levels[0])
+    config = replace(base, level=levels[0], levels=levels)
+    used = {level: eligible_volumes(volumes, level, max_noise_ratio) for level in levels}
+    sampler = MultiLevelSampler({level: PatchSampler(scans, base.patch_size)
+                                 for level, scans in used.items()})
+    LOGGER.info("single model on levels %s: %s", ", ".join(f"{level:g}%" for level in levels),
+                "; ".join(f"{level:g}%: {', '.join(v.name for v in scans)}"
+                          for level, scans in used.items()))
+    result = train_expert(sampler, config, checkpoint=Path(work_dir) / "single_model.ckpt",
+                          progress=progress)
+    used_ids = {id(v) for scans in used.values() for v in scans}
+    trained_on = [v for v in volumes if id(v) in used_ids]
+    write_manifest_entry(out_dir, levels[0], result.state_dict, _provenance(
+        trained_on, config, result, command=command or current_command(),
+        exclude_centre=exclude_centre, initialised_from=None,
+        extra={"single_model": {
+            "levels": list(levels),
+            "scans_per_level": {f"{level:g}": [v.name for v in scans]
+                                for level, scans in used.items()},
+            "registered_at": "the lowest level: selected for every estimate at or above it, "
+                             "blended with the identity below it",
+        }},
+    ))
+    return result
 
 
 def finetune(

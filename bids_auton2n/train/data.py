@@ -221,9 +221,23 @@ def added_noise_std(level: float, intrinsic_percent: float) -> float:
     return math.sqrt(max(level * level - intrinsic_percent * intrinsic_percent, 0.0)) / 100.0
 
 
-def step_rng(seed: int, level: float, step: int, purpose: int = 0) -> np.random.Generator:
-    """Generator of the draws of one training step (or of validation, ``purpose=1``)."""
+#: ``purpose`` values of :func:`step_rng`: one independent stream each.
+TRAINING_DRAWS, VALIDATION_DRAWS, LEVEL_DRAWS = 0, 1, 2
+
+
+def step_rng(seed: int, level: float, step: int, purpose: int = TRAINING_DRAWS) -> np.random.Generator:
+    """Generator of the draws of one training step (validation: ``purpose=VALIDATION_DRAWS``)."""
     return np.random.default_rng([int(seed), int(round(100 * level)), int(step), int(purpose)])
+
+
+def draw_level(levels, seed: int, step: int) -> float:
+    """Noise level of training step ``step`` of a model trained on all ``levels``.
+
+    Uniform over ``levels``, from a generator seeded by ``(seed, step)`` only, so the
+    sequence of levels is reproducible and independent of the patch draws.
+    """
+    levels = tuple(levels)
+    return float(levels[int(step_rng(seed, 0.0, step, LEVEL_DRAWS).integers(len(levels)))])
 
 
 @dataclass
@@ -323,7 +337,7 @@ class PatchSampler:
         """
         if not self.validation:
             raise ValueError("this sampler holds out no validation slab")
-        rng = step_rng(seed, level, 0, purpose=1)
+        rng = step_rng(seed, level, 0, purpose=VALIDATION_DRAWS)
         out = {"inputs": [], "targets": [], "originals": [], "masks": [], "added_std": []}
         shape = (self.patch_size,) * 3
         for volume, layout in zip(self.volumes, self._layouts):
@@ -341,3 +355,46 @@ class PatchSampler:
                   for key, value in out.items() if key != "added_std"}
         result["added_std"] = np.asarray(out["added_std"], dtype=np.float64)
         return result
+
+
+class MultiLevelSampler:
+    """One :class:`PatchSampler` per noise level behind the :class:`PatchSampler` interface.
+
+    For the single-model ablation (one network trained on all levels): training
+    batches and validation sets of level ``p`` come from the sampler of ``p``, so
+    the network sees at each level exactly the scans the ``p`` % expert was trained
+    on (:func:`~bids_auton2n.train.curriculum.eligible_volumes`), with the same
+    patches, flips and noise draws at the same step.
+
+    Parameters
+    ----------
+    samplers : mapping of float to PatchSampler
+        Level (percent) -> sampler; all with the same patch size.
+    """
+
+    def __init__(self, samplers):
+        if not samplers:
+            raise ValueError("no samplers")
+        self.samplers = {float(level): sampler for level, sampler in samplers.items()}
+        sizes = {sampler.patch_size for sampler in self.samplers.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"the levels' samplers have different patch sizes {sorted(sizes)}")
+        self.patch_size = sizes.pop()
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        return tuple(sorted(self.samplers))
+
+    def _sampler(self, level: float) -> PatchSampler:
+        try:
+            return self.samplers[float(level)]
+        except KeyError:
+            raise ValueError(f"no sampler for level {level} % (levels: {list(self.levels)})") from None
+
+    def training_batch(self, step: int, batch_size: int, level: float, seed: int):
+        """:meth:`PatchSampler.training_batch` of the sampler of ``level``."""
+        return self._sampler(level).training_batch(step, batch_size, level, seed)
+
+    def validation_set(self, level: float, per_volume: int, seed: int) -> dict:
+        """:meth:`PatchSampler.validation_set` of the sampler of ``level``."""
+        return self._sampler(level).validation_set(level, per_volume, seed)

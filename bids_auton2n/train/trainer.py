@@ -4,7 +4,8 @@ One *epoch* is ``steps_per_epoch`` Adam steps on random patches
 (:meth:`~bids_auton2n.train.data.PatchSampler.training_batch`) followed by one
 validation pass on the fixed held-out patches.  Training stops at the first of:
 ``patience`` epochs without a better validation score (early stopping, paper
-section 3; the score is :attr:`TrainConfig.select_by`), ``max_epochs``, or the wall-clock ``time_budget_s``.  The weights
+section 3; the score is :attr:`TrainConfig.select_by`), ``max_epochs``, ``max_steps``
+(Adam steps; the last epoch is then cut short), or the wall-clock ``time_budget_s``.  The weights
 returned are those of the best validation epoch (epoch 0 = the initial weights,
 so a fine-tuned expert is never worse on validation than its starting point).
 
@@ -20,6 +21,11 @@ written atomically after every epoch; rerunning with the same settings resumes
 from it and, because every step's random draws depend only on ``(seed, level,
 step)``, reaches exactly the weights of an uninterrupted run with the same
 number of epochs.
+
+With :attr:`TrainConfig.levels` the same loop trains one network on several noise
+levels (the single-model ablation of the mixture of experts): the level of every
+step is drawn uniformly from them (:func:`~bids_auton2n.train.data.draw_level`,
+seeded by ``(seed, step)``), and validation pools the validation sets of all levels.
 """
 
 from __future__ import annotations
@@ -31,18 +37,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..denoise.experts import _atomic_write
 from ..denoise.inference import resolve_device
 from ..denoise.losses import get_loss
 from ..denoise.network import ResidualDenoiser3D
-from .data import PatchSampler
+from .data import PatchSampler, draw_level
 
 LOGGER = logging.getLogger("bids_auton2n.train")
 
 #: Settings that must match for a checkpoint to be resumed.
-_RESUME_KEYS = ("level", "patch_size", "batch_size", "lr", "loss", "steps_per_epoch",
+_RESUME_KEYS = ("level", "levels", "patch_size", "batch_size", "lr", "loss", "steps_per_epoch",
                 "val_patches_per_volume", "seed", "select_by")
 #: Validation figures early stopping can follow (lower is better for both).
 SELECTION_METRICS = ("val_loss", "psnr")
@@ -58,6 +65,13 @@ class TrainConfig:
         Target noise level in percent (noise added up to it, see
         :func:`~bids_auton2n.train.data.added_noise_std`); 0 adds no noise
         (pure self-supervision on the scans' own noise, used by fine-tuning).
+        With ``levels``: the level the model is registered at (names and logs only).
+    levels : tuple of float
+        Empty (default): every step trains at ``level``.  Otherwise one network is
+        trained on all these levels: each Adam step draws its level uniformly from
+        them (seeded by ``(seed, step)``) and validation pools all levels' sets;
+        the sampler must serve every level (e.g. a
+        :class:`~bids_auton2n.train.data.MultiLevelSampler`).
     patch_size, batch_size : int
         Cubic patch edge and patches per Adam step.
     lr : float
@@ -67,6 +81,10 @@ class TrainConfig:
     steps_per_epoch : int
         Adam steps between two validations.
     max_epochs : int
+    max_steps : int or None
+        Adam-step limit (None: none); reaching it mid-epoch ends that epoch there
+        (validated and checkpointed), so runs of equal cost can be compared when
+        the step count is not a multiple of ``steps_per_epoch``.
     patience : int
         Epochs without a lower validation loss before stopping.
     time_budget_s : float or None
@@ -94,12 +112,25 @@ class TrainConfig:
     loss: str = "l1"
     steps_per_epoch: int = 40
     max_epochs: int = 500
+    max_steps: int | None = None
     patience: int = 8
     time_budget_s: float | None = None
     val_patches_per_volume: int = 4
     select_by: str = "val_loss"
     seed: int = 0
     device: str = "auto"
+    levels: tuple[float, ...] = ()
+
+    def step_level(self, step: int) -> float:
+        """Noise level (percent) of training step ``step``."""
+        return draw_level(self.levels, self.seed, step) if self.levels else self.level
+
+    @property
+    def name(self) -> str:
+        """Label of the model in logs and progress bars."""
+        if self.levels:
+            return "single model " + "/".join(f"{level:g}" for level in self.levels) + "%"
+        return f"expert {self.level:g}%"
 
 
 @dataclass
@@ -173,6 +204,14 @@ def evaluate(model, validation: dict, loss_fn, device, batch_size: int) -> dict:
     return figures
 
 
+def validation_set(sampler, config: TrainConfig) -> dict:
+    """The fixed validation patches of ``config``: its level's, or all its ``levels``' pooled."""
+    sets = [sampler.validation_set(level, config.val_patches_per_volume, config.seed)
+            for level in (config.levels or (config.level,))]
+    return sets[0] if len(sets) == 1 else {
+        key: np.concatenate([one[key] for one in sets]) for key in sets[0]}
+
+
 def _state_copy(model) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
@@ -220,7 +259,7 @@ def train_expert(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = get_loss(config.loss)
-    validation = sampler.validation_set(config.level, config.val_patches_per_volume, config.seed)
+    validation = validation_set(sampler, config)
     settings = asdict(config)
     settings["patch_size"] = sampler.patch_size
 
@@ -228,7 +267,9 @@ def train_expert(
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        differing = [k for k in _RESUME_KEYS if state["settings"].get(k) != settings[k]]
+        defaults = asdict(TrainConfig(level=0.0))  # keys older checkpoints lack
+        differing = [k for k in _RESUME_KEYS
+                     if state["settings"].get(k, defaults[k]) != settings[k]]
         if differing:
             raise ValueError(
                 f"{checkpoint}: checkpoint was made with other settings ({', '.join(differing)}); "
@@ -237,10 +278,9 @@ def train_expert(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if state["stopped"] != "early_stopping":
-            # A budget or epoch limit reached before may have been raised since.
+            # A budget, epoch or step limit reached before may have been raised since.
             state["stopped"] = None
-        LOGGER.info("resuming %g %% expert from %s (epoch %d)", config.level, checkpoint,
-                    state["epoch"])
+        LOGGER.info("resuming %s from %s (epoch %d)", config.name, checkpoint, state["epoch"])
     else:
         figures = evaluate(model, validation, loss_fn, device, config.batch_size)
         state = {"epoch": 0, "best_epoch": 0,
@@ -251,12 +291,18 @@ def train_expert(
 
     start_time = time.perf_counter() - state["elapsed_s"]
     budget = config.time_budget_s
-    bar = tqdm(total=config.max_epochs * config.steps_per_epoch, initial=state["epoch"] *
-               config.steps_per_epoch, desc=f"expert {config.level:g}%", unit="step",
+    total_steps = config.max_epochs * config.steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    steps_so_far = int(state["history"][-1]["step"])
+    bar = tqdm(total=total_steps, initial=steps_so_far, desc=config.name, unit="step",
                disable=not progress, dynamic_ncols=True)
 
     def out_of_time() -> bool:
         return budget is not None and time.perf_counter() - start_time >= budget
+
+    def out_of_steps(step: int) -> bool:
+        return config.max_steps is not None and step >= config.max_steps
 
     while state["stopped"] is None:
         if state["epoch"] >= config.max_epochs:
@@ -265,14 +311,17 @@ def train_expert(
         if out_of_time():
             state["stopped"] = "time_budget"
             break
+        if out_of_steps(int(state["history"][-1]["step"])):
+            state["stopped"] = "max_steps"
+            break
         epoch = state["epoch"] + 1
         running, steps_done = 0.0, 0
         for offset in range(config.steps_per_epoch):
-            if out_of_time():
-                break
             step = (epoch - 1) * config.steps_per_epoch + offset
-            inputs, targets = sampler.training_batch(step, config.batch_size, config.level,
-                                                     config.seed)
+            if out_of_time() or out_of_steps(step):
+                break
+            inputs, targets = sampler.training_batch(step, config.batch_size,
+                                                     config.step_level(step), config.seed)
             inputs = torch.from_numpy(inputs).to(device)
             targets = torch.from_numpy(targets).to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -298,11 +347,12 @@ def train_expert(
         else:
             state["bad_epochs"] += 1
         if steps_done < config.steps_per_epoch:
-            state["stopped"] = "time_budget"
+            state["stopped"] = ("max_steps" if out_of_steps(state["history"][-1]["step"])
+                                else "time_budget")
         elif state["bad_epochs"] >= config.patience:
             state["stopped"] = "early_stopping"
-        LOGGER.info("expert %g%% epoch %d: train %.5g val %.5g (best epoch %d) %s",
-                    config.level, epoch, state["history"][-1]["train_loss"], figures["val_loss"],
+        LOGGER.info("%s epoch %d: train %.5g val %.5g (best epoch %d) %s",
+                    config.name, epoch, state["history"][-1]["train_loss"], figures["val_loss"],
                     state["best_epoch"],
                     " ".join(f"{k}={v:.2f}" for k, v in figures.items() if k.startswith("psnr")))
         if checkpoint is not None:
