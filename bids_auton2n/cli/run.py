@@ -74,7 +74,7 @@ def run_participant() -> int:
     from nipype import config as nipype_config
 
     from .. import config
-    from ..reports.core import generate_reports, write_boilerplate
+    from ..reports.core import generate_reports, previous_runs, write_boilerplate
     from ..utils.bids import (
         check_paths,
         collect_anatomicals,
@@ -93,7 +93,12 @@ def run_participant() -> int:
         subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
         if execution.participant_label:
             subjects = [s for s in subjects if s in execution.participant_label]
-        failed_reports = generate_reports(subjects, execution.output_dir, execution.run_uuid)
+        earlier = previous_runs(execution.output_dir)
+        failed_reports = []
+        for subject in subjects:  # each report shows the run that processed its images
+            run_uuid, failed = earlier.get(subject, (execution.run_uuid, []))
+            failed_reports += generate_reports([subject], execution.output_dir, run_uuid,
+                                               failures={subject: failed})
         print(f"Reports written in {execution.output_dir}")
         return EXIT_FAILURE if failed_reports else 0
 

@@ -9,6 +9,10 @@ from .. import __version__
 
 SPEC = Path(__file__).parent.parent / "data" / "reports-spec.yml"
 
+#: ``<head>`` fragment (our own stylesheet + a Bootstrap check) that keeps the reports
+#: readable when nireports' CDN-hosted Bootstrap cannot be loaded.
+OFFLINE_HEAD = Path(__file__).parent.parent / "data" / "report-offline-head.html"
+
 REFERENCES = """\
 1. Morell-Ortega S., et al. Auto-N2N: Self-supervised MRI denoising using synthetic pair
    generation and mixture of experts. MIDL 2026 (under review).
@@ -84,6 +88,31 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
     return out
 
 
+def assemble_report(out_dir, run_uuid, **report_kwargs) -> None:
+    """Write one nireports report that stays readable without network access.
+
+    nireports' template styles the page with Bootstrap and jQuery from a CDN; the report's
+    header (the slot nireports offers plugins) gets :data:`OFFLINE_HEAD`, a small stylesheet
+    of our own that only applies while Bootstrap's stylesheet is missing. The figures need
+    no script: the before/after flicker is CSS inside each SVG.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder of the report (figures are linked relative to it).
+    run_uuid : str
+        Run identifier (``{run_uuid}`` in the reports spec).
+    **report_kwargs
+        Passed to :class:`nireports.assembler.report.Report` (``bootstrap_file``,
+        ``reportlets_dir``, ``metadata``, ``out_filename``, BIDS filters).
+    """
+    from nireports.assembler.report import Report
+
+    report = Report(str(out_dir), run_uuid, **report_kwargs)
+    report.header.append(OFFLINE_HEAD.read_text())
+    report.generate_report()
+
+
 def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -> list[str]:
     """Write ``sub-<label>.html`` for each participant; return labels whose report failed.
 
@@ -98,8 +127,6 @@ def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -
     failures : dict, optional
         Failed image names by participant, listed in the summary.
     """
-    from nireports.assembler.report import Report
-
     failures = failures or {}
     errors = []
     for subject in subjects:
@@ -113,14 +140,14 @@ def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -
             }
         }
         try:
-            Report(
-                str(output_dir),
+            assemble_report(
+                output_dir,
                 run_uuid,
                 bootstrap_file=SPEC,
                 reportlets_dir=str(output_dir),
                 metadata={"summary-meta": summary},
                 subject=subject,
-            ).generate_report()
+            )
         except Exception as exc:  # a broken report must not hide the other participants'
             errors.append(subject)
             (Path(output_dir) / "logs").mkdir(parents=True, exist_ok=True)
@@ -136,3 +163,42 @@ def read_status(output_dir: Path) -> dict[str, dict]:
         for record in json.loads(status_file.read_text()):
             records[record["source"]] = record
     return records
+
+
+def previous_runs(output_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """The earlier participant-level run that ``--reports-only`` reports, per participant.
+
+    A report's errors section lists the Nipype crash files of one run
+    (``sub-<label>/log/<run_uuid>/crash-*``, the ``crashdump_dir`` the workflow sets), so a
+    report regenerated later must point at the run that processed the images, not at the
+    new run identifier of the ``--reports-only`` call.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Derivatives root.
+
+    Returns
+    -------
+    dict
+        ``{label: (run_uuid, failed image names)}``. From the status logs (latest record per
+        image): the most recent run of the participant in which an image failed, else its
+        most recent run. A participant without status records (a run killed before writing
+        them) gets its newest crash folder and no names. Run identifiers start with a UTC
+        time stamp, so the latest sorts last.
+    """
+    runs: dict[str, tuple[str, list[str]]] = {}
+    by_subject: dict[str, list[dict]] = {}
+    for record in read_status(output_dir).values():
+        by_subject.setdefault(record["subject"], []).append(record)
+    for subject, records in by_subject.items():
+        failed = [r for r in records if r["status"] != "success"]
+        run_uuid = max(r["run_uuid"] for r in (failed or records))
+        runs[subject] = (run_uuid, sorted(Path(r["source"]).name for r in failed))
+    for log_dir in Path(output_dir).glob("sub-*/log"):
+        subject = log_dir.parent.name[4:]
+        crash_dirs = sorted(d.name for d in log_dir.iterdir() if d.is_dir())
+        if subject not in runs and crash_dirs:
+            runs[subject] = (crash_dirs[-1], [])
+    return runs
+

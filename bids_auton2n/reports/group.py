@@ -63,7 +63,7 @@ def _figure_before_after(table, metrics, out_file: Path, title: str) -> None:
 
 def write_group_report(table, *, output_dir: Path, work_dir: Path) -> Path:
     """Draw the group figures and assemble ``group_denoising.html`` in ``output_dir``."""
-    from nireports.assembler.report import Report
+    from .core import assemble_report
 
     figures = Path(work_dir) / "reportlets" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,7 @@ def write_group_report(table, *, output_dir: Path, work_dir: Path) -> Path:
         "Software": f"bids-auton2n {__version__}",
     }}
     out = Path(output_dir) / "group_denoising.html"
-    Report(str(output_dir), "group", bootstrap_file=SPEC, reportlets_dir=str(work_dir / "reportlets"),
-           out_filename=out.name, metadata={"group-meta": meta}).generate_report()
+    assemble_report(output_dir, "group", bootstrap_file=SPEC,
+                    reportlets_dir=str(work_dir / "reportlets"), out_filename=out.name,
+                    metadata={"group-meta": meta})
     return out
