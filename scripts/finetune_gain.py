@@ -34,13 +34,17 @@ from pathlib import Path
 
 import nibabel as nib
 import numba
+import numpy as np
 import torch
 
 from bids_auton2n.bench.harness import BenchmarkConfig, phantom_cases
 from bids_auton2n.bench.metrics import psnr
-from bids_auton2n.denoise.experts import ExpertRegistry
+from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file
+from bids_auton2n.denoise.intensity import sanitize
+from bids_auton2n.denoise.noise import head_mask
 from bids_auton2n.denoise.pipeline import denoise_array
 from bids_auton2n.train import TrainConfig, finetune
+from bids_auton2n.train.data import cached_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_single_model import CROP, STAGES, pipeline_revision  # noqa: E402
@@ -49,20 +53,54 @@ DEFAULT_OUT = Path("benchmarks/results/finetune_gain.md")
 DEFAULT_WORK = Path("/tmp/bids_auton2n-finetune-gain")
 
 
+def noisy_file(case, work: Path) -> Path:
+    """The noisy phantom as the NIfTI file fine-tuning reads (written once: its hash keys the
+    pair cache)."""
+    path = work / f"sub-phantom{case.level:g}pct_T1w.nii.gz"
+    if not path.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        nib.Nifti1Image(case.noisy, case.affine).to_filename(path)
+    return path
+
+
 def finetune_case(case, work: Path, args) -> ExpertRegistry:
-    """Fine-tuned registry of one noisy phantom (resumed / reused when already trained)."""
-    work.mkdir(parents=True, exist_ok=True)
-    noisy_file = work / f"sub-phantom{case.level:g}pct_T1w.nii.gz"
-    nib.Nifti1Image(case.noisy, case.affine).to_filename(noisy_file)
+    """Fine-tuned registry of one noisy phantom (reused when trained with these settings)."""
     config = TrainConfig(level=0.0, patch_size=args.patch_size, batch_size=args.batch_size,
                          steps_per_epoch=args.steps_per_epoch, patience=args.patience,
                          val_patches_per_volume=args.val_patches, device="cpu")
+    registry_dir = work / "registry"
+    if (registry_dir / "manifest.json").is_file():
+        done = ExpertRegistry(registry_dir)
+        entry = done.entry(done.levels[0])
+        settings = entry["settings"]
+        if (entry["epochs"] == args.epochs and settings["seed"] == args.seed
+                and settings["steps_per_epoch"] == args.steps_per_epoch
+                and settings["patch_size"] == args.patch_size
+                and settings["batch_size"] == args.batch_size
+                and (settings["level"] > 0) == args.add_noise_to_level
+                and entry["pairs"]["exclude_centre"] == args.exclude_centre
+                and args.start_level in (None, entry["initialised_from"])):
+            return done
     command = shlex.join(["scripts/finetune_gain.py", *sys.argv[1:]])
-    out = finetune([noisy_file], start_level=args.start_level, out_dir=work / "registry",
+    out = finetune([noisy_file(case, work)], start_level=args.start_level, out_dir=work / "registry",
                    time_budget_s=None, max_epochs=args.epochs, seed=args.seed,
                    work_dir=work / "train", add_noise_to_level=args.add_noise_to_level,
-                   config=config, command=command, progress=False)
+                   exclude_centre=args.exclude_centre, config=config, command=command, progress=False)
     return ExpertRegistry(out)
+
+
+def pair_noise_correlation(case, work: Path, exclude_centre: bool) -> float:
+    """Correlation, over the head, of the noises of the phantom and of its synthetic pair.
+
+    Diagnostic only (it needs the clean image): a target whose noise follows the input's
+    teaches Noise2Noise to keep part of the noise.  The pair is the cached one fine-tuning used.
+    """
+    path = noisy_file(case, work)
+    finite, _ = sanitize(case.noisy)
+    mask = head_mask(finite)
+    pair = cached_pair(finite, mask, exclude_centre=exclude_centre, cache=work / "train" / "pairs",
+                       key=sha256_file(path), label=path.name)
+    return float(np.corrcoef((case.noisy - case.clean)[mask], (pair - case.clean)[mask])[0, 1])
 
 
 def measure(case, stage: str, registry: ExpertRegistry, level: float) -> dict:
@@ -106,8 +144,9 @@ def tables(results: dict) -> list[str]:
             f"`NUMBA_NUM_THREADS=1 python {_first_command(rows)}`",
             "",
             "| noise | noisy | start expert | fine-tuning: steps, kept epoch, val N2N loss start → best "
-            "| CNN: shipped | CNN: fine-tuned | Δ | full: shipped | full: fine-tuned | Δ |",
-            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+            "| corr(pair noise, input noise): paper / Noise2Sim pair | CNN: shipped | CNN: fine-tuned | Δ | full: shipped "
+            "| full: fine-tuned | Δ |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in sorted(rows["levels"], key=float):
             row = rows["levels"][key]
@@ -115,7 +154,9 @@ def tables(results: dict) -> list[str]:
             cells = [f"{float(key):g} %", f"{row['noisy']:.2f}",
                      f"{train['start_level']:g} % (estimate {train['estimated_noise_percent']:.2f} %)",
                      f"{train['steps']}, {train['best_epoch']}/{train['epochs']}, "
-                     f"{train['val_loss_start']:.5f} → {train['val_loss_best']:.5f}"]
+                     f"{train['val_loss_start']:.5f} → {train['val_loss_best']:.5f}",
+                     "{paper:.3f} / {noise2sim:.3f}".format(**row["pair_noise_corr"])
+                     if "pair_noise_corr" in row else "n/m"]
             for stage in STAGES:
                 shipped, tuned = row.get(f"{stage}/shipped"), row.get(f"{stage}/finetuned")
                 cells += ([f"{shipped['psnr']:.2f}", f"{tuned['psnr']:.2f}",
@@ -138,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--start-level", type=float,
                         help="expert to fine-tune (default: selected from the estimated noise)")
     parser.add_argument("--add-noise-to-level", action="store_true")
+    parser.add_argument("--exclude-centre", action="store_true",
+                        help="Noise2Sim-style pairs (centre voxel left out of the patch distance)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="self", help="name of this setting in the table")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
@@ -155,6 +198,8 @@ def main(argv=None) -> int:
                    f"{args.batch_size}×{args.patch_size}³ patches, "
                    + ("noise topped up to the expert's level" if args.add_noise_to_level
                       else "no added noise (the phantom's own noise is the N2N noise)")
+                   + (", Noise2Sim pairs (`--exclude-centre`)" if args.exclude_centre
+                      else ", the paper's pairs")
                    + (f", start level {args.start_level:g} %" if args.start_level else "")
                    + f", seed {args.seed}")
     variant = results["variants"].setdefault(args.variant, {"levels": {}})
@@ -170,7 +215,11 @@ def main(argv=None) -> int:
         tuned = finetune_case(case, args.work / args.variant / f"{case.level:g}pct", args)
         row = variant["levels"].setdefault(f"{case.level:g}", {})
         row.update(noisy=psnr(case.clean, case.noisy, case.score_mask, case.peak), seed=case.seed,
-                   training=training_record(tuned))
+                   training=training_record(tuned),
+                   pair_noise_corr={  # both pairs are cached: the estimator uses the Noise2Sim one
+                       name: pair_noise_correlation(case, args.work / args.variant
+                                                    / f"{case.level:g}pct", exclude_centre)
+                       for name, exclude_centre in (("paper", False), ("noise2sim", True))})
         print(f"{case.level:g} % fine-tuning: {row['training']}", flush=True)
         start = tuned.levels[0]
         for stage in args.stages:
