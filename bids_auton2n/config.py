@@ -56,6 +56,7 @@ class WorkflowSettings:
     device: str = "auto"
     tta: bool = True
     fusion: bool = True
+    guard: bool = True
     noise_level: float | None = None
     expert: float | None = None
     blend: bool = False

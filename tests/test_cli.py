@@ -170,12 +170,13 @@ def test_parser_fills_config(tiny_bids, tmp_path):
     plugin.write_text("plugin: Linear\nplugin_args: {}\n")
     parse_args([str(tiny_bids), str(tmp_path / "out"), "participant", "--participant-label",
                 "sub-01", "--session-label", "ses-1", "--suffix", "T2w", "--no-tta",
-                "--no-fusion", "--noise-level", "4", "--nprocs", "2", "--omp-nthreads", "8",
+                "--no-fusion", "--no-guard", "--noise-level", "4", "--nprocs", "2",
+                "--omp-nthreads", "8",
                 "--use-plugin", str(plugin)])
     assert config.execution.participant_label == ["01"]
     assert config.execution.session_label == ["1"]
     assert config.execution.suffixes == ["T2w"]
-    assert not config.workflow.tta and not config.workflow.fusion
+    assert not config.workflow.tta and not config.workflow.fusion and not config.workflow.guard
     assert config.workflow.noise_level == 4.0
     assert config.nipype.omp_nthreads == 2  # capped at nprocs
     assert config.nipype.get_plugin() == {"plugin": "Linear", "plugin_args": {}}

@@ -56,3 +56,16 @@ def test_nonfinite_voxels_are_restored():
     out = denoise_array(noisy, contrast="T1w", tta=False, fusion=False).denoised
     assert np.isnan(out[0, 0, 0]) and out[0, 0, 1] == np.inf and out[0, 0, 2] == -np.inf
     assert np.isfinite(out[1:]).all()
+
+
+def test_guard_gives_back_removed_structure_and_is_recorded():
+    """On a clean crop the guard keeps the output within what the estimated noise allows."""
+    clean, _ = _brain_crop(0.0, seed=3)
+    everywhere = np.ones(clean.shape, bool)
+    unguarded = denoise_array(clean, contrast="T1w", tta=False, guard=False)
+    guarded = denoise_array(clean, contrast="T1w", tta=False)
+    assert _rmse(guarded.denoised, clean, everywhere) <= _rmse(unguarded.denoised, clean, everywhere)
+    assert _rmse(guarded.denoised, clean, everywhere) <= 1.5 * guarded.noise.sigma + 1e-3
+    assert guarded.provenance()["DoNoHarmGuard"] == {"MaxResidualRMS": "1.5 x sigma"}
+    assert unguarded.provenance()["DoNoHarmGuard"] is False
+    assert "guard" in guarded.timings and "guard" not in unguarded.timings

@@ -99,8 +99,12 @@ METHODS = {
     m.name: m
     for m in (
         Method("noisy", "the noisy input, unchanged", _identity),
-        Method("ours", "Auto-N2N experts + flip TTA + RI-NLM fusion (denoise_array defaults)", _ours()),
-        Method("ours-cnn", "ours, CNN + TTA only, no RI-NLM fusion (fusion=False)", _ours(fusion=False)),
+        Method("ours", "Auto-N2N experts + flip TTA + RI-NLM fusion + do-no-harm guard "
+               "(denoise_array defaults)", _ours()),
+        Method("ours-noguard", "ours without the do-no-harm guard (guard=False): the paper's "
+               "pipeline", _ours(guard=False)),
+        Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no guard", _ours(fusion=False,
+                                                                                  guard=False)),
         Method("ours-notta", "ours without flip TTA (tta=False)", _ours(tta=False)),
         Method("ants", "ANTs DenoiseImage via antspyx, Rician model, own noise estimate", _ants),
         Method("dipy", "DIPY blockwise nlmeans, Rician, sigma from dipy estimate_sigma(N=0)", _dipy),

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip test-time flip augmentation")
     parser.add_argument("--no-fusion", dest="fusion", action="store_false",
                         help="return the CNN output without RI-NLM fusion")
+    parser.add_argument("--no-guard", dest="guard", action="store_false",
+                        help="skip the do-no-harm guard (which gives back what was removed "
+                        "beyond what the estimated noise explains)")
     parser.add_argument("--gaussian", dest="rician", action="store_false",
                         help="treat noise as Gaussian (default: Rician magnitude data)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -125,7 +128,8 @@ def run(argv: list[str] | None = None) -> int:
         result = denoise_file(
             opts.in_file, opts.out_file, contrast=contrast, mask_file=opts.mask,
             noise_map=opts.noise_map, noise_level=opts.noise_level, expert=opts.expert,
-            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, device=opts.device,
+            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard,
+            device=opts.device,
             rician=opts.rician, registry=registry, progress=not opts.quiet,
         )
     except FileNotFoundError as exc:

@@ -113,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="skip the flip test-time augmentation (4x faster CNN stage)")
     g_den.add_argument("--no-fusion", dest="fusion", action="store_false",
                        help="skip the RI-NLM fusion (output the CNN mixture only)")
+    g_den.add_argument("--no-guard", dest="guard", action="store_false",
+                       help="skip the do-no-harm guard, which gives back what the denoiser "
+                       "removed beyond what the estimated noise explains")
     g_den.add_argument("--noise-level", type=_non_negative_float, metavar="PERCENT",
                        help="use this noise level (percent of the reference tissue) "
                        "instead of estimating it")
@@ -195,6 +198,7 @@ def parse_args(args=None) -> None:
     settings.device = opts.device
     settings.tta = opts.tta
     settings.fusion = opts.fusion
+    settings.guard = opts.guard
     settings.noise_level = opts.noise_level
     settings.expert = opts.expert
     settings.blend = opts.blend

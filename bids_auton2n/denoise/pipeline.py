@@ -1,4 +1,4 @@
-"""The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion.
+"""The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion → guard.
 
 Every caller (the single-image command, the Nipype interfaces, the benchmark) goes through
 :func:`denoise_array` or its file-level wrapper :func:`denoise_file`, so the steps and the
@@ -10,6 +10,8 @@ References
    generation and mixture of experts. MIDL 2026 (under review).
 .. [2] Manjón J.V. et al. New methods for MRI denoising based on sparseness and
    self-similarity. Med Image Anal 16:18-27, 2012.
+.. [3] Buades A, Coll B, Morel JM. A review of image denoising algorithms, with a new one.
+   Multiscale Model Simul 4:490-530, 2005 (method noise; the do-no-harm guard).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from .experts import ExpertChoice, ExpertRegistry
+from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
 from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
@@ -53,6 +56,7 @@ class DenoiseResult:
     fusion: bool
     rician: bool
     device: str
+    guard: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
     def provenance(self) -> dict:
@@ -66,6 +70,8 @@ class DenoiseResult:
             ],
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
+            "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
+                              else False),
             "RicianNoiseModel": self.rician,
             "Device": self.device,
             "TimingsSeconds": {k: round(v, 3) for k, v in self.timings.items()},
@@ -99,6 +105,7 @@ def denoise_array(
     blend: bool = False,
     tta: bool = True,
     fusion: bool = True,
+    guard: bool = True,
     device: str = "auto",
     rician: bool = True,
     registry: ExpertRegistry | None = None,
@@ -124,6 +131,9 @@ def denoise_array(
         Average the identity and the three axis flips.
     fusion : bool
         Average the CNN output with the RI-NLM filter guided by it (the paper's final image).
+    guard : bool
+        Give back what the denoiser removed beyond what the noise explains
+        (:func:`~.guard.limit_residual`), so clean images and edges are kept.
     device : {"auto", "cpu", "cuda"}
     rician : bool
         Treat the data as Rician magnitude (bias-corrected RI-NLM); ``False`` for Gaussian.
@@ -161,11 +171,8 @@ def denoise_array(
     with _stage("cnn", timings, progress):
         cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
                           mask=mask, progress=progress)
-    if fusion:
-        with _stage("rinlm", timings, progress):
-            denoised = fuse_rinlm(finite, cnn, noise.sigma, rician=rician)
-    else:
-        denoised = cnn
+    denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
+                           timings=timings, progress=progress)
     denoised = restore_nonfinite(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
@@ -178,6 +185,7 @@ def denoise_array(
         fusion=fusion,
         rician=rician,
         device=str(torch_device),
+        guard=guard,
         timings=timings,
     )
 
@@ -228,6 +236,22 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: boo
     """
     guided = ri_nlm(finite, cnn, sigma, rician=rician)
     return 0.5 * (cnn + guided)
+
+
+def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
+                rician: bool, timings: dict | None = None, progress: bool = False) -> np.ndarray:
+    """From the CNN output to the pipeline's output: RI-NLM fusion, then the do-no-harm guard.
+
+    Each step is optional; ``timings`` receives their seconds under ``"rinlm"`` and ``"guard"``.
+    """
+    timings = {} if timings is None else timings
+    if fusion:
+        with _stage("rinlm", timings, progress):
+            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
+    if guard:
+        with _stage("guard", timings, progress):
+            cnn = limit_residual(finite, cnn, sigma)
+    return cnn
 
 
 def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,

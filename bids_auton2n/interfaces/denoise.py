@@ -203,6 +203,8 @@ class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
+    guard = traits.Bool(True, usedefault=True,
+                        desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernel")
 
@@ -214,23 +216,27 @@ class _FuseRINLMOutputSpec(TraitedSpec):
 
 
 class FuseRINLM(SimpleInterface):
-    """Average the CNN output with RI-NLM guided by it (paper's final image)."""
+    """Average the CNN output with RI-NLM guided by it (paper's final image), then guard it.
+
+    :func:`~.pipeline.final_image`: both steps optional.
+    """
 
     input_spec = _FuseRINLMInputSpec
     output_spec = _FuseRINLMOutputSpec
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import fuse_rinlm, read_volume, restore_nonfinite
+        from ..denoise.pipeline import final_image, read_volume, restore_nonfinite
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
         img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
-        if self.inputs.fusion:
-            cnn = fuse_rinlm(finite, cnn, self.inputs.sigma, rician=self.inputs.rician)
-        denoised = restore_nonfinite(cnn, original, nonfinite)
+        denoised = restore_nonfinite(
+            final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
+                        guard=self.inputs.guard, rician=self.inputs.rician),
+            original, nonfinite)
         cwd = Path(runtime.cwd)
         self._results.update(
             out_file=_save_like(denoised, img, cwd / "denoised.nii.gz"),
@@ -248,12 +254,13 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     experts_json = File(exists=True, mandatory=True)
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
+    guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
     rician = traits.Bool(True, usedefault=True)
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
     estimate_s = traits.Float(0.0, usedefault=True, desc="seconds: mask, pair and estimate")
     cnn_s = traits.Float(0.0, usedefault=True, desc="seconds: CNN experts with TTA")
-    rinlm_s = traits.Float(0.0, usedefault=True, desc="seconds: RI-NLM fusion")
+    rinlm_s = traits.Float(0.0, usedefault=True, desc="seconds: RI-NLM fusion and guard")
     denoised_file = File(exists=True, mandatory=True, desc="the denoised image (for its hash)")
 
 
@@ -293,6 +300,7 @@ class DenoiseProvenance(SimpleInterface):
             fusion=self.inputs.fusion,
             rician=self.inputs.rician,
             device=self.inputs.device,
+            guard=self.inputs.guard,
             timings=timings,
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}

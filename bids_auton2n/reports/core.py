@@ -25,6 +25,8 @@ REFERENCES = """\
 4. Gorgolewski K.J., et al. BIDS apps: Improving ease of use, accessibility, and
    reproducibility of neuroimaging data analysis methods. PLoS Comput Biol 13(3):e1005420,
    2017. doi:10.1371/journal.pcbi.1005420
+5. Buades A., Coll B., Morel J.M. A review of image denoising algorithms, with a new one.
+   Multiscale Modeling & Simulation 4(2):490-530, 2005. doi:10.1137/040616024
 """
 
 
@@ -81,6 +83,11 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
                     "with a Rician noise model.")
     else:
         text.append("No RI-NLM fusion was applied (network output only).")
+    if s["guard"]:
+        text.append("Finally, wherever the removed residual (input minus output) had a local "
+                    "RMS (3x3x3 voxels) above 1.5 times the estimated noise standard deviation, "
+                    "it was scaled down to that level and the rest given back to the image "
+                    "(do-no-harm guard: what noise cannot explain is structure [5]).")
     text.append("Denoised images keep the voxel grid, affine and header of their source.")
     out = Path(output_dir) / "logs" / "CITATION.md"
     out.parent.mkdir(parents=True, exist_ok=True)

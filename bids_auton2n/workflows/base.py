@@ -88,6 +88,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             experts_dir=str(execution.experts_dir) if execution.experts_dir else None,
             tta=settings.tta,
             fusion=settings.fusion,
+            guard=settings.guard,
             noise_level=settings.noise_level,
             expert=settings.expert,
             blend=settings.blend,
@@ -131,6 +132,7 @@ def init_single_subject_wf(
     experts_dir: str | None = None,
     tta: bool = True,
     fusion: bool = True,
+    guard: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -156,7 +158,7 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
+    tta, fusion, guard, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
         See :func:`init_anat_denoise_wf`.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
@@ -176,6 +178,7 @@ def init_single_subject_wf(
             contrast=suffix,
             tta=tta,
             fusion=fusion,
+            guard=guard,
             noise_level=noise_level,
             expert=expert,
             blend=blend,
@@ -225,6 +228,7 @@ def init_anat_denoise_wf(
     contrast: str,
     tta: bool = True,
     fusion: bool = True,
+    guard: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -243,6 +247,8 @@ def init_anat_denoise_wf(
         Flip test-time augmentation of the CNN experts.
     fusion : bool
         Average the CNN output with RI-NLM guided by it.
+    guard : bool
+        Give back what was removed beyond what the noise explains (do-no-harm guard).
     noise_level : float, optional
         Noise level (percent) to use instead of the estimate.
     expert : float, optional
@@ -304,9 +310,9 @@ def init_anat_denoise_wf(
         select.inputs.expert = expert
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
                   name="cnn_denoise", n_procs=omp_nthreads)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, omp_nthreads=omp_nthreads),
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, omp_nthreads=omp_nthreads),
                    name="rinlm_fusion", n_procs=omp_nthreads)
-    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, finetuned=finetune),
+    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, finetuned=finetune),
                          name="provenance")
     before_after = pe.Node(
         SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
