@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -37,23 +38,38 @@ def _listing(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def app_run(tiny_bids, tmp_path_factory):
-    """Participant then group level, as a user would run them."""
+    """Participant then group level, as a user would run them: each in its own process, its
+    terminal output (stdout and stderr, workers' included) kept."""
     base = tmp_path_factory.mktemp("e2e")
     out, work = base / "out", base / "work"
     before = _listing(tiny_bids)
     common = [str(tiny_bids), str(out)]
     opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1"]
-    code = main(common + ["participant", "--write-noise-map"] + opts)
-    group_code = main(common + ["group"] + opts)
-    return {"bids": tiny_bids, "out": out, "work": work, "code": code,
-            "group_code": group_code, "before": before, "opts": opts,
+    participant, group = (
+        subprocess.run([sys.executable, "-m", "bids_auton2n.cli.run", *common, *args, *opts],
+                       cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for args in (["participant", "--write-noise-map"], ["group"]))
+    return {"bids": tiny_bids, "out": out, "work": work, "code": participant.returncode,
+            "group_code": group.returncode, "participant_output": participant.stdout,
+            "group_output": group.stdout, "before": before, "opts": opts,
             "experts": default_root()}
 
 
 def test_exit_codes_and_input_untouched(app_run):
-    assert app_run["code"] == 0
-    assert app_run["group_code"] == 0
+    assert app_run["code"] == 0, app_run["participant_output"][-3000:]
+    assert app_run["group_code"] == 0, app_run["group_output"][-3000:]
     assert _listing(app_run["bids"]) == app_run["before"]
+
+
+def test_default_run_prints_no_nipype_node_chatter(app_run):
+    """Without -v Nipype's worker processes stay quiet; the app's own lines remain."""
+    printed = app_run["participant_output"] + app_run["group_output"]
+    assert "[Node]" not in printed
+    assert "nipype.workflow INFO" not in printed
+    out = app_run["out"]
+    assert (f"Denoised {len(SOURCES)} of {len(SOURCES)} image(s); reports in "
+            f"{out}/sub-<label>.html") in app_run["participant_output"]
+    assert f"Group report: {out / 'group_denoising.html'}" in app_run["group_output"]
 
 
 def test_derivative_names_and_headers(app_run):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..utils.bids import (
@@ -15,6 +18,7 @@ from ..utils.bids import (
 )
 
 LOGGER = logging.getLogger("bids_auton2n")
+NIPYPE_LOGGERS = ("nipype.workflow", "nipype.interface", "nipype.utils")
 
 
 def main(argv=None) -> int:
@@ -34,8 +38,9 @@ def main(argv=None) -> int:
 
 
 def _setup_logging(verbosity: int) -> None:
-    """Our messages at INFO (DEBUG with -vv); Nipype's node chatter only with -v."""
-    from nipype import logging as nipype_logging
+    """Our messages at INFO (DEBUG with -vv); Nipype's node chatter only with -v (see
+    :func:`_worker_logging` for Nipype's worker processes)."""
+    from nipype import logging as nipype_logging  # first: importing Nipype sets its levels
 
     level = logging.DEBUG if verbosity > 1 else logging.INFO
     handler = logging.StreamHandler()
@@ -43,8 +48,47 @@ def _setup_logging(verbosity: int) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level)
     LOGGER.propagate = False
-    nipype_logging.getLogger("nipype.workflow").setLevel(
-        logging.INFO if verbosity else logging.WARNING)
+    for name in NIPYPE_LOGGERS:
+        nipype_logging.getLogger(name).setLevel(_nipype_level(verbosity))
+
+
+def _nipype_level(verbosity: int) -> str:
+    return "DEBUG" if verbosity > 1 else "INFO" if verbosity else "WARNING"
+
+
+@contextmanager
+def _worker_logging(work_dir: Path, verbosity: int):
+    """Nipype's worker processes log at the app's verbosity; the user's other settings stay.
+
+    MultiProc's workers come from a forkserver (``NipypeSettings.get_plugin``) and import
+    Nipype afresh, so :func:`_setup_logging` does not reach them, and MultiProc has no
+    per-worker hook. On import Nipype reads ``$NIPYPE_CONFIG_DIR/nipype.cfg`` (default
+    ``~/.nipype``), then ``./nipype.cfg`` (``nipype.utils.config.NipypeConfig``), and sets its
+    loggers from their ``[logging]`` levels (``nipype.utils.logger.Logging``), so the workers
+    get a copy of the user's file, in the work directory, with only those levels replaced.
+    A ``./nipype.cfg`` still wins, as in Nipype. The forkserver keeps the environment of the
+    first run in a process; the demo's two levels share one work directory, hence one file.
+    """
+    user_dir = Path(os.path.expanduser(os.getenv("NIPYPE_CONFIG_DIR", "~/.nipype")))
+    settings = configparser.RawConfigParser()  # raw: values are copied, not interpolated
+    settings.read(user_dir / "nipype.cfg")
+    if not settings.has_section("logging"):
+        settings.add_section("logging")
+    for option in ("workflow_level", "interface_level", "utils_level"):
+        settings.set("logging", option, _nipype_level(verbosity))
+    config_dir = Path(work_dir) / "nipype"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    with open(config_dir / "nipype.cfg", "w") as stream:
+        settings.write(stream)
+    previous = os.environ.get("NIPYPE_CONFIG_DIR")
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    try:
+        yield config_dir
+    finally:
+        if previous is None:
+            del os.environ["NIPYPE_CONFIG_DIR"]
+        else:
+            os.environ["NIPYPE_CONFIG_DIR"] = previous
 
 
 def _prepare_output(output_dir: Path) -> None:
@@ -131,7 +175,8 @@ def run_participant() -> int:
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None
     try:
-        workflow.run(**config.nipype.get_plugin())
+        with _worker_logging(execution.work_dir, execution.verbosity):
+            workflow.run(**config.nipype.get_plugin())
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
         print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
@@ -213,13 +258,14 @@ def run_group() -> int:
     from ..utils.bids import check_paths
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
-    tsv, html, n_failed = run_group_level(
-        bids_dir=execution.bids_dir,
-        output_dir=execution.output_dir,
-        work_dir=execution.work_dir,
-        participant_label=execution.participant_label,
-        plugin=config.nipype.get_plugin(),
-    )
+    with _worker_logging(execution.work_dir, execution.verbosity):
+        tsv, html, n_failed = run_group_level(
+            bids_dir=execution.bids_dir,
+            output_dir=execution.output_dir,
+            work_dir=execution.work_dir,
+            participant_label=execution.participant_label,
+            plugin=config.nipype.get_plugin(),
+        )
     print(f"Group table: {tsv}\nGroup report: {html}")
     return EXIT_FAILURE if n_failed else 0
 
