@@ -42,7 +42,8 @@ from scipy.optimize import least_squares
 
 from bids_auton2n.denoise.intensity import sanitize
 from bids_auton2n.denoise.noise import (
-    MIN_SNR, head_mask, noise_pair, raw_noise_statistic, reference_intensity,
+    FLATNESS_SMOOTHING, FLATTEST_FRACTION, MIN_SNR, head_mask, noise_pair, raw_noise_statistic,
+    reference_intensity,
 )
 from bids_auton2n.denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS
 from bids_auton2n.denoise.phantom import add_rician_noise
@@ -153,7 +154,9 @@ def main(argv=None) -> int:
             "search_radius": SEARCH_RADIUS,
             "patch_radius": PATCH_RADIUS,
             "spread": "1.4826 * MAD(x - y) / sqrt(2)",
-            "voxels": f"head mask eroded by 1 voxel, 3x3x3 local mean >= {MIN_SNR} x spread",
+            "voxels": (f"head mask eroded by 1 voxel, 3x3x3 local mean >= {MIN_SNR} x spread, "
+                       f"the {FLATTEST_FRACTION:.0%} with the smallest gradient of the image "
+                       f"smoothed by a {FLATNESS_SMOOTHING}-voxel Gaussian"),
             "scale": "median intensity of those voxels",
         },
         "data": {

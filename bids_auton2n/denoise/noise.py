@@ -18,7 +18,14 @@ Estimator (what the calibration was fitted for)
 * Voxels: head mask eroded by one voxel, whose 3x3x3 local mean is at least
   :data:`MIN_SNR` times a first sigma estimate.  At such SNR Rician noise is
   Gaussian to within 1 % in std (Gudbjartsson & Patz 1995), and the zero or
-  Rayleigh background, the skull and dark CSF are left out.
+  Rayleigh background, the skull and dark CSF are left out.  Of those, only
+  the :data:`FLATTEST_FRACTION` with the smallest gradient of the
+  Gaussian-smoothed image are kept: ``x - y`` also holds the anatomical
+  difference between a voxel and the one that replaced it, which depends on
+  how textured the image is.  On flat voxels that term is small, so one
+  calibration fits different anatomies and contrasts (on the real calibration
+  scans with 9 % added noise, ``raw / sigma`` spreads over 1.02-1.09 instead of
+  1.07-1.18 on all high-SNR voxels).
 * Spread: the MAD of ``x - y`` (times 1.4826, divided by sqrt(2)), which
   ignores the heavy tails that anatomical mismatches at edges produce.
 * Correction: ``sigma = a * s + b * scale`` where ``scale`` is the median
@@ -52,6 +59,10 @@ from .pairs import synthetic_pair
 REFERENCE_TISSUE = {"T1w": "WM", "FLAIR": "brightest brain tissue", "T2w": "CSF", "PDw": "CSF"}
 #: Minimum local SNR of the voxels used for the noise statistic.
 MIN_SNR = 5.0
+#: Fraction of the high-SNR voxels, the flattest, the noise statistic is taken on.
+FLATTEST_FRACTION = 0.1
+#: Gaussian sigma (voxels) of the smoothing before the flatness gradient.
+FLATNESS_SMOOTHING = 1.0
 #: Fraction of the largest depth of the head mask below which voxels count as
 #: "outer" (scalp, skull, cortex partial volume) for the reference tissue.
 INTERIOR_DEPTH = 0.2
@@ -287,12 +298,14 @@ def _mad_spread(difference: np.ndarray) -> float:
 
 
 def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
-    """Uncorrected spread of ``x - pair`` on the high-SNR voxels of ``mask``.
+    """Uncorrected spread of ``x - pair`` on the flat, high-SNR voxels of ``mask``.
 
     Returns ``(raw_std, scale, n_voxels)``: the MAD-based std of
     ``(x - pair) / sqrt(2)``, the median intensity of the voxels used and
     their number.  The SNR selection uses the spread over the whole eroded
-    mask as its noise level (the calibrated slope is close to 1).
+    mask as its noise level (the calibrated slope is close to 1); among the
+    voxels it keeps, the :data:`FLATTEST_FRACTION` with the smallest
+    gradient magnitude of the smoothed image are used.
     """
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:
@@ -302,8 +315,12 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray) -> tu
     selected = local_mean >= MIN_SNR * _mad_spread(difference)
     if selected.sum() < 100:
         raise ValueError("too few foreground voxels above the noise to estimate it")
-    return (_mad_spread(difference[selected]), float(np.median(x[inner][selected])),
-            int(selected.sum()))
+    smoothed = ndi.gaussian_filter(x, FLATNESS_SMOOTHING)
+    gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))[inner]
+    flat = selected & (gradient <= np.quantile(gradient[selected], FLATTEST_FRACTION))
+    if flat.sum() < 100:
+        flat = selected
+    return (_mad_spread(difference[flat]), float(np.median(x[inner][flat])), int(flat.sum()))
 
 
 def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | None = None,
