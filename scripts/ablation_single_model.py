@@ -75,6 +75,18 @@ def measure(case, stage: str, registry: ExpertRegistry, single: bool) -> dict:
     }
 
 
+#: Text below this line of a results file is the author's reading; regenerating keeps it.
+NOTES_MARKER = "<!-- reading below: written by hand, kept when the tables are regenerated -->"
+
+
+def write_keeping_notes(path: Path, text: str) -> None:
+    """Write generated ``text`` to ``path``, keeping the hand-written part after :data:`NOTES_MARKER`."""
+    notes = ""
+    if path.is_file() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text(text.rstrip("\n") + "\n\n" + NOTES_MARKER + (notes or "\n"))
+
+
 def table(results: dict, levels) -> list[str]:
     lines = ["| noise | noisy | CNN: matching expert | CNN: single model | Δ (experts − single) "
              "| full: experts | full: single model | Δ (experts − single) | experts selected (full) |",
@@ -173,7 +185,7 @@ def main(argv=None) -> int:
             for stage in STAGES if stage in runs) + ".",
         "",
     ]
-    args.out.write_text("\n".join(lines))
+    write_keeping_notes(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -47,7 +47,7 @@ from bids_auton2n.train import TrainConfig, finetune
 from bids_auton2n.train.data import cached_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_single_model import CROP, STAGES, pipeline_revision  # noqa: E402
+from ablation_single_model import CROP, STAGES, pipeline_revision, write_keeping_notes  # noqa: E402
 
 DEFAULT_OUT = Path("benchmarks/results/finetune_gain.md")
 DEFAULT_WORK = Path("/tmp/bids_auton2n-finetune-gain")
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         f"Measured at: {runs}.",
         "",
     ]
-    args.out.write_text("\n".join(lines))
+    write_keeping_notes(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
