@@ -17,7 +17,7 @@ volume.  The model
 
     sqrt(sigma0_k**2 + sigma_add**2) = a * s + b * scale
 
-is fitted by nonlinear least squares over ``a``, ``b`` and one residual
+is fitted by nonlinear least squares over ``a``, ``b <= 0`` and one residual
 ``sigma0_k`` per scan (nuisance), residuals in percent of the reference tissue.
 RI-NLM runs twice, its guide being the current base smoothed by a 1-voxel Gaussian.
 
@@ -103,9 +103,14 @@ def fit(table: dict) -> dict:
         return 100 * (slope * table["raw"] + intercept * table["scale"] - truth) / reference
 
     # sigma0 starts away from 0, where the derivative of hypot vanishes.
-    start = np.r_[1.0, 0.0, 0.005 * np.array([reference[table["scan"] == k][0] for k in range(n_scans)])]
+    start = np.r_[1.0, -1e-4, 0.005 * np.array([reference[table["scan"] == k][0] for k in range(n_scans)])]
+    # The intercept may not be positive: the anatomical mismatch in x - y only adds to the
+    # noise, so a noise-free image must not be read as noisy.  A positive fit would come from
+    # the bases' residual noise, which RI-NLM leaves spatially correlated and the pair
+    # statistic under-reads, not from the estimator.
     lower = np.r_[0.0, -1.0, np.zeros(n_scans)]
-    result = least_squares(residuals, start, bounds=(lower, np.inf))
+    upper = np.r_[np.inf, 0.0, np.full(n_scans, np.inf)]
+    result = least_squares(residuals, start, bounds=(lower, upper))
     slope, intercept, sigma0 = result.x[0], result.x[1], result.x[2:]
     truth = 100 * np.hypot(sigma0[table["scan"]], table["sigma_add"]) / reference
     predicted = truth + residuals(result.x)

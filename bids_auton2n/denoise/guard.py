@@ -68,7 +68,9 @@ def limit_residual(noisy: np.ndarray, denoised: np.ndarray, sigma: float, *,
     if not (max_rms > 0 and window >= 1):
         raise ValueError(f"limit_residual: max_rms and window must be positive, got {max_rms}, {window}")
     residual = noisy - denoised
-    local_rms = np.sqrt(ndi.uniform_filter(residual * residual, size=window, mode="nearest"))
+    # The filter's running sums can leave tiny negative means where the residual is ~0.
+    local_rms = np.sqrt(np.maximum(
+        ndi.uniform_filter(residual * residual, size=window, mode="nearest"), 0.0))
     allowed = np.float32(max_rms * sigma)
     scale = np.ones_like(residual)
     over = local_rms > allowed
