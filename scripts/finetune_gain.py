@@ -261,6 +261,11 @@ def main(argv=None) -> int:
         *tables(results),
         "## Reproduce",
         "",
+        "Each variant's command is under its heading (fine-tuned registries and pairs go to "
+        f"`{DEFAULT_WORK}/<variant>/<level>pct/`; a rerun with the same settings reuses them). "
+        "Add `--stages full` to refresh only the full-pipeline columns, e.g. after a change of "
+        "the fusion stage. This table was last written by:",
+        "",
         "```bash",
         "NUMBA_NUM_THREADS=1 python " + shlex.join(["scripts/finetune_gain.py", *sys.argv[1:]]),
         "```",
