@@ -90,9 +90,10 @@ def _stage(name: str, timings: dict, progress: bool):
         LOGGER.info("%s ...", name)
     start = time.perf_counter()
     yield
-    timings[name] = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + elapsed  # a stage may run more than once
     if progress:
-        LOGGER.info("%s done in %.1f s", name, timings[name])
+        LOGGER.info("%s done in %.1f s", name, elapsed)
 
 
 def denoise_array(
@@ -240,17 +241,23 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: boo
 
 def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
                 rician: bool, timings: dict | None = None, progress: bool = False) -> np.ndarray:
-    """From the CNN output to the pipeline's output: RI-NLM fusion, then the do-no-harm guard.
+    """From the CNN output to the pipeline's output: RI-NLM fusion and the do-no-harm guard.
 
-    Each step is optional; ``timings`` receives their seconds under ``"rinlm"`` and ``"guard"``.
+    The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
+    RI-NLM, so that structure the network removed does not steer the filter's weights either,
+    and again to the fused image.  Each step is optional; ``timings`` receives their seconds
+    under ``"rinlm"`` and ``"guard"``.
     """
     timings = {} if timings is None else timings
-    if fusion:
-        with _stage("rinlm", timings, progress):
-            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
     if guard:
         with _stage("guard", timings, progress):
             cnn = limit_residual(finite, cnn, sigma)
+    if fusion:
+        with _stage("rinlm", timings, progress):
+            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
+        if guard:
+            with _stage("guard", timings, progress):
+                cnn = limit_residual(finite, cnn, sigma)
     return cnn
 
 

@@ -84,10 +84,11 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
     else:
         text.append("No RI-NLM fusion was applied (network output only).")
     if s["guard"]:
-        text.append("Finally, wherever the removed residual (input minus output) had a local "
-                    "RMS (3x3x3 voxels) above 1.5 times the estimated noise standard deviation, "
-                    "it was scaled down to that level and the rest given back to the image "
-                    "(do-no-harm guard: what noise cannot explain is structure [5]).")
+        text.append("Wherever the removed residual (input minus output) had a local RMS "
+                    "(3x3x3 voxels) above 1.5 times the estimated noise standard deviation, it "
+                    "was scaled down to that level and the rest given back to the image "
+                    "(do-no-harm guard: what noise cannot explain is structure [5]), both for "
+                    "the network output before it guided RI-NLM and for the final image.")
     text.append("Denoised images keep the voxel grid, affine and header of their source.")
     out = Path(output_dir) / "logs" / "CITATION.md"
     out.parent.mkdir(parents=True, exist_ok=True)
