@@ -276,3 +276,42 @@ def test_bad_inputs_are_named(tmp_path):
         prepare_volume(tmp_path / "missing.nii.gz", "T1w")
     assert train_main(["--finetune", str(tmp_path / "missing.nii.gz"), "--out",
                        str(tmp_path / "o"), "--no-progress"]) == 2
+
+
+def test_finetune_on_denoised_base_pairs_the_denoised_scan_and_records_it(tmp_path, dataset,
+                                                                          monkeypatch):
+    from bids_auton2n.denoise.noise import estimate_noise, head_mask
+    from bids_auton2n.train import data
+
+    files, start, _ = dataset
+    denoised, paired = [], []
+    real_denoise, real_pair = data.denoise_array, data.synthetic_pair
+    monkeypatch.setattr(data, "denoise_array", lambda *a, **k: denoised.append(
+        real_denoise(*a, **k)) or denoised[-1])
+    monkeypatch.setattr(data, "synthetic_pair", lambda x, **k: paired.append(
+        (x.copy(), k["exclude_centre"])) or real_pair(x, **k))
+    out = finetune(files[:1], out_dir=tmp_path / "ft", time_budget_s=None, max_epochs=1,
+                   registry=start, work_dir=tmp_path / "work", base="denoised",
+                   config=tiny_config(level=0.0, steps_per_epoch=2), command="test",
+                   progress=False)
+
+    assert len(denoised) == 1 and denoised[0].weights_sha256 == {"3": start.sha256(3.0)}
+    base = denoised[0].denoised
+    training_pairs = [x for x, exclude_centre in paired if not exclude_centre]
+    assert len(training_pairs) == 1 and np.array_equal(training_pairs[0], base)
+    entry = ExpertRegistry(out).entry(3.0)
+    assert entry["finetune_recipe"]["base"] == "denoised"
+    assert entry["settings"]["level"] == 3.0  # noise added up to the starting expert's level
+    record = entry["training_data"][0]
+    assert record["base"] == "denoised"
+    assert record["denoised_with"]["experts_sha256"] == {"3": start.sha256(3.0)}
+    # p0 of the base is measured on the denoised image, against the scan's reference.
+    scan = nib.load(files[0]).get_fdata(dtype=np.float32)
+    own = estimate_noise(base, contrast="T1w", mask=head_mask(scan))
+    reference = denoised[0].noise.reference_intensity
+    assert record["intrinsic_noise_percent"] == pytest.approx(100 * own.sigma / reference, abs=1e-3)
+    assert record["scan_noise_percent"] == pytest.approx(denoised[0].noise.percent, abs=1e-3)
+    assert record["intrinsic_noise_percent"] < record["scan_noise_percent"]
+    # Rerun: the denoised base and its pairs come from the cache.
+    load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
+    assert len(denoised) == 1 and len(paired) == 3

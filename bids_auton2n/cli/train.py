@@ -33,9 +33,10 @@ from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
 from ..denoise.inference import resolve_device
 from ..denoise.pipeline import CONTRASTS, InputImageError
 from ..train.curriculum import (
-    LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes, train_curriculum,
-    train_single_model,
+    FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes,
+    train_curriculum, train_single_model,
 )
+from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
 
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wall-clock budget of the fine-tuning, pair generation included (minutes)")
     ft.add_argument("--add-noise-to-level", action="store_true",
                     help="top the scans' noise up to the expert's level where they are cleaner")
+    ft.add_argument("--base", choices=BASES, default=FINETUNE_BASE,
+                    help="train on the noisy scans' own pairs, or the experts' recipe: each scan "
+                         "denoised by --registry, its pair computed on the denoised image, "
+                         "independent noise added up to the expert's level")
     ft.add_argument("--contrast", choices=CONTRASTS,
                     help="contrast of scans given without one")
 
@@ -142,7 +147,7 @@ def main(argv=None) -> int:
                 registry=ExpertRegistry(args.registry) if args.registry else None,
                 work_dir=args.work_dir, contrast=args.contrast,
                 add_noise_to_level=args.add_noise_to_level, exclude_centre=args.exclude_centre,
-                config=config, command=command, progress=not args.no_progress,
+                base=args.base, config=config, command=command, progress=not args.no_progress,
             )
             print(f"fine-tuned registry written to {out}")
             return 0

@@ -13,10 +13,13 @@ same scans per level; it is saved as a one-entry registry at the lowest level,
 which the registry then selects for every noise estimate (see
 :func:`train_single_model`).
 
-Fine-tuning adapts one expert to a user's dataset: the synthetic pairs of the
-user's own scans, with no added noise by default (the scans' own noise is the
-Noise2Noise noise), under a wall-clock budget, and saves a one-expert registry
-that every subject of the dataset is then denoised with.
+Fine-tuning adapts one expert to a user's dataset under a wall-clock budget and
+saves a one-expert registry that every subject of the dataset is then denoised with.
+Two recipes (``base``): the synthetic pairs of the user's noisy scans with no added
+noise (the scans' own noise is the Noise2Noise noise), or the experts' own recipe with
+the dataset's anatomy: each scan denoised by the starting registry, the pair computed
+on that denoised image, and independent noise added on the fly to input and target
+up to the starting expert's level.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .. import __version__
 from ..denoise.experts import ExpertRegistry, write_manifest_entry
 from ..denoise.pipeline import contrast_from_filename
 from .data import (
-    MultiLevelSampler, PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume,
+    BASES, MultiLevelSampler, PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume,
 )
 from .trainer import TrainConfig, TrainResult, train_expert
 
@@ -64,6 +67,8 @@ TRAINING_SCANS = (
 #: Default wall-clock budget of :func:`finetune` (seconds): ~10 min per dataset
 #: on 2 CPU cores, pair generation included.
 FINETUNE_BUDGET_S = 600.0
+#: Default training base of :func:`finetune` (see its ``base``).
+FINETUNE_BASE = "noisy"
 
 
 def git_revision() -> str:
@@ -84,10 +89,12 @@ def current_command() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None) -> list[TrainingVolume]:
+def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None, base="noisy",
+                 registry=None) -> list[TrainingVolume]:
     """Prepare scans given as paths, ``"PATH:CONTRAST"`` strings or ``(path, contrast)`` pairs.
 
     The contrast defaults to ``contrast``, else the file's BIDS suffix, else T1w.
+    ``base`` and ``registry``: see :func:`~bids_auton2n.train.data.prepare_volume`.
     """
     volumes = []
     for spec in specs:
@@ -100,7 +107,7 @@ def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None) -
             path, given = parse_volume_spec(str(spec))
         volumes.append(prepare_volume(
             path, given or contrast or contrast_from_filename(path), work_dir=work_dir,
-            exclude_centre=exclude_centre,
+            exclude_centre=exclude_centre, base=base, registry=registry,
         ))
     return volumes
 
@@ -308,6 +315,7 @@ def finetune(
     contrast: str | None = None,
     add_noise_to_level: bool = False,
     exclude_centre: bool = False,
+    base: str = FINETUNE_BASE,
     config: TrainConfig | None = None,
     command: str | None = None,
     progress: bool = True,
@@ -321,7 +329,7 @@ def finetune(
         pairs or prepared :class:`TrainingVolume` objects.
     start_level : float, optional
         Expert to start from; by default the trained level nearest to the median
-        estimated noise of the scans.
+        estimated noise of the scans (the scans themselves, whatever ``base``).
     out_dir : path-like
         Registry directory written (``manifest.json`` + one weight file, at
         ``start_level``); pass it as ``registry`` to the denoiser.
@@ -340,9 +348,18 @@ def finetune(
     add_noise_to_level : bool
         Top the scans' noise up to ``start_level`` where they are cleaner (the
         level the expert was made for); default False, pure self-supervision on
-        the scans' own noise.
+        the scans' own noise.  Implied by ``base="denoised"``.
     exclude_centre : bool
         Noise2Sim-style pairs.
+    base : {"noisy", "denoised"}
+        ``"noisy"``: train on the scans and their synthetic pairs.  ``"denoised"``:
+        train the way the shipped experts were trained, on the dataset's anatomy:
+        each scan is denoised by ``registry`` (``denoise_array`` defaults), the pair
+        is computed on the denoised image, and Gaussian noise is added on the fly,
+        independently to input and target, from the denoised image's own estimated
+        noise up to ``start_level`` (see
+        :func:`~bids_auton2n.train.data.prepare_volume`).  Recorded in the manifest
+        (``finetune_recipe``).
     config : TrainConfig, optional
         Other settings (patch and batch size, lr, loss, patience, device).
     command : str, optional
@@ -354,19 +371,24 @@ def finetune(
     pathlib.Path
         ``out_dir``.
     """
+    if base not in BASES:
+        raise ValueError(f"fine-tuning base must be one of {', '.join(BASES)}, got {base!r}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "work"
     registry = registry or ExpertRegistry()
     prepared = load_volumes(volumes, work_dir=work_dir, exclude_centre=exclude_centre,
-                            contrast=contrast)
-    noise = float(np.median([v.noise_percent for v in prepared]))
+                            contrast=contrast, base=base, registry=registry)
+    noise = float(np.median([v.scan_noise_percent for v in prepared]))
     if start_level is None:
         start_level = registry.nearest_level(noise)
     start_level = float(start_level)
-    base = registry.load(start_level, "cpu")
+    start_model = registry.load(start_level, "cpu")
     prepare_seconds = time.perf_counter() - started
     train_budget = None if time_budget_s is None else max(time_budget_s - prepare_seconds, 0.0)
+    # A denoised base carries (almost) no noise of its own: the noise of the level is
+    # added to it, independently to input and target, as for the shipped experts.
+    add_noise_to_level = add_noise_to_level or base == "denoised"
     config = replace(
         config or TrainConfig(level=0.0), level=start_level if add_noise_to_level else 0.0,
         time_budget_s=train_budget, seed=seed,
@@ -378,7 +400,9 @@ def finetune(
                 "no time limit" if train_budget is None else f"{train_budget:.0f} s left for training")
     result = train_expert(
         PatchSampler(prepared, config.patch_size), config,
-        init_state=base.state_dict(), checkpoint=work_dir / f"finetune_{start_level:g}.ckpt",
+        init_state=start_model.state_dict(),
+        # Its own checkpoint: the settings a resume checks do not tell the recipes apart.
+        checkpoint=work_dir / f"finetune{'_denoised' if base == 'denoised' else ''}_{start_level:g}.ckpt",
         progress=progress,
     )
     write_manifest_entry(out_dir, start_level, result.state_dict, _provenance(
@@ -387,6 +411,13 @@ def finetune(
         extra={
             "finetuned_from": {"registry": str(registry.root),
                                "sha256": registry.sha256(start_level)},
+            "finetune_recipe": {
+                "base": base,
+                "pairs_computed_on": "the scans denoised by the starting registry"
+                                     if base == "denoised" else "the noisy scans",
+                "noise_added_to_level": config.level if add_noise_to_level else None,
+                "base_noise_percent": {v.name: round(v.noise_percent, 3) for v in prepared},
+            },
             "dataset_median_noise_percent": round(noise, 3),
             "time_budget_s": time_budget_s,
             "total_seconds": round(time.perf_counter() - started, 1),

@@ -7,6 +7,13 @@ reference-tissue intensity (network units, ``docs/architecture.md``).  The pair 
 expensive (seconds to a minute per volume), so it is cached in a work directory
 keyed by the file's SHA-256 and the pair settings.
 
+For fine-tuning, a scan can instead serve as the *anatomy* of its training data
+(``base="denoised"``): it is denoised with a registry's pipeline, and the pair, the
+intrinsic noise ``p0`` and the patches are those of the denoised image, so that noise
+added on the fly up to the level makes input and target noises independent, as they
+were for the shipped experts (the pair of a noisy scan is matched on its noise and
+carries part of it).
+
 :class:`PatchSampler` then draws, for a target noise level ``p`` (percent), random
 3D patches inside the head with random flips of the three axes and independent
 Gaussian noise of std ``sqrt(max(p**2 - p0**2, 0)) / 100`` added to the input and
@@ -32,18 +39,19 @@ References
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..denoise.experts import _atomic_write, sha256_file
+from ..denoise.experts import ExpertRegistry, _atomic_write, sha256_file
 from ..denoise.intensity import IntensityNormalizer, sanitize
 from ..denoise.noise import estimate_noise, head_mask
 from ..denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS, synthetic_pair
-from ..denoise.pipeline import CONTRASTS, load_volume
+from ..denoise.pipeline import CONTRASTS, denoise_array, load_volume
 
 LOGGER = logging.getLogger("bids_auton2n.train")
 
@@ -65,14 +73,22 @@ class TrainingVolume:
     contrast : str
         T1w, T2w, FLAIR or PDw (selects the reference tissue).
     image, pair : numpy.ndarray
-        The scan and its synthetic N2N pair divided by the reference intensity.
+        The training base (the scan, or its denoised version, see ``base``) and its
+        synthetic N2N pair, divided by the reference intensity.
     mask : numpy.ndarray of bool
         Head mask.
     noise_percent : float
-        Intrinsic noise of the scan (percent of the reference tissue).
+        Intrinsic noise of ``image`` (percent of the reference tissue): what noise
+        added on the fly tops up from.
     reference_tissue : str
     reference_intensity : float
-        In image units.
+        In image units (the scan's, also for a denoised base).
+    base : {"noisy", "denoised"}
+        Whether ``image`` is the scan itself or the scan denoised by a registry.
+    scan_noise_percent : float or None
+        Estimated noise of the scan itself; ``noise_percent`` when ``base`` is "noisy".
+    denoised_with : dict or None
+        With a denoised base: the registry and expert SHA-256 that denoised it.
     """
 
     name: str
@@ -84,10 +100,17 @@ class TrainingVolume:
     noise_percent: float
     reference_tissue: str
     reference_intensity: float
+    base: str = "noisy"
+    scan_noise_percent: float | None = None
+    denoised_with: dict | None = None
+
+    def __post_init__(self):
+        if self.scan_noise_percent is None:
+            self.scan_noise_percent = self.noise_percent
 
     def record(self) -> dict:
         """JSON-able description for provenance records."""
-        return {
+        record = {
             "file": self.name,
             "sha256": self.sha256,
             "contrast": self.contrast,
@@ -96,6 +119,10 @@ class TrainingVolume:
             "reference_tissue": self.reference_tissue,
             "reference_intensity": round(float(self.reference_intensity), 4),
         }
+        if self.base != "noisy":
+            record.update(base=self.base, scan_noise_percent=round(float(self.scan_noise_percent), 3),
+                          denoised_with=self.denoised_with)
+        return record
 
 
 def parse_volume_spec(spec: str) -> tuple[Path, str | None]:
@@ -108,12 +135,18 @@ def parse_volume_spec(spec: str) -> tuple[Path, str | None]:
     return Path(spec), None
 
 
+#: Training bases of :func:`prepare_volume`.
+BASES = ("noisy", "denoised")
+
+
 def prepare_volume(
     path: str | Path,
     contrast: str,
     *,
     work_dir: str | Path | None = None,
     exclude_centre: bool = False,
+    base: str = "noisy",
+    registry=None,
 ) -> TrainingVolume:
     """Load a NIfTI scan and prepare it for training (pair cached in ``work_dir``).
 
@@ -123,14 +156,25 @@ def prepare_volume(
         3D NIfTI file (checked by :func:`~bids_auton2n.denoise.pipeline.load_volume`).
     contrast : {"T1w", "T2w", "FLAIR", "PDw"}
     work_dir : path-like, optional
-        Cache directory for the synthetic pairs; no caching when omitted.
+        Cache directory for the synthetic pairs (and a denoised base); no caching
+        when omitted.
     exclude_centre : bool
         Train on the pair built without the centre voxel in the patch distance
         (Noise2Sim-style) instead of the paper's pair.  The noise estimate always
         uses the centre-excluded pair, the one its calibration was made with.
+    base : {"noisy", "denoised"}
+        Train on the scan itself, or on the scan denoised by
+        :func:`~bids_auton2n.denoise.pipeline.denoise_array` (its defaults, at the
+        scan's estimated noise) with ``registry``: the pair is then computed on the
+        denoised image, and ``noise_percent`` is the denoised image's own noise
+        estimate (same estimator, expressed against the scan's reference intensity).
+    registry : ExpertRegistry, optional
+        Registry denoising a ``"denoised"`` base (default: the shipped experts).
     """
     if contrast not in CONTRASTS:
         raise ValueError(f"{path}: contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+    if base not in BASES:
+        raise ValueError(f"{path}: training base must be one of {', '.join(BASES)}, got {base!r}")
     path = Path(path)
     image = load_volume(path)
     finite, _ = sanitize(np.asarray(image.get_fdata(dtype=np.float32)))
@@ -143,6 +187,9 @@ def prepare_volume(
     estimate_pair = cached_pair(finite, mask, exclude_centre=True, cache=cache, key=digest,
                                 label=path.name)
     noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=estimate_pair)
+    if base == "denoised":
+        return _denoised_base(path.name, finite, mask, noise, contrast=contrast, registry=registry,
+                              exclude_centre=exclude_centre, cache=cache, sha256=digest)
     pair = estimate_pair if exclude_centre else cached_pair(
         finite, mask, exclude_centre=False, cache=cache, key=digest, label=path.name)
     return volume_from_arrays(
@@ -150,6 +197,57 @@ def prepare_volume(
         reference_tissue=noise.reference_tissue, reference_intensity=noise.reference_intensity,
         sha256=digest,
     )
+
+
+def _denoised_base(name, finite, mask, noise, *, contrast, registry, exclude_centre, cache,
+                   sha256) -> TrainingVolume:
+    """The scan denoised by ``registry`` as a training base (see :func:`prepare_volume`)."""
+    registry = registry or ExpertRegistry()
+    experts = {f"{level:g}": registry.sha256(level) for level in registry.levels}
+    registry_key = hashlib.sha256(repr(sorted(experts.items())).encode()).hexdigest()
+
+    def denoise():
+        LOGGER.info("%s: denoising with %s (training base) ...", name, registry.root)
+        return denoise_array(finite, contrast=contrast, mask=mask, noise_level=noise.percent,
+                             registry=registry).denoised.astype(np.float32)
+
+    denoised = cached_array(cache, f"{sha256[:20]}_denoised_{registry_key[:12]}.npy",
+                            finite.shape, denoise)
+    # Pairs of the denoised image are keyed by its content (it depends on the registry).
+    key = hashlib.sha256(denoised.tobytes()).hexdigest()
+    estimate_pair = cached_pair(denoised, mask, exclude_centre=True, cache=cache, key=key,
+                                label=f"{name} (denoised)")
+    own = estimate_noise(denoised, contrast=contrast, mask=mask, pair=estimate_pair)
+    pair = estimate_pair if exclude_centre else cached_pair(
+        denoised, mask, exclude_centre=False, cache=cache, key=key, label=f"{name} (denoised)")
+    volume = replace(
+        volume_from_arrays(
+            name, denoised, pair, mask, contrast=contrast,
+            # Against the scan's reference: the network units the expert meets at inference.
+            noise_percent=100.0 * own.sigma / noise.reference_intensity,
+            reference_tissue=noise.reference_tissue, reference_intensity=noise.reference_intensity,
+            sha256=sha256,
+        ),
+        base="denoised", scan_noise_percent=float(noise.percent),
+        denoised_with={"registry": str(registry.root), "experts_sha256": experts,
+                       "pipeline": "denoise_array defaults at the scan's estimated noise"},
+    )
+    LOGGER.info("%s: scan noise %.2f%%, denoised base noise %.2f%%", name, noise.percent,
+                volume.noise_percent)
+    return volume
+
+
+def cached_array(cache: Path | None, name: str, shape: tuple, compute) -> np.ndarray:
+    """``compute()``, saved as ``cache/name`` and loaded from there when of ``shape``."""
+    if cache is not None and (cache / name).is_file():
+        array = np.load(cache / name)
+        if array.shape == tuple(shape):
+            return array
+    array = compute()
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        _atomic_write(cache / name, lambda temporary: _save_npy(temporary, array))
+    return array
 
 
 def cached_pair(
@@ -167,16 +265,12 @@ def cached_pair(
     cache file name, so a change of search window or patch size recomputes the pair.
     """
     name = f"{key[:20]}_s{SEARCH_RADIUS}_p{PATCH_RADIUS}_xc{int(exclude_centre)}.npy"
-    if cache is not None and (cache / name).is_file():
-        pair = np.load(cache / name)
-        if pair.shape == finite.shape:
-            return pair
-    LOGGER.info("%s: synthetic pair (exclude_centre=%s) ...", label, exclude_centre)
-    pair = synthetic_pair(finite, mask=mask, exclude_centre=exclude_centre)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache / name, lambda temporary: _save_npy(temporary, pair))
-    return pair
+
+    def compute():
+        LOGGER.info("%s: synthetic pair (exclude_centre=%s) ...", label, exclude_centre)
+        return synthetic_pair(finite, mask=mask, exclude_centre=exclude_centre)
+
+    return cached_array(cache, name, finite.shape, compute)
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
