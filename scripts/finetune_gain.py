@@ -77,7 +77,8 @@ def finetune_case(case, work: Path, args) -> ExpertRegistry:
                 and settings["steps_per_epoch"] == args.steps_per_epoch
                 and settings["patch_size"] == args.patch_size
                 and settings["batch_size"] == args.batch_size
-                and (settings["level"] > 0) == args.add_noise_to_level
+                and (settings["level"] > 0) == (args.add_noise_to_level or args.base == "denoised")
+                and entry.get("finetune_recipe", {}).get("base", "noisy") == args.base
                 and entry["pairs"]["exclude_centre"] == args.exclude_centre
                 and args.start_level in (None, entry["initialised_from"])):
             return done
@@ -85,7 +86,7 @@ def finetune_case(case, work: Path, args) -> ExpertRegistry:
     out = finetune([noisy_file(case, work)], start_level=args.start_level, out_dir=work / "registry",
                    time_budget_s=None, max_epochs=args.epochs, seed=args.seed,
                    work_dir=work / "train", add_noise_to_level=args.add_noise_to_level,
-                   exclude_centre=args.exclude_centre, config=config, command=command, progress=False)
+                   exclude_centre=args.exclude_centre, base=args.base, config=config, command=command, progress=False)
     return ExpertRegistry(out)
 
 
@@ -189,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--start-level", type=float,
                         help="expert to fine-tune (default: selected from the estimated noise)")
     parser.add_argument("--add-noise-to-level", action="store_true")
+    parser.add_argument("--base", choices=("noisy", "denoised"), default="noisy",
+                        help="fine-tuning recipe of train.finetune: pairs of the noisy scan, or of "
+                             "the scan denoised by the shipped experts with noise added on the fly")
     parser.add_argument("--exclude-centre", action="store_true",
                         help="Noise2Sim-style pairs (centre voxel left out of the patch distance)")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,7 +210,9 @@ def main(argv=None) -> int:
     results = json.loads(store.read_text()) if store.is_file() else {"variants": {}}
     description = (f"{args.epochs} epochs × {args.steps_per_epoch} Adam steps of "
                    f"{args.batch_size}×{args.patch_size}³ patches, "
-                   + ("noise topped up to the expert's level" if args.add_noise_to_level
+                   + ("`base='denoised'` (pairs of the phantom denoised by the shipped experts, "
+                      "independent noise added up to the expert's level)" if args.base == "denoised"
+                      else "noise topped up to the expert's level" if args.add_noise_to_level
                       else "no added noise (the phantom's own noise is the N2N noise)")
                    + (", Noise2Sim pairs (`--exclude-centre`)" if args.exclude_centre
                       else ", the paper's pairs")
