@@ -30,7 +30,9 @@ Estimator (what the calibration was fitted for)
   ignores the heavy tails that anatomical mismatches at edges produce.
 * Correction: ``sigma = a * s + b * scale`` where ``scale`` is the median
   intensity of the measured voxels, so the estimate is scale-equivariant
-  (``b`` absorbs the residual anatomical mismatch, proportional to contrast).
+  (``b`` absorbs the residual anatomical mismatch, proportional to contrast;
+  it is bounded at 0 in the fit, since a mismatch can only add to ``x - y``,
+  and the current calibration puts it at 0).
 
 References
 ----------
