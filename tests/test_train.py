@@ -255,7 +255,9 @@ def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset
     assert entry["stopped"] == "time_budget"
     assert entry["finetuned_from"]["sha256"] == start.sha256(3.0)
     assert [d["file"] for d in entry["training_data"]] == [f.name for f in files]
-    assert entry["settings"]["level"] == 0.0  # no noise added by default
+    # Default recipe: pairs of the denoised scans, noise added up to the expert's level.
+    assert entry["finetune_recipe"]["base"] == "denoised"
+    assert entry["settings"]["level"] == 3.0
     registry.load(3.0)
 
 
