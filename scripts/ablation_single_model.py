@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numba
+import numpy as np
 import torch
 
 from bids_auton2n.bench.harness import BenchmarkConfig, phantom_cases
@@ -59,12 +60,12 @@ def pipeline_revision() -> str:
     return git_revision().replace("-dirty", "") + ("+uncommitted-denoise-changes" if changed else "")
 
 
-def measure(case, stage: str, registry: ExpertRegistry, single: bool) -> dict:
-    """PSNR of one arm on one case, with the experts the pipeline used."""
-    if stage == "cnn":
-        options = {"fusion": False, "expert": min(registry.levels) if single else case.level}
-    else:
-        options = {}
+def measure(case, stage: str, registry: ExpertRegistry, expert: float) -> tuple[dict, np.ndarray]:
+    """PSNR of one arm on one case, with the experts the pipeline used, and the output.
+
+    ``stage`` "cnn": ``expert`` alone, no fusion; "full": the pipeline's defaults.
+    """
+    options = {"fusion": False, "expert": expert} if stage == "cnn" else {}
     started = time.perf_counter()
     result = denoise_array(case.noisy, contrast=case.contrast, registry=registry, **options)
     return {
@@ -72,7 +73,7 @@ def measure(case, stage: str, registry: ExpertRegistry, single: bool) -> dict:
         "experts": [[c.level, round(c.weight, 3)] for c in result.experts],
         "estimated_percent": round(result.noise.percent, 3),
         "seconds": round(time.perf_counter() - started, 1),
-    }
+    }, result.denoised
 
 
 #: Text below this line of a results file is the author's reading; regenerating keeps it.
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
         row["seed"] = case.seed
         for stage in args.stages:
             for arm, registry in (("experts", experts), ("single", single)):
-                row[f"{stage}/{arm}"] = measure(case, stage, registry, arm == "single")
+                expert = min(registry.levels) if arm == "single" else case.level
+                row[f"{stage}/{arm}"], _ = measure(case, stage, registry, expert)
                 print(f"{case.level:g} % {stage:>4} {arm:>7}: {row[f'{stage}/{arm}']}", flush=True)
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(results, indent=2) + "\n")

@@ -29,7 +29,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -42,12 +41,13 @@ from bids_auton2n.bench.metrics import psnr
 from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file
 from bids_auton2n.denoise.intensity import sanitize
 from bids_auton2n.denoise.noise import head_mask
-from bids_auton2n.denoise.pipeline import denoise_array
 from bids_auton2n.train import TrainConfig, finetune
 from bids_auton2n.train.data import cached_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_single_model import CROP, STAGES, pipeline_revision, write_keeping_notes  # noqa: E402
+from ablation_single_model import (  # noqa: E402
+    CROP, STAGES, measure, pipeline_revision, write_keeping_notes,
+)
 
 DEFAULT_OUT = Path("benchmarks/results/finetune_gain.md")
 DEFAULT_WORK = Path("/tmp/bids_auton2n-finetune-gain")
@@ -104,21 +104,17 @@ def pair_noise_correlation(case, work: Path, exclude_centre: bool) -> float:
     return float(np.corrcoef((case.noisy - case.clean)[mask], (pair - case.clean)[mask])[0, 1])
 
 
-def measure(case, stage: str, registry: ExpertRegistry, level: float) -> dict:
-    options = {"fusion": False, "expert": level} if stage == "cnn" else {}
-    started = time.perf_counter()
-    result = denoise_array(case.noisy, contrast=case.contrast, registry=registry, **options)
+def measure_with_noise_kept(case, stage: str, registry: ExpertRegistry, level: float) -> dict:
+    """:func:`ablation_single_model.measure`, plus the share of the input noise the output kept.
+
+    ``noise_kept``: regression slope of the output's error on the input noise (0: all noise
+    removed, 1: all kept), a diagnostic only.
+    """
+    record, denoised = measure(case, stage, registry, level)
     mask = case.score_mask
     noise = (case.noisy - case.clean)[mask].astype(np.float64)
-    return {
-        "psnr": psnr(case.clean, result.denoised, mask, case.peak),
-        # Diagnostic: regression slope of the output's error on the input noise (0: all noise
-        # removed, 1: all kept).
-        "noise_kept": float(np.dot((result.denoised - case.clean)[mask], noise) / np.dot(noise, noise)),
-        "experts": [[c.level, round(c.weight, 3)] for c in result.experts],
-        "estimated_percent": round(result.noise.percent, 3),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    record["noise_kept"] = float(np.dot((denoised - case.clean)[mask], noise) / np.dot(noise, noise))
+    return record
 
 
 def training_record(registry: ExpertRegistry) -> dict:
@@ -240,7 +236,7 @@ def main(argv=None) -> int:
         start = tuned.levels[0]
         for stage in args.stages:
             for arm, registry in (("shipped", shipped), ("finetuned", tuned)):
-                row[f"{stage}/{arm}"] = measure(case, stage, registry, start)
+                row[f"{stage}/{arm}"] = measure_with_noise_kept(case, stage, registry, start)
                 print(f"{case.level:g} % {stage:>4} {arm:>9}: {row[f'{stage}/{arm}']}", flush=True)
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(results, indent=2) + "\n")

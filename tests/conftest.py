@@ -34,3 +34,15 @@ def test_experts_dir(tmp_path_factory):
             "revision": "test",
         })
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: tiny convolutions are dominated by thread
+    synchronisation, worst on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from test_train import same_weights, tiny_config, toy_volume
 
 from bids_auton2n.cli.train import main as train_main
@@ -18,12 +17,7 @@ from bids_auton2n.train.trainer import train_expert
 LEVELS = (1.0, 3.0, 5.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ SHAPE = (40, 32, 32)
 REFERENCE = 100.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, worst on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_clean(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
