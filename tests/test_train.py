@@ -311,3 +311,23 @@ def test_finetune_on_denoised_base_pairs_the_denoised_scan_and_records_it(tmp_pa
     # Rerun: the denoised base and its pairs come from the cache.
     load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
     assert len(denoised) == 1 and len(paired) == 3
+
+
+def test_curriculum_command_trains_on_denoised_bases_when_asked(tmp_path, dataset):
+    files, start, pairs = dataset
+    tiny = ["--levels", "3", "--total-budget-min", "0", "--max-epochs", "1", "--steps-per-epoch",
+            "2", "--patch-size", "12", "--batch-size", "2", "--val-patches", "2", "--device",
+            "cpu", "--no-progress", "--max-noise-ratio", "0", "--data", *(f"{f}:T1w" for f in files)]
+    for base in ("denoised", None):
+        out, work = tmp_path / f"experts-{base}", tmp_path / f"work-{base}"
+        work.mkdir()
+        (work / "pairs").symlink_to(pairs, target_is_directory=True)
+        extra = ["--base", base, "--registry", str(start.root)] if base else []
+        assert train_main(["--out", str(out), "--work-dir", str(work), *extra, *tiny]) == 0
+        records = ExpertRegistry(out).entry(3.0)["training_data"]
+        assert [r["file"] for r in records] == [f.name for f in files]
+        if base:
+            assert {r["base"] for r in records} == {"denoised"}
+            assert records[0]["denoised_with"]["experts_sha256"] == {"3": start.sha256(3.0)}
+        else:  # the curriculum's default recipe trains on the scans themselves
+            assert all("base" not in r for r in records)

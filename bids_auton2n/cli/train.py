@@ -33,7 +33,8 @@ from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
 from ..denoise.inference import resolve_device
 from ..denoise.pipeline import CONTRASTS, InputImageError
 from ..train.curriculum import (
-    FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune, load_volumes,
+    CURRICULUM_BASE, FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune,
+    load_volumes,
     train_curriculum, train_single_model,
 )
 from ..train.data import BASES
@@ -70,15 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--start-level", type=float,
                     help="expert to fine-tune (default: selected from the scans' median noise)")
     ft.add_argument("--registry", type=Path,
-                    help="registry holding the expert to start from (default: shipped experts)")
+                    help="registry holding the expert to start from, and denoising a "
+                         "'denoised' --base (default: shipped experts)")
     ft.add_argument("--budget-min", type=float, default=10.0,
                     help="wall-clock budget of the fine-tuning, pair generation included (minutes)")
     ft.add_argument("--add-noise-to-level", action="store_true",
                     help="top the scans' noise up to the expert's level where they are cleaner")
-    ft.add_argument("--base", choices=BASES, default=FINETUNE_BASE,
-                    help="train on the noisy scans' own pairs, or the experts' recipe: each scan "
-                         "denoised by --registry, its pair computed on the denoised image, "
-                         "independent noise added up to the expert's level")
+    ft.add_argument("--base", choices=BASES,
+                    help="train on the noisy scans' own pairs, or on each scan denoised by "
+                         "--registry, its pair computed on the denoised image, independent noise "
+                         "added up to the expert's level (default: fine-tuning "
+                         f"{FINETUNE_BASE}, curriculum {CURRICULUM_BASE})")
     ft.add_argument("--contrast", choices=CONTRASTS,
                     help="contrast of scans given without one")
 
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
                 registry=ExpertRegistry(args.registry) if args.registry else None,
                 work_dir=args.work_dir, contrast=args.contrast,
                 add_noise_to_level=args.add_noise_to_level, exclude_centre=args.exclude_centre,
-                base=args.base, config=config, command=command, progress=not args.no_progress,
+                base=args.base or FINETUNE_BASE, config=config, command=command,
+                progress=not args.no_progress,
             )
             print(f"fine-tuned registry written to {out}")
             return 0
@@ -161,7 +165,8 @@ def main(argv=None) -> int:
         out = args.out or default_root()
         work_dir = args.work_dir or out.parent / f"{out.name}-work"
         volumes = load_volumes(specs, work_dir=work_dir, exclude_centre=args.exclude_centre,
-                               contrast=args.contrast)
+                               contrast=args.contrast, base=args.base or CURRICULUM_BASE,
+                               registry=ExpertRegistry(args.registry) if args.registry else None)
         total_budget_s = args.total_budget_min * 60.0 if args.total_budget_min > 0 else None
         if args.single_model:
             results = [train_single_model(

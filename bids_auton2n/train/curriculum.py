@@ -71,6 +71,8 @@ FINETUNE_BUDGET_S = 600.0
 #: phantom, "noisy" lost 4-10 dB against the shipped expert, "denoised" gained 0.7-0.9 dB at
 #: 3-5 % and was level at 9 % (benchmarks/results/finetune_gain.md).
 FINETUNE_BASE = "denoised"
+#: Default training base of the curriculum (``bids_auton2n-train --base``).
+CURRICULUM_BASE = "noisy"
 
 
 def git_revision() -> str:
