@@ -65,6 +65,21 @@ DENOISING_PASSES = 2
 OUTPUT = Path(__file__).resolve().parents[1] / "bids_auton2n" / "data" / "noise_calibration.json"
 
 
+def denoised_base(scan: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Near-clean base of a real scan: ``(base, raw noise of the scan, raw noise left)``.
+
+    A smooth guide makes RI-NLM average over all similar tissue (guide = the scan itself
+    barely denoises: its weights see the noise).
+    """
+    first, _, _ = raw_noise_statistic(scan, noise_pair(scan, mask), mask)
+    base, residual = scan, first
+    for _ in range(DENOISING_PASSES):
+        base = ri_nlm(base, ndi.gaussian_filter(base, GUIDE_SMOOTHING), residual, rician=True,
+                      mask=mask)
+        residual, _, _ = raw_noise_statistic(base, noise_pair(base, mask), mask)
+    return base, first, residual
+
+
 def measure(data: Path) -> dict:
     """Raw statistics of every (scan, level): arrays keyed by column name."""
     rows = {key: [] for key in ("scan", "percent", "sigma_add", "raw", "scale", "reference")}
@@ -72,14 +87,7 @@ def measure(data: Path) -> dict:
         start = time.perf_counter()
         scan, _ = sanitize(nib.load(str(data / name)).get_fdata(dtype=np.float32))
         mask = head_mask(scan)
-        first, _, _ = raw_noise_statistic(scan, noise_pair(scan, mask), mask)
-        # A smooth guide makes RI-NLM average over all similar tissue (guide = the scan
-        # itself barely denoises: its weights see the noise).
-        base, residual = scan, first
-        for _ in range(DENOISING_PASSES):
-            base = ri_nlm(base, ndi.gaussian_filter(base, GUIDE_SMOOTHING), residual, rician=True,
-                          mask=mask)
-            residual, _, _ = raw_noise_statistic(base, noise_pair(base, mask), mask)
+        base, first, residual = denoised_base(scan, mask)
         reference = reference_intensity(base, mask, contrast).intensity
         for level in LEVELS:
             noisy = add_rician_noise(base, level, reference, seed=1000 * index + int(level))

@@ -29,12 +29,18 @@ from bids_auton2n.denoise.phantom import add_rician_noise
 from bids_auton2n.denoise.pipeline import denoise_array
 
 
+def validation_head() -> tuple[np.ndarray, np.ndarray]:
+    """The validation object (clean, with partial volume) and its piecewise-constant original."""
+    sharp = _phantom((144, 176, 144), "T1w", np.random.default_rng(5))
+    return ndi.gaussian_filter(sharp, 0.6), sharp
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.5, 1.0, 3.0, 9.0])
     parser.add_argument("--thresholds", nargs="+", type=float, default=[1.0, 1.5, 2.0, 3.0])
     args = parser.parse_args(argv)
-    clean = ndi.gaussian_filter(_phantom((144, 176, 144), "T1w", np.random.default_rng(5)), 0.6)
+    clean, _ = validation_head()
     mask = clean > 1
     peak = float(clean[mask].max())
     white_matter = 100.0
