@@ -143,6 +143,19 @@ def test_default_runs_a_small_crop_as_one_tile(volume):
     np.testing.assert_allclose(out, _direct(model, volume), atol=1e-5)
 
 
+def test_cpu_convolutions_run_channels_last_with_the_contiguous_result(volume):
+    contiguous = _random_network(5)
+    model = _random_network(5)
+    out = cnn_denoise(volume, [(model, 1.0)], tta=True, device="cpu", precision="fp32")
+    weight = next(p for p in model.parameters() if p.dim() == 5 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not weight.is_contiguous()
+    expected = np.mean([np.flip(_direct(contiguous, np.flip(volume, axes).copy()), axes)
+                        for axes in ((), (0,), (1,), (2,))], axis=0)
+    assert next(contiguous.parameters()).is_contiguous()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_auto_precision_follows_the_hardware():
     cpu = torch.device("cpu")
     expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
