@@ -34,8 +34,7 @@ from ..denoise.inference import resolve_device
 from ..denoise.pipeline import CONTRASTS, InputImageError
 from ..train.curriculum import (
     CURRICULUM_BASE, FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune,
-    load_volumes,
-    train_curriculum, train_single_model,
+    load_volumes, train_curriculum, train_single_model,
 )
 from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
