@@ -42,7 +42,7 @@ from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file
 from bids_auton2n.denoise.intensity import sanitize
 from bids_auton2n.denoise.noise import head_mask
 from bids_auton2n.train import TrainConfig, finetune
-from bids_auton2n.train.data import cached_pair
+from bids_auton2n.train.data import BASES, cached_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_single_model import (  # noqa: E402
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--start-level", type=float,
                         help="expert to fine-tune (default: selected from the estimated noise)")
     parser.add_argument("--add-noise-to-level", action="store_true")
-    parser.add_argument("--base", choices=("noisy", "denoised"), default="noisy",
+    parser.add_argument("--base", choices=BASES, default="noisy",
                         help="fine-tuning recipe of train.finetune: pairs of the noisy scan, or of "
                              "the scan denoised by the shipped experts with noise added on the fly")
     parser.add_argument("--exclude-centre", action="store_true",

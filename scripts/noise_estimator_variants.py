@@ -39,8 +39,8 @@ def raw_statistics(noisy: np.ndarray) -> dict:
     pair = noise.noise_pair(noisy, mask)
     statistics = {}
     for fraction, smoothing in VARIANTS:
-        noise.FLATTEST_FRACTION, noise.FLATNESS_SMOOTHING = fraction, smoothing
-        statistics[(fraction, smoothing)] = noise.raw_noise_statistic(noisy, pair, mask)[:2]
+        statistics[(fraction, smoothing)] = noise.raw_noise_statistic(
+            noisy, pair, mask, flattest_fraction=fraction, flatness_smoothing=smoothing)[:2]
     return statistics
 
 
@@ -56,7 +56,6 @@ def main(argv=None) -> int:
     for index, (name, contrast) in enumerate(calibrate_noise.SCANS.items()):
         scan, _ = sanitize(nib.load(str(args.data / name)).get_fdata(dtype=np.float32))
         mask = noise.head_mask(scan)
-        noise.FLATTEST_FRACTION, noise.FLATNESS_SMOOTHING = shipped  # the calibration's bases
         base, _, _ = calibrate_noise.denoised_base(scan, mask)
         reference = noise.reference_intensity(base, mask, contrast).intensity
         for level in calibrate_noise.LEVELS:

@@ -299,15 +299,19 @@ def _mad_spread(difference: np.ndarray) -> float:
     return float(_MAD_TO_STD * np.median(np.abs(centred)) / np.sqrt(2.0))
 
 
-def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray) -> tuple[float, float, int]:
+def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray, *,
+                        flattest_fraction: float = FLATTEST_FRACTION,
+                        flatness_smoothing: float = FLATNESS_SMOOTHING) -> tuple[float, float, int]:
     """Uncorrected spread of ``x - pair`` on the flat, high-SNR voxels of ``mask``.
 
     Returns ``(raw_std, scale, n_voxels)``: the MAD-based std of
     ``(x - pair) / sqrt(2)``, the median intensity of the voxels used and
     their number.  The SNR selection uses the spread over the whole eroded
     mask as its noise level (the calibrated slope is close to 1); among the
-    voxels it keeps, the :data:`FLATTEST_FRACTION` with the smallest
-    gradient magnitude of the smoothed image are used.
+    voxels it keeps, the ``flattest_fraction`` with the smallest gradient
+    magnitude of the image smoothed by ``flatness_smoothing`` are used.  The
+    calibration holds for the defaults only (the other values are for
+    ``scripts/noise_estimator_variants.py``).
     """
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:
@@ -317,9 +321,9 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray) -> tu
     selected = local_mean >= MIN_SNR * _mad_spread(difference)
     if selected.sum() < 100:
         raise ValueError("too few foreground voxels above the noise to estimate it")
-    smoothed = ndi.gaussian_filter(x, FLATNESS_SMOOTHING)
+    smoothed = ndi.gaussian_filter(x, flatness_smoothing)
     gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))[inner]
-    flat = selected & (gradient <= np.quantile(gradient[selected], FLATTEST_FRACTION))
+    flat = selected & (gradient <= np.quantile(gradient[selected], flattest_fraction))
     if flat.sum() < 100:
         flat = selected
     return (_mad_spread(difference[flat]), float(np.median(x[inner][flat])), int(flat.sum()))
