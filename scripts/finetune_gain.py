@@ -64,7 +64,8 @@ def noisy_file(case, work: Path) -> Path:
 
 
 def finetune_case(case, work: Path, args) -> ExpertRegistry:
-    """Fine-tuned registry of one noisy phantom (reused when trained with these settings)."""
+    """Fine-tuned registry of one noisy phantom (reused when trained with these settings from
+    the currently shipped expert)."""
     config = TrainConfig(level=0.0, patch_size=args.patch_size, batch_size=args.batch_size,
                          steps_per_epoch=args.steps_per_epoch, patience=args.patience,
                          val_patches_per_volume=args.val_patches, device="cpu")
@@ -80,7 +81,9 @@ def finetune_case(case, work: Path, args) -> ExpertRegistry:
                 and (settings["level"] > 0) == (args.add_noise_to_level or args.base == "denoised")
                 and entry.get("finetune_recipe", {}).get("base", "noisy") == args.base
                 and entry["pairs"]["exclude_centre"] == args.exclude_centre
-                and args.start_level in (None, entry["initialised_from"])):
+                and args.start_level in (None, entry["initialised_from"])
+                and entry.get("finetuned_from", {}).get("sha256")
+                == ExpertRegistry().sha256(entry["initialised_from"])):
             return done
     command = shlex.join(["scripts/finetune_gain.py", *sys.argv[1:]])
     out = finetune([noisy_file(case, work)], start_level=args.start_level, out_dir=work / "registry",

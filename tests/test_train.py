@@ -150,6 +150,21 @@ def test_checkpoint_with_other_settings_is_refused(tmp_path):
                      progress=False)
 
 
+def test_checkpoint_grown_from_other_starting_weights_is_refused(tmp_path):
+    sampler = PatchSampler([toy_volume()], 12)
+    start = train_expert(sampler, tiny_config(max_epochs=1), progress=False).state_dict
+    other_start = {name: tensor + 0.01 for name, tensor in start.items()}
+    checkpoint = tmp_path / "finetune.ckpt"
+    train_expert(sampler, tiny_config(max_epochs=1), init_state=start, checkpoint=checkpoint,
+                 progress=False)
+    resumed = train_expert(sampler, tiny_config(max_epochs=2), init_state=start,
+                           checkpoint=checkpoint, progress=False)
+    assert resumed.epochs == 2
+    with pytest.raises(ValueError, match="other settings.*init_sha256"):
+        train_expert(sampler, tiny_config(max_epochs=2), init_state=other_start,
+                     checkpoint=checkpoint, progress=False)
+
+
 def test_time_budget_stops_training():
     start = time.perf_counter()
     result = train_expert(PatchSampler([toy_volume()], 12),

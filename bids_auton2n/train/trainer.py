@@ -30,6 +30,7 @@ seeded by ``(seed, step)``), and validation pools the validation sets of all lev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -48,9 +49,10 @@ from .data import PatchSampler, draw_level
 
 LOGGER = logging.getLogger("bids_auton2n.train")
 
-#: Settings that must match for a checkpoint to be resumed.
+#: Settings that must match for a checkpoint to be resumed (``init_sha256``: the starting
+#: weights, so a fine-tuning run never resumes a checkpoint grown from another expert).
 _RESUME_KEYS = ("level", "levels", "patch_size", "batch_size", "lr", "loss", "steps_per_epoch",
-                "val_patches_per_volume", "seed", "select_by")
+                "val_patches_per_volume", "seed", "select_by", "init_sha256")
 #: Validation figures early stopping can follow (lower is better for both).
 SELECTION_METRICS = ("val_loss", "psnr")
 
@@ -212,6 +214,17 @@ def validation_set(sampler, config: TrainConfig) -> dict:
         key: np.concatenate([one[key] for one in sets]) for key in sets[0]}
 
 
+def state_sha256(state_dict: dict | None) -> str | None:
+    """SHA-256 of a state dict's names and tensor bytes (``None`` for no state)."""
+    if state_dict is None:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _state_copy(model) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
@@ -262,12 +275,14 @@ def train_expert(
     validation = validation_set(sampler, config)
     settings = asdict(config)
     settings["patch_size"] = sampler.patch_size
+    settings["init_sha256"] = state_sha256(init_state)
 
     state = None
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        defaults = asdict(TrainConfig(level=0.0))  # keys older checkpoints lack
+        # Keys older checkpoints lack; their starting weights are unknown (None).
+        defaults = {**asdict(TrainConfig(level=0.0)), "init_sha256": None}
         differing = [k for k in _RESUME_KEYS
                      if state["settings"].get(k, defaults[k]) != settings[k]]
         if differing:
