@@ -31,8 +31,11 @@ Estimator (what the calibration was fitted for)
 * Correction: ``sigma = a * s + b * scale`` where ``scale`` is the median
   intensity of the measured voxels, so the estimate is scale-equivariant
   (``b`` absorbs the residual anatomical mismatch, proportional to contrast;
-  it is bounded at 0 in the fit, since a mismatch can only add to ``x - y``,
-  and the current calibration puts it at 0).
+  it is bounded at 0 in the fit, since a mismatch can only add to ``x - y``).
+  The fit's loss is robust (Cauchy) where leave-one-scan-out cross-validation
+  on the real scans prefers it to least squares, as it did for the current
+  calibration: one scan (T2w at high noise in % of CSF) fits the linear model
+  badly and would otherwise set the slope for all.
 
 References
 ----------
