@@ -2,8 +2,9 @@
 """Which flat-voxel fraction and smoothing the noise statistic should use, judged on real scans.
 
 For every (FLATTEST_FRACTION, FLATNESS_SMOOTHING) variant the calibration of
-``scripts/calibrate_noise.py`` is refitted on the real scans (same bases, levels and seeds)
-and its fit error reported; the error of that calibrated variant on the ICBM152 T1w phantom
+``scripts/calibrate_noise.py`` is refitted on the real scans (same bases, levels and seeds,
+loss chosen by the same leave-one-scan-out rule) and its fit and cross-validation errors
+reported; the error of that calibrated variant on the ICBM152 T1w phantom
 (Rician 1-9 %, benchmark material: measured, never used to choose) is printed beside it.
 The pair of each noisy volume is computed once for all variants.  Output:
 ``benchmarks/results/noise_estimator_variants.md``.
@@ -71,11 +72,12 @@ def main(argv=None) -> int:
         "# Noise estimator variants, calibrated on real scans",
         "",
         f"`python scripts/noise_estimator_variants.py`; shipped variant: fraction {shipped[0]}, "
-        f"smoothing {shipped[1]}. Fit errors in % of the reference tissue over the 45 real "
-        "calibration volumes; phantom errors in % of WM at Rician 1..9 %.",
+        f"smoothing {shipped[1]}. Fit and leave-one-scan-out (LOSO) errors in % of the reference "
+        "tissue over the 45 real calibration volumes; phantom errors in % of WM at Rician 1..9 %.",
         "",
-        "| flattest fraction | smoothing | slope | fit RMSE | fit max | phantom error 1..9 % |",
-        "|---|---|---|---|---|---|",
+        "| flattest fraction | smoothing | loss | slope | intercept | fit RMSE | LOSO RMSE | LOSO max "
+        "| phantom error 1..9 % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         table = {
@@ -86,12 +88,14 @@ def main(argv=None) -> int:
             "raw": np.array([row[4][variant][0] for row in rows]),
             "scale": np.array([row[4][variant][1] for row in rows]),
         }
-        fit = calibrate_noise.fit(table)
+        fit = calibrate_noise.calibrate(table)
+        chosen = min(fit["loss_selection"]["grid"], key=lambda row: row["loso_rmse_percent"])
         errors = [100 * (fit["slope"] * stats[variant][0] + fit["intercept"] * stats[variant][1]
                          - level / 100 * white_matter) / white_matter
                   for level, stats in phantom_rows]
-        lines.append(f"| {variant[0]} | {variant[1]} | {fit['slope']:.4f} | "
-                     f"{fit['rmse_percent']:.3f} | {fit['max_abs_error_percent']:.3f} | "
+        lines.append(f"| {variant[0]} | {variant[1]} | {chosen['function']} {chosen['f_scale_percent']} | "
+                     f"{fit['slope']:.4f} | {fit['intercept']:.2e} | {fit['rmse_percent']:.3f} | "
+                     f"{chosen['loso_rmse_percent']:.3f} | {chosen['loso_max_abs_error_percent']:.3f} | "
                      + " ".join(f"{error:+.2f}" for error in errors) + " |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
