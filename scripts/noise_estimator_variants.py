@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import calibrate_noise  # noqa: E402
+from ablation_single_model import write_keeping_notes  # noqa: E402
 
 from bids_auton2n.denoise import noise  # noqa: E402
 from bids_auton2n.denoise.intensity import sanitize  # noqa: E402
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
                      f"{fit['slope']:.4f} | {fit['intercept']:.2e} | {fit['rmse_percent']:.3f} | "
                      f"{chosen['loso_rmse_percent']:.3f} | {chosen['loso_max_abs_error_percent']:.3f} | "
                      + " ".join(f"{error:+.2f}" for error in errors) + " |")
-    args.out.write_text("\n".join(lines) + "\n")
+    write_keeping_notes(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
