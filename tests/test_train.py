@@ -326,6 +326,15 @@ def test_finetune_on_denoised_base_pairs_the_denoised_scan_and_records_it(tmp_pa
     # Rerun: the denoised base and its pairs come from the cache.
     load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
     assert len(denoised) == 1 and len(paired) == 3
+    # A recalibrated estimator runs the experts at another noise level: a new base.
+    from bids_auton2n.denoise import noise as noise_module
+    calibration = noise_module.load_calibration()
+    recalibrated = {**calibration, "model": {**calibration["model"],
+                                             "slope": 1.1 * calibration["model"]["slope"]}}
+    monkeypatch.setattr(noise_module, "load_calibration", lambda: recalibrated)
+    load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
+    assert len(denoised) == 2
+    assert denoised[1].noise.percent == pytest.approx(1.1 * denoised[0].noise.percent, rel=1e-3)
 
 
 def test_curriculum_command_trains_on_denoised_bases_when_asked(tmp_path, dataset):

@@ -204,7 +204,10 @@ def _denoised_base(name, finite, mask, noise, *, contrast, registry, exclude_cen
     """The scan denoised by ``registry`` as a training base (see :func:`prepare_volume`)."""
     registry = registry or ExpertRegistry()
     experts = {f"{level:g}": registry.sha256(level) for level in registry.levels}
-    registry_key = hashlib.sha256(repr(sorted(experts.items())).encode()).hexdigest()
+    # The base depends on the experts and on the noise level they were run at (a new noise
+    # calibration changes it): both key the cached base.
+    registry_key = hashlib.sha256(
+        repr((sorted(experts.items()), round(float(noise.percent), 6))).encode()).hexdigest()
 
     def denoise():
         LOGGER.info("%s: denoising with %s (training base) ...", name, registry.root)
