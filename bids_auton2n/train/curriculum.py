@@ -68,8 +68,8 @@ TRAINING_SCANS = (
 #: on 2 CPU cores, pair generation included.
 FINETUNE_BUDGET_S = 600.0
 #: Default training base of :func:`finetune` (see its ``base``): on the noisy benchmark
-#: phantom, "noisy" lost 4-10 dB against the shipped expert, "denoised" gained 0.7-0.9 dB at
-#: 3-5 % and was level at 9 % (benchmarks/results/finetune_gain.md).
+#: phantom, "noisy" lost 4-10 dB against the shipped expert, "denoised" gains 0.40 / 0.33 /
+#: 0.09 dB at 3 / 5 / 9 % over the current experts (benchmarks/results/finetune_gain.md).
 FINETUNE_BASE = "denoised"
 #: Default training base of the curriculum (``bids_auton2n-train --base``).
 CURRICULUM_BASE = "noisy"
