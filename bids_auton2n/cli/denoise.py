@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip test-time flip augmentation")
     parser.add_argument("--no-fusion", dest="fusion", action="store_false",
                         help="return the CNN output without RI-NLM fusion")
+    parser.add_argument("--no-wiener", dest="wiener", action="store_false",
+                        help="skip the collaborative Wiener stage (fused image as pilot)")
     parser.add_argument("--no-guard", dest="guard", action="store_false",
                         help="skip the do-no-harm guard (which gives back what was removed "
                         "beyond what the estimated noise explains)")
@@ -128,7 +130,7 @@ def run(argv: list[str] | None = None) -> int:
         result = denoise_file(
             opts.in_file, opts.out_file, contrast=contrast, mask_file=opts.mask,
             noise_map=opts.noise_map, noise_level=opts.noise_level, expert=opts.expert,
-            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard,
+            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard, wiener=opts.wiener,
             device=opts.device,
             rician=opts.rician, registry=registry, progress=not opts.quiet,
         )

@@ -113,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="skip the flip test-time augmentation (4x faster CNN stage)")
     g_den.add_argument("--no-fusion", dest="fusion", action="store_false",
                        help="skip the RI-NLM fusion (output the CNN mixture only)")
+    g_den.add_argument("--no-wiener", dest="wiener", action="store_false",
+                       help="skip the collaborative Wiener stage that re-estimates the image "
+                       "from the noisy data with the fused image as pilot")
     g_den.add_argument("--no-guard", dest="guard", action="store_false",
                        help="skip the do-no-harm guard, which gives back what the denoiser "
                        "removed beyond what the estimated noise explains")
@@ -199,6 +202,7 @@ def parse_args(args=None) -> None:
     settings.tta = opts.tta
     settings.fusion = opts.fusion
     settings.guard = opts.guard
+    settings.wiener = opts.wiener
     settings.noise_level = opts.noise_level
     settings.expert = opts.expert
     settings.blend = opts.blend

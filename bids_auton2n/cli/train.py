@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: BIDS suffix, else T1w)")
     source.add_argument("--data-dir", type=Path,
                         help="directory holding the project's training scans: "
-                             + ", ".join(f"{name} ({c})" for name, c in TRAINING_SCANS))
+                             + ", ".join(f"{name} ({c}{'' if p == 'none' else ', ' + p})"
+                                         for name, c, p in TRAINING_SCANS))
     source.add_argument("--max-noise-ratio", type=float, default=MAX_NOISE_RATIO,
                         help="a scan trains the p %% expert only if its own noise is <= this "
                              "times p (0: every scan trains every level)")
@@ -156,7 +157,8 @@ def main(argv=None) -> int:
             return 0
         specs = list(args.data)
         if args.data_dir is not None:
-            specs += [(args.data_dir / name, contrast) for name, contrast in TRAINING_SCANS]
+            specs += [(args.data_dir / name, contrast, preprocess)
+                      for name, contrast, preprocess in TRAINING_SCANS]
         if not specs:
             parser.error("give training scans with --data and/or --data-dir (or use --finetune)")
         if args.single_model and args.out is None:

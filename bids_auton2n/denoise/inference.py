@@ -37,6 +37,9 @@ DEFAULT_ROI_SIZE = (160, 160, 160)
 #: of the head is not at the crop border, where the network would see
 #: replicated voxels instead of the real background.
 DEFAULT_MARGIN = 8
+#: Flip test-time augmentation: the identity and the three single-axis flips (paper 2.5), as
+#: tensor dimensions flipped per pass.
+TTA_FLIPS = ((), (2,), (3,), (4,))
 #: Numerical precisions accepted by :func:`cnn_denoise` (see docs/cnn-performance.md).
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -145,6 +148,7 @@ def cnn_denoise(
     margin: int = DEFAULT_MARGIN,
     sw_batch_size: int = 1,
     precision: str = "auto",
+    flips: Sequence[tuple[int, ...]] | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Denoise a normalised 3D volume with a weighted mixture of CNN experts.
@@ -186,6 +190,9 @@ def cnn_denoise(
         ``"bf16"`` runs the convolutions under bfloat16 autocast; ``"auto"`` (default)
         picks it where the hardware supports it (:func:`resolve_precision`).
         The input and the global skip stay fp32.
+    flips : sequence of tuples of int, optional
+        The passes of the augmentation, as the tensor dimensions (2, 3, 4) each flips;
+        default :data:`TTA_FLIPS` with ``tta``, the identity alone without.
     progress : bool
         Show a tqdm bar over the (expert, flip) passes.
 
@@ -221,7 +228,11 @@ def cnn_denoise(
     if roi_size is None:
         roi_size = crop.shape if crop.size <= MAX_SINGLE_TILE_VOXELS else DEFAULT_ROI_SIZE
     tile = tuple(min(int(r), s) for r, s in zip(roi_size, crop.shape))
-    flips = [()] + ([(2,), (3,), (4,)] if tta else [])
+    if flips is None:
+        flips = list(TTA_FLIPS) if tta else [()]
+    flips = [tuple(flip) for flip in flips]
+    if not flips or any(not set(flip) <= {2, 3, 4} for flip in flips):
+        raise ValueError(f"flips must be a non-empty list of subsets of (2, 3, 4), got {flips}")
     passes = [(model, weight, flip) for (model, _), weight in zip(experts, weights) for flip in flips]
 
     layout = memory_format(torch_device)

@@ -206,6 +206,8 @@ class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
+    wiener = traits.Bool(True, usedefault=True,
+                         desc="collaborative Wiener stage with the fused image as pilot")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernel")
 
 
@@ -216,9 +218,9 @@ class _FuseRINLMOutputSpec(TraitedSpec):
 
 
 class FuseRINLM(SimpleInterface):
-    """Average the CNN output with RI-NLM guided by it (paper's final image), then guard it.
+    """Average the CNN output with RI-NLM guided by it (paper's final image), Wiener stage, guard.
 
-    :func:`~.pipeline.final_image`: both steps optional.
+    :func:`~.pipeline.final_image`: every step optional.
     """
 
     input_spec = _FuseRINLMInputSpec
@@ -235,7 +237,8 @@ class FuseRINLM(SimpleInterface):
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
         denoised = restore_nonfinite(
             final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
-                        guard=self.inputs.guard, rician=self.inputs.rician),
+                        guard=self.inputs.guard, rician=self.inputs.rician,
+                        wiener=self.inputs.wiener),
             original, nonfinite)
         cwd = Path(runtime.cwd)
         self._results.update(
@@ -255,6 +258,7 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
+    wiener = traits.Bool(True, usedefault=True, desc="collaborative Wiener stage applied")
     rician = traits.Bool(True, usedefault=True)
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
@@ -301,6 +305,7 @@ class DenoiseProvenance(SimpleInterface):
             rician=self.inputs.rician,
             device=self.inputs.device,
             guard=self.inputs.guard,
+            wiener=self.inputs.wiener,
             timings=timings,
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}
@@ -310,7 +315,8 @@ class DenoiseProvenance(SimpleInterface):
             "SkullStripped": bool(carried.get("SkullStripped", False)),
             "Description": "Denoised with Auto-N2N (mixture of 3D residual CNN experts"
             + (", flip test-time augmentation" if self.inputs.tta else "")
-            + (", fused with RI-NLM" if self.inputs.fusion else "") + ").",
+            + (", fused with RI-NLM" if self.inputs.fusion else "")
+            + (", collaborative Wiener stage" if self.inputs.wiener else "") + ").",
             **result.provenance(),
             "ExpertSelection": experts["Selection"],
             "FineTuned": self.inputs.finetuned,

@@ -27,6 +27,9 @@ REFERENCES = """\
    2017. doi:10.1371/journal.pcbi.1005420
 5. Buades A., Coll B., Morel J.M. A review of image denoising algorithms, with a new one.
    Multiscale Modeling & Simulation 4(2):490-530, 2005. doi:10.1137/040616024
+6. Maggioni M., Katkovnik V., Egiazarian K., Foi A. Nonlocal transform-domain filter for
+   volumetric data denoising and reconstruction. IEEE Trans Image Process 22(1):119-133, 2013.
+   doi:10.1109/TIP.2012.2210725
 """
 
 
@@ -83,12 +86,21 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
                     "with a Rician noise model.")
     else:
         text.append("No RI-NLM fusion was applied (network output only).")
+    if s.get("wiener", False):
+        from ..denoise.wiener import BLOCK, GROUP_SIZE
+
+        text.append("The image was then re-estimated from the noisy data by a collaborative "
+                    "Wiener filter (the second step of BM4D [6]): blocks of "
+                    f"{BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by similarity in the fused "
+                    f"image ({GROUP_SIZE} per group), and each coefficient of their "
+                    "3D-DCT and group transform was scaled by the Wiener gain that the fused "
+                    "image, taken as pilot, gives it; block means were kept from the pilot.")
     if s["guard"]:
         text.append("Wherever the removed residual (input minus output) had a local RMS "
                     "(3x3x3 voxels) above 1.5 times the estimated noise standard deviation, it "
                     "was scaled down to that level and the rest given back to the image "
                     "(do-no-harm guard: what noise cannot explain is structure [5]), both for "
-                    "the network output before it guided RI-NLM and for the final image.")
+                    "the network output before it guided RI-NLM and after every later step.")
     text.append("Denoised images keep the voxel grid, affine and header of their source.")
     out = Path(output_dir) / "logs" / "CITATION.md"
     out.parent.mkdir(parents=True, exist_ok=True)

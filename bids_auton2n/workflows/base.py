@@ -89,6 +89,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             tta=settings.tta,
             fusion=settings.fusion,
             guard=settings.guard,
+            wiener=settings.wiener,
             noise_level=settings.noise_level,
             expert=settings.expert,
             blend=settings.blend,
@@ -133,6 +134,7 @@ def init_single_subject_wf(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -158,7 +160,8 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
+    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, write_noise_map,
+    omp_nthreads
         See :func:`init_anat_denoise_wf`.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
@@ -179,6 +182,7 @@ def init_single_subject_wf(
             tta=tta,
             fusion=fusion,
             guard=guard,
+            wiener=wiener,
             noise_level=noise_level,
             expert=expert,
             blend=blend,
@@ -229,6 +233,7 @@ def init_anat_denoise_wf(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -249,6 +254,8 @@ def init_anat_denoise_wf(
         Average the CNN output with RI-NLM guided by it.
     guard : bool
         Give back what was removed beyond what the noise explains (do-no-harm guard).
+    wiener : bool
+        Collaborative Wiener stage with the fused image as pilot.
     noise_level : float, optional
         Noise level (percent) to use instead of the estimate.
     expert : float, optional
@@ -310,9 +317,10 @@ def init_anat_denoise_wf(
         select.inputs.expert = expert
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
                   name="cnn_denoise", n_procs=omp_nthreads)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, omp_nthreads=omp_nthreads),
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads),
                    name="rinlm_fusion", n_procs=omp_nthreads)
-    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, finetuned=finetune),
+    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
+                                           finetuned=finetune),
                          name="provenance")
     before_after = pe.Node(
         SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
