@@ -1,7 +1,10 @@
 """``bids_auton2n-bench``: compare our denoiser with the tools users would pick instead.
 
-Full run (hours on a laptop CPU): ``python -m bids_auton2n.bench``; CI-sized smoke run:
-``python -m bids_auton2n.bench --quick``. See docs/benchmark.md.
+Full run (hours on a laptop CPU): ``bids_auton2n-bench``; CI-sized smoke run:
+``bids_auton2n-bench --quick``. See docs/benchmark.md.
+
+``bids_auton2n-bench STUDY [options]`` runs one of the studies behind the project's other
+figures (:data:`~bids_auton2n.bench.studies.STUDIES`; ``bids_auton2n-bench STUDY --help``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from . import report
 from .harness import (DEFAULT_DATA_DIR, FULL_LEVELS, QUICK_CROP, QUICK_LEVELS, QUICK_REAL_SCANS,
                       REAL_SCANS, BenchmarkConfig, run_benchmark)
 from .methods import METHODS
+from .studies import STUDIES, run_study
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -24,7 +28,9 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
+    studies = "\n".join(f"  {name:<26} {what}" for name, (_, what) in STUDIES.items())
     p = argparse.ArgumentParser(prog="bids_auton2n-bench", description=__doc__,
+                                epilog=f"studies (bids_auton2n-bench STUDY --help):\n{studies}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: crop {'x'.join(map(str, QUICK_CROP))}, levels {QUICK_LEVELS}, "
@@ -43,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STUDIES:
+        return run_study(argv[0], argv[1:])
     args = parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
     config = BenchmarkConfig(

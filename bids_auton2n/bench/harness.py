@@ -39,7 +39,9 @@ REAL_SCANS = {  # file in the data folder -> contrast
     "seg3D_MR.nii.gz": "T1w",
 }
 QUICK_REAL_SCANS = ("stroke_T1.nii.gz",)
-DEFAULT_DATA_DIR = Path("/work/shared/data")
+#: Folder of the project's real scans (``--data-dir``): ``$BIDS_AUTON2N_DATA_DIR``, else
+#: ``../shared/data`` from the current folder.
+DEFAULT_DATA_DIR = Path(os.environ.get("BIDS_AUTON2N_DATA_DIR", "../shared/data"))
 #: Manjón/Coupé demo convention: 8-bit range, PSNR over voxels whose truth exceeds this.
 MAX_CONVENTION_PEAK = 255.0
 MAX_CONVENTION_FLOOR = 10.0

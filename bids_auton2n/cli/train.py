@@ -2,13 +2,13 @@
 
 Curriculum (the shipped experts)::
 
-    bids_auton2n-train --data-dir /work/shared/data --out bids_auton2n/data/experts \\
+    bids_auton2n-train --data-dir ../shared/data --out bids_auton2n/data/experts \\
         --work-dir /tmp/auton2n-train --total-budget-min 40
 
 Single model trained on all levels (ablation of the mixture of experts; one
 weight file registered at the lowest level), for exactly N Adam steps::
 
-    bids_auton2n-train --single-model --data-dir /work/shared/data --out single_registry \
+    bids_auton2n-train --single-model --data-dir ../shared/data --out single_registry \
         --work-dir /tmp/single-work --max-steps 2724 --patience 1000 --total-budget-min 0
 
 Fine-tuning on a dataset's own scans (writes a registry directory for ``--registry``
