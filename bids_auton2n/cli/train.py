@@ -31,13 +31,14 @@ from pathlib import Path
 
 from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
 from ..denoise.inference import resolve_device
-from ..denoise.pipeline import CONTRASTS, InputImageError
+from ..denoise import CONTRASTS
 from ..train.curriculum import (
     CURRICULUM_BASE, FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune,
     load_volumes, train_curriculum, train_single_model,
 )
 from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
+from ..utils.io import InputImageError
 
 
 def build_parser() -> argparse.ArgumentParser:

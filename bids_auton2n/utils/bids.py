@@ -1,8 +1,7 @@
-"""Input collection and derivative-dataset bookkeeping for the BIDS-App.
+"""Input collection, BIDS file names and derivative-dataset bookkeeping for the BIDS-App.
 
-Exit codes follow the BIDS execution specification (Table 7 of
-https://github.com/bids-standard/execution-spec): BIDS-related codes 16-18 and the BSD
-``sysexits`` codes 64-74.
+File names are parsed by pybids (:func:`file_entities`), nowhere by hand. Exit codes come from
+:mod:`bids_auton2n.utils.exit_codes`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,16 @@ import os
 from pathlib import Path
 
 from .. import __url__, __version__
-
-EXIT_FAILURE = 1  # some image(s) failed; the others are written
-EXIT_INVALID_BIDS = 16  # the input dataset failed BIDS validation / is not a BIDS dataset
-EXIT_UNKNOWN_LEVEL = 17  # unknown analysis level
-EXIT_NOTHING_SELECTED = 18  # entity-based filtering options selected no files
-EXIT_USAGE = 64  # the command was used incorrectly
-EXIT_NOINPUT = 66  # the input data was missing or unreadable
-EXIT_CANTCREAT = 73  # an output file/directory cannot be created
+from ..denoise import CONTRASTS
+from .exit_codes import (  # noqa: F401 (EXIT_FAILURE, EXIT_CANTCREAT: used via this module)
+    EXIT_CANTCREAT,
+    EXIT_FAILURE,
+    EXIT_INVALID_BIDS,
+    EXIT_NOINPUT,
+    EXIT_NOTHING_SELECTED,
+    EXIT_UNKNOWN_LEVEL,
+    EXIT_USAGE,
+)
 
 #: Name of the raw dataset in ``DatasetLinks`` (so ``Sources`` read ``bids:raw:sub-...``).
 RAW_DATASET_LINK = "raw"
@@ -125,7 +126,7 @@ def collect_anatomicals(
     *,
     participant_label=(),
     session_label=(),
-    suffixes=("T1w", "T2w", "FLAIR", "PDw"),
+    suffixes=CONTRASTS,
     bids_filters=None,
 ) -> dict[str, list[str]]:
     """Anatomical images to denoise, by subject label.
@@ -190,6 +191,42 @@ def load_bids_filters(path: Path) -> dict:
             merged.update(value)
         return merged
     return filters
+
+
+def file_entities(path: str | Path) -> dict[str, str]:
+    """BIDS entities of a file's name (pybids' ``parse_file_entities``), as strings.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file; only its name is parsed (folders do not add entities).
+
+    Returns
+    -------
+    dict
+        Entity name (``subject``, ``session``, ``acquisition``, ``run``, ..., ``suffix``,
+        ``extension``) to its value as written in the name (``run-01`` gives ``"01"``).
+    """
+    from bids.layout import parse_file_entities
+
+    # pybids finds ``sub-`` after a folder separator only
+    entities = parse_file_entities("/" + Path(path).name)
+    return {key: str(value) for key, value in entities.items()}
+
+
+def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
+    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``."""
+    suffix = file_entities(path).get("suffix")
+    return suffix if suffix in CONTRASTS else default
+
+
+def derivative_path(source: str, bids_dir: Path, output_dir: Path, desc: str = "denoised") -> Path:
+    """Where the derivative of ``source`` lands (``desc`` is the last entity in BIDS)."""
+    relative = Path(source).absolute().relative_to(Path(bids_dir).absolute())
+    entities = file_entities(relative)
+    stem = relative.name[: -len(entities.get("extension", ""))]
+    prefix = stem[: -len(entities["suffix"])]
+    return Path(output_dir) / relative.parent / f"{prefix}desc-{desc}_{entities['suffix']}.nii.gz"
 
 
 def bids_uri(path: str | Path, bids_dir: str | Path) -> str:
