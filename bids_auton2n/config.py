@@ -115,7 +115,13 @@ def to_dict() -> dict:
 
 
 def to_filename(path: str | Path) -> Path:
-    """Write the settings to ``path`` (JSON) and return it."""
+    """Write the settings to ``path`` (JSON) and return it.
+
+    Parameters
+    ----------
+    path : str or Path
+        File to write (its folder is created).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_dict(), indent=2, default=str))
@@ -158,5 +164,13 @@ def from_dict(settings: dict, *, new_run: bool = True) -> None:
 
 
 def load(path: str | Path, *, new_run: bool = True) -> None:
-    """Read settings written by :func:`to_filename` back into the sections (see :func:`from_dict`)."""
+    """Read settings written by :func:`to_filename` back into the sections.
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file.
+    new_run : bool
+        See :func:`from_dict`.
+    """
     from_dict(json.loads(Path(path).read_text()), new_run=new_run)

@@ -37,12 +37,15 @@ def parser() -> argparse.ArgumentParser:
                         "T1w phantom and one real scan")
     p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<full|quick>)")
     p.add_argument("--methods", type=_csv, help=f"comma-separated subset of: {', '.join(METHODS)}")
-    p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)), help="noise levels in percent")
-    p.add_argument("--datasets", type=_csv, help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention)")
-    p.add_argument("--real-scans", type=_csv, help=f"files in --data-dir (default: {', '.join(REAL_SCANS)}); "
-                                                    "'none' for no real scans")
+    p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)),
+                   help="noise levels in percent")
+    p.add_argument("--datasets", type=_csv,
+                   help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention)")
+    p.add_argument("--real-scans", type=_csv,
+                   help=f"files in --data-dir (default: {', '.join(REAL_SCANS)}); 'none' for no real scans")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop every volume to this size")
+    p.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="crop every volume to this size")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per method process")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per method and volume")
     return p

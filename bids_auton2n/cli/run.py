@@ -131,7 +131,8 @@ def run_participant() -> int:
     _prepare_output(execution.output_dir)
 
     if execution.reports_only:
-        subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
+        subjects = sorted(p.name.removeprefix("sub-")
+                          for p in execution.output_dir.glob("sub-*") if p.is_dir())
         if execution.participant_label:
             subjects = [s for s in subjects if s in execution.participant_label]
         earlier = previous_runs(execution.output_dir)

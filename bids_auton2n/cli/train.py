@@ -39,6 +39,7 @@ from ..train.curriculum import (
 from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
 from ..utils.io import InputImageError
+from ..utils.threads import set_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--seed", type=int, default=0)
     net.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     net.add_argument("--threads", type=int,
-                     help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+                     help="CPU threads for torch and numba (default: theirs; 1 is faster on a busy "
+                          "machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
     command = shlex.join([parser.prog, *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        resolve_device(args.device, threads=args.threads)
+        resolve_device(args.device)
+        set_threads(args.threads)
     except ValueError as error:
         parser.error(str(error))
     config = TrainConfig(

@@ -238,6 +238,17 @@ def crop(phantom: Phantom, shape: tuple[int, int, int]) -> Phantom:
     """Crop a phantom to ``shape`` around the centre of its brain (for --quick runs and tests).
 
     The affine is shifted so the crop stays in the same world space.
+
+    Parameters
+    ----------
+    phantom : Phantom
+        The phantom to crop (:func:`icbm152_phantom`).
+    shape : tuple of int
+        Size of the crop; it must fit in the phantom.
+
+    Returns
+    -------
+    Phantom
     """
     full = phantom.clean.shape
     if any(s > f or s < 1 for s, f in zip(shape, full)):

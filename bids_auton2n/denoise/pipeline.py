@@ -190,7 +190,24 @@ def denoise_array(
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
                     percent: float) -> NoiseEstimate:
-    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`."""
+    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0 (:func:`~.intensity.sanitize`).
+    mask : ndarray of bool
+        Head mask (the reference tissue is measured in it).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    percent : float
+        Noise level, percent of the reference tissue's intensity (>= 0).
+
+    Returns
+    -------
+    NoiseEstimate
+        ``raw_std`` is NaN (nothing was measured).
+    """
     if not np.isfinite(percent) or percent < 0:
         raise ValueError(f"noise level must be a non-negative percentage, got {percent}")
     reference = reference_intensity(finite, mask, contrast)
@@ -206,7 +223,24 @@ def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
 
 def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | None = None,
                    blend: bool = False) -> list[ExpertChoice]:
-    """The user's expert if given (it must be in the registry), else the registry's choice."""
+    """The user's expert if given (it must be in the registry), else the registry's choice.
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+        Where the experts come from.
+    percent : float
+        Noise level (percent of the reference tissue) the registry selects for.
+    expert : float, optional
+        Level of the expert to use instead of the selection.
+    blend : bool
+        Blend the two experts bracketing ``percent`` instead of taking the nearest.
+
+    Returns
+    -------
+    list of ExpertChoice
+        Levels and weights (summing to 1).
+    """
     if expert is None:
         return registry.select(percent, blend=blend)
     registry.entry(expert)  # fails clearly for a level the registry does not have
@@ -214,19 +248,56 @@ def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | 
 
 
 def expert_selection(expert: float | None, blend: bool) -> str:
-    """How :func:`choose_experts` chose: ``"user"`` (``expert`` given), ``"blend"`` or ``"nearest"``."""
+    """How :func:`choose_experts` chose: ``"user"`` (``expert`` given), ``"blend"`` or ``"nearest"``.
+
+    Parameters
+    ----------
+    expert, blend
+        The arguments of :func:`choose_experts`.
+    """
     return "user" if expert is not None else "blend" if blend else "nearest"
 
 
 def expert_hashes(registry: ExpertRegistry, choices: list[ExpertChoice]) -> dict[str, str]:
-    """SHA-256 of the weights of each chosen expert, by level (``DenoiseResult.weights_sha256``)."""
+    """SHA-256 of the weights of each chosen expert, by level (``DenoiseResult.weights_sha256``).
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+    choices : list of ExpertChoice
+    """
     return {_level_key(c.level): registry.sha256(c.level) for c in choices}
 
 
 def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
                 registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
                 progress: bool = False) -> np.ndarray:
-    """CNN mixture of experts in network units (reference tissue = 1), back in image units."""
+    """CNN mixture of experts in network units (reference tissue = 1), back in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        Experts and their weights.
+    registry : ExpertRegistry
+        Where their weights come from.
+    tta : bool
+        Average the identity and the three axis flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (the networks run on its bounding box).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray, float32
+        The mixture's output in image units.
+    """
     device = resolve_device(device)
     models = [(registry.load(c.level, device), c.weight) for c in choices]
     normalizer = IntensityNormalizer(noise.reference_intensity)
@@ -270,7 +341,17 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bo
 
 def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
                       nonfinite: np.ndarray) -> np.ndarray:
-    """float32 output with the input's NaN/Inf voxels put back where they were."""
+    """float32 output with the input's NaN/Inf voxels put back where they were.
+
+    Parameters
+    ----------
+    denoised : ndarray
+        Output of the pipeline.
+    original : ndarray
+        The input (its values are taken where ``nonfinite``).
+    nonfinite : ndarray of bool
+        Where the input was NaN or infinite (:func:`~.intensity.sanitize`).
+    """
     denoised = np.array(denoised, dtype=np.float32)
     denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
     return denoised
@@ -278,7 +359,25 @@ def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
                          timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
-    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
+    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of the percentage.
+    mask : ndarray of bool
+        Head mask.
+    timings : dict, optional
+        Receives the seconds of the stages ``"pairs"`` and ``"estimate"``.
+    progress : bool
+        Log each stage.
+
+    Returns
+    -------
+    NoiseEstimate
+    """
     timings = {} if timings is None else timings
     with _stage("pairs", timings, progress):
         pair = noise_pair(finite, mask=mask)

@@ -121,7 +121,7 @@ def previous_runs(output_dir: Path) -> dict[str, tuple[str, list[str]]]:
         run_uuid = max(r["run_uuid"] for r in (failed or records))
         runs[subject] = (run_uuid, sorted(Path(r["source"]).name for r in failed))
     for log_dir in Path(output_dir).glob("sub-*/log"):
-        subject = log_dir.parent.name[4:]
+        subject = log_dir.parent.name.removeprefix("sub-")
         crash_dirs = sorted(d.name for d in log_dir.iterdir() if d.is_dir())
         if subject not in runs and crash_dirs:
             runs[subject] = (crash_dirs[-1], [])

@@ -174,7 +174,8 @@ def fit(table: dict, loss: str = "linear", f_scale: float = 1.0) -> dict:
         "rmse_percent": float(np.sqrt(np.mean(error**2))),
         "max_abs_error_percent": float(np.max(np.abs(error))),
         "residual_sigma0_percent": {
-            names[int(k)]: float(100 * sigma0[i] / reference[table["scan"] == k][0]) for i, k in enumerate(scans)
+            names[int(k)]: float(100 * sigma0[i] / reference[table["scan"] == k][0])
+            for i, k in enumerate(scans)
         },
         "rmse_percent_per_scan": {
             names[int(k)]: float(np.sqrt(np.mean(error[table["scan"] == k] ** 2))) for k in scans

@@ -26,9 +26,23 @@ class InputImageError(ValueError):
 def load_volume(path: str | Path) -> nib.Nifti1Image:
     """Load a 3D NIfTI image, refusing what cannot be denoised.
 
-    A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
-    (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
-    multi-volume 4D image, and an image with no finite or no non-zero voxel.
+    A 4D image with a single volume is accepted as 3D.
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI-1 or NIfTI-2 file.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The image (its data not read into memory beyond the checks).
+
+    Raises
+    ------
+    InputImageError
+        The message names the file: a missing or unreadable file, a non-NIfTI file, a 2D or
+        multi-volume 4D image, an image with no finite or no non-zero voxel.
     """
     path = Path(path)
     if not path.exists():
@@ -63,7 +77,17 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
 
 
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms)."""
+    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms).
+
+    Parameters
+    ----------
+    data : ndarray
+        Image of the reference's shape, in image units.
+    reference : nibabel.Nifti1Image
+        The image whose header and affine the output keeps (scaling set to 1, 0).
+    out_file : str or Path
+        File to write.
+    """
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
     out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
@@ -74,14 +98,28 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path
 
 
 def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32."""
+    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32.
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI file.
+    """
     img = load_volume(path)
     return img, np.asarray(img.get_fdata(dtype=np.float32))
 
 
 def read_inputs(in_file: str | Path, mask_file: str | Path | None = None
                 ) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray | None]:
-    """The image (:func:`read_volume`) and its mask file, if any, as a boolean array."""
+    """The image (:func:`read_volume`) and its mask file, if any, as a boolean array.
+
+    Parameters
+    ----------
+    in_file : str or Path
+        The image.
+    mask_file : str or Path, optional
+        A mask of the same shape (voxels > 0 are in it).
+    """
     img, data = read_volume(in_file)
     mask = None
     if mask_file is not None:
@@ -95,7 +133,21 @@ def read_inputs(in_file: str | Path, mask_file: str | Path | None = None
 
 def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,
                         mask_file: str | Path | None = None) -> NoiseEstimate:
-    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`)."""
+    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`).
+
+    Parameters
+    ----------
+    in_file : str or Path
+        The image.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}, optional
+        Default: the file's BIDS suffix, else T1w.
+    mask_file : str or Path, optional
+        Head mask (default: estimated).
+
+    Returns
+    -------
+    NoiseEstimate
+    """
     _, data, mask = read_inputs(in_file, mask_file)
     finite, _ = sanitize(data)
     if mask is None:
@@ -115,8 +167,24 @@ def denoise_file(
 ) -> DenoiseResult:
     """Denoise a NIfTI file and write the result (and optionally input − output).
 
-    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none); the other
-    keyword arguments are those of :func:`denoise_array`.
+    Parameters
+    ----------
+    in_file : str or Path
+        The noisy image (checked by :func:`load_volume`).
+    out_file : str or Path
+        Denoised image to write (float32, the input's header and affine).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}, optional
+        Default: the file's BIDS suffix, else T1w.
+    mask_file : str or Path, optional
+        Head mask (default: estimated).
+    noise_map : str or Path, optional
+        Also write the residual, input − output (0 at non-finite voxels).
+    **kwargs
+        The options of :func:`~bids_auton2n.denoise.pipeline.denoise_array`.
+
+    Returns
+    -------
+    DenoiseResult
     """
     img, data, mask = read_inputs(in_file, mask_file)
     result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),

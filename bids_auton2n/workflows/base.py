@@ -151,6 +151,11 @@ def image_workflow_name(path: str) -> str:
     """Nipype-safe, unique-per-subject name of the workflow of one image.
 
     The file name without its extension and ``sub-<label>_``, e.g. ``anat_ses_1_T1w_wf``.
+
+    Parameters
+    ----------
+    path : str
+        The image.
     """
     entities = file_entities(path)
     name = Path(path).name

@@ -62,7 +62,21 @@ def init_group_wf(*, images: list[dict], work_dir: str, name: str = "auton2n_gro
 
 def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                     participant_label=(), plugin=None) -> tuple[Path, Path, int]:
-    """Compute the group table and report; returns (tsv, html, number of failed images)."""
+    """Compute the group table and report; returns (tsv, html, number of failed images).
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Raw dataset root.
+    output_dir : Path
+        Derivatives root of the participant level (its status logs list the images).
+    work_dir : Path
+        Nipype's working folder (the IQM nodes run under ``group/``).
+    participant_label : sequence of str
+        Participants to include; empty: all.
+    plugin : dict, optional
+        Nipype plugin name and arguments (:meth:`~bids_auton2n.config.NipypeSettings.get_plugin`).
+    """
     import pandas as pd
 
     from ..reports.core import read_status

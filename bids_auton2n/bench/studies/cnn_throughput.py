@@ -177,7 +177,8 @@ def main(argv: list[str]) -> int:
         print(f"torch.compile first call (compile + run): {time.perf_counter() - start:.1f} s")
         variants["fp32 torch.compile"] = forward_variant(compiled, noisy)
 
-    header = "| variant | s / forward | GFLOP/s | % theor. peak | % mm peak | PSNR vs clean (dB) | dPSNR vs fp32 (dB) | PSNR vs fp32 output (dB) | keep |"
+    header = ("| variant | s / forward | GFLOP/s | % theor. peak | % mm peak | PSNR vs clean (dB) "
+              "| dPSNR vs fp32 (dB) | PSNR vs fp32 output (dB) | keep |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, run in variants.items():

@@ -8,12 +8,12 @@ RI-NLM fusion, do-no-harm guard) on
   synthetic head, piecewise constant with a 0.6-voxel partial-volume blur; PSNR over the
   object (peak = its maximum) and the gradient ratio on its tissue boundaries, at 0 % too;
 * real scans made near-clean as for the noise calibration
-  (:func:`~bids_auton2n.train.noise_calibration.denoised_base`: two RI-NLM passes with a smooth guide, not a CNN, so
-  no candidate is favoured by its own output), then Rician noise added; PSNR over the head
-  mask, peak = the reference-tissue intensity.  The bases keep some residual noise and
-  are smoother than the anatomy, so absolute values are biased; the comparison between
-  registries is what counts.  All candidates trained on these scans (outside the
-  validation slab), so this is in-sample for all of them alike.
+  (:func:`~bids_auton2n.train.noise_calibration.denoised_base`: two RI-NLM passes with a smooth
+  guide, not a CNN, so no candidate is favoured by its own output), then Rician noise added;
+  PSNR over the head mask, peak = the reference-tissue intensity.  The bases keep some residual
+  noise and are smoother than the anatomy, so absolute values are biased; the comparison between
+  registries is what counts.  All candidates trained on these scans (outside the validation
+  slab), so this is in-sample for all of them alike.
 
 Usage::
 

@@ -82,7 +82,8 @@ def finetune_case(case, work: Path, args, command: str) -> ExpertRegistry:
     out = finetune([noisy_file(case, work)], start_level=args.start_level, out_dir=work / "registry",
                    time_budget_s=None, max_epochs=args.epochs, seed=args.seed,
                    work_dir=work / "train", add_noise_to_level=args.add_noise_to_level,
-                   exclude_centre=args.exclude_centre, base=args.base, config=config, command=command, progress=False)
+                   exclude_centre=args.exclude_centre, base=args.base, config=config, command=command,
+                   progress=False)
     return ExpertRegistry(out)
 
 
@@ -147,8 +148,8 @@ def tables(results: dict) -> list[str]:
             f"`NUMBA_NUM_THREADS=1 {_first_command(rows)}`",
             "",
             "| noise | noisy | start expert | fine-tuning: steps, kept epoch, val N2N loss start → best "
-            "| corr(pair noise, input noise): paper / Noise2Sim pair | CNN: shipped | CNN: fine-tuned | Δ | full: shipped "
-            "| full: fine-tuned | Δ |",
+            "| corr(pair noise, input noise): paper / Noise2Sim pair | CNN: shipped | CNN: fine-tuned "
+            "| Δ | full: shipped | full: fine-tuned | Δ |",
             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in sorted(rows["levels"], key=float):
@@ -238,7 +239,8 @@ def main(argv: list[str]) -> int:
         store.write_text(json.dumps(results, indent=2) + "\n")
 
     runs = "; ".join(
-        f"`{name}`: " + ", ".join(f"{stage} rows at `{run['revision']}` (load {run['load_average_1min_at_start']})"
+        f"`{name}`: " + ", ".join(f"{stage} rows at `{run['revision']}` "
+                                  f"(load {run['load_average_1min_at_start']})"
                                   for stage, run in rows.get("runs", {}).items())
         for name, rows in results["variants"].items())
     lines = [

@@ -1,8 +1,8 @@
 """Choose the do-no-harm guard's threshold on a validation object that is not the benchmark.
 
 The object is the demo's synthetic head (nested ellipsoids: scalp, skull, CSF, folded GM,
-WM, ventricles; :func:`~bids_auton2n.denoise.phantom.synthetic_head`) at 144x176x144, with a 0.6-voxel Gaussian for
-partial volume: sharp, high-contrast boundaries, the case where a denoiser removes
+WM, ventricles; :func:`~bids_auton2n.denoise.phantom.synthetic_head`) at 144x176x144, with a
+0.6-voxel Gaussian for partial volume: sharp, high-contrast boundaries, the case where a denoiser removes
 structure.  No template or atlas is involved, so the ICBM152 benchmark stays untouched.
 For each Rician noise level the default pipeline runs once with and once without RI-NLM
 fusion, with the guard off; the guard is then applied to its output at several thresholds

@@ -1,11 +1,11 @@
 """Which flat-voxel fraction and smoothing the noise statistic should use, judged on real scans.
 
 For every (FLATTEST_FRACTION, FLATNESS_SMOOTHING) variant the calibration of
-``bids_auton2n-calibrate-noise`` (:mod:`bids_auton2n.train.noise_calibration`) is refitted on the real scans (same bases, levels and seeds,
-loss chosen by the same leave-one-scan-out rule) and its fit and cross-validation errors
-reported; the error of that calibrated variant on the ICBM152 T1w phantom
-(Rician 1-9 %, benchmark material: measured, never used to choose) is printed beside it.
-The pair of each noisy volume is computed once for all variants.  Output:
+``bids_auton2n-calibrate-noise`` (:mod:`bids_auton2n.train.noise_calibration`) is refitted on
+the real scans (same bases, levels and seeds, loss chosen by the same leave-one-scan-out rule)
+and its fit and cross-validation errors reported; the error of that calibrated variant on the
+ICBM152 T1w phantom (Rician 1-9 %, benchmark material: measured, never used to choose) is
+printed beside it. The pair of each noisy volume is computed once for all variants.  Output:
 ``benchmarks/results/noise_estimator_variants.md``.
 
 Usage::
