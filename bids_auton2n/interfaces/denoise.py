@@ -4,21 +4,18 @@ The BIDS-App composes the denoising from these nodes in the order of
 :func:`~bids_auton2n.denoise.pipeline.denoise_array`, and every node calls the function that
 ``denoise_array`` calls for its step:
 
-=====================  ================================================================
-node                   step
-=====================  ================================================================
-:class:`EstimateNoise`  reads, checks and sanitises the image (the only node that does),
-                        head mask, ``estimate_array_noise`` or ``noise_for_level``
-:class:`SelectExperts`  ``choose_experts``
-:class:`CNNDenoise`     ``run_experts``
-:class:`FuseRINLM`      ``final_image`` and ``restore_nonfinite``
-:class:`DenoiseProvenance`  ``DenoiseResult.provenance`` (the sidecar)
-=====================  ================================================================
+* :class:`EstimateNoise` reads, checks and sanitises the image (the only node that does), makes
+  the head mask, then ``estimate_array_noise`` or ``noise_for_level``;
+* :class:`SelectExperts`: ``choose_experts``;
+* :class:`CNNDenoise`: ``run_experts``;
+* :class:`FuseRINLM`: ``final_image`` and ``restore_nonfinite``;
+* :class:`DenoiseProvenance`: ``DenoiseResult.provenance`` (the sidecar).
 
 Files travel between the nodes (the sanitised float32 image, its head mask, the CNN output)
-with small records (the noise estimate and the chosen experts, as dicts); nothing is read back
-from JSON. ``tests/test_workflow_equivalence.py`` checks that the workflow's image and sidecar
-equal those of :func:`~bids_auton2n.utils.io.denoise_file`, byte for byte, for every option.
+with small records (the noise estimate and the chosen experts, as dicts); no node reads
+another's state back from JSON. ``tests/test_workflow_equivalence.py`` checks that the
+workflow's image and sidecar equal those of :func:`~bids_auton2n.utils.io.denoise_file`, byte
+for byte, for every option.
 """
 
 from __future__ import annotations
