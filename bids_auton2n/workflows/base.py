@@ -264,39 +264,20 @@ def init_single_subject_wf(
     return workflow
 
 
-def init_anat_denoise_wf(
-    *,
-    contrast: str,
-    tta: bool = True,
-    fusion: bool = True,
-    guard: bool = True,
-    noise_level: float | None = None,
-    expert: float | None = None,
-    blend: bool = False,
-    device: str = "auto",
-    finetune: bool = False,
-    omp_nthreads: int = 1,
-    name: str = "anat_denoise_wf",
-):
+def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
     """Denoise one anatomical image and make its reportlets.
 
     Parameters
     ----------
-    contrast, tta, fusion, guard, noise_level, expert, blend, device, finetune, omp_nthreads
-        See :func:`init_denoise_wf`.
     name : str
         Workflow name.
+    **denoise_options
+        The options of :func:`init_denoise_wf` (``contrast``, ``tta``, ``fusion``, ...).
 
     Inputs
     ------
-    in_file
-        Raw anatomical image.
-    bids_dir
-        Root of the raw dataset (``Sources`` of the sidecar are BIDS URIs relative to it).
-    source_metadata
-        Sidecar metadata of ``in_file`` (carried into the derivative's sidecar).
-    experts_dir
-        Expert registry directory (left undefined: shipped experts).
+    in_file, bids_dir, source_metadata, experts_dir
+        Those of :func:`init_denoise_wf`.
 
     Outputs
     -------
@@ -319,9 +300,7 @@ def init_anat_denoise_wf(
                                       "summary_report"]),
         name="outputnode",
     )
-    denoise_wf = init_denoise_wf(
-        contrast=contrast, tta=tta, fusion=fusion, guard=guard, noise_level=noise_level,
-        expert=expert, blend=blend, device=device, finetune=finetune, omp_nthreads=omp_nthreads)
+    denoise_wf = init_denoise_wf(**denoise_options)
     before_after = pe.Node(
         SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
                              dismiss_affine=False, generate_report=True),
