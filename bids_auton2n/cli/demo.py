@@ -1,8 +1,8 @@
 """``bids_auton2n-demo``: generate a tiny BIDS dataset, run participant + group, show reports.
 
-The dataset is synthetic (nested ellipsoids with CSF/GM/WM-like intensities, folded
-"cortex", Rician noise of a known level); it exists to show what the app writes, not to
-judge denoising quality.
+The dataset is synthetic (:func:`~bids_auton2n.denoise.phantom.synthetic_head`: nested
+ellipsoids with CSF/GM/WM-like intensities, folded "cortex"; Rician noise of a known level);
+it exists to show what the app writes, not to judge denoising quality.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from ..denoise.phantom import SYNTHETIC_HEAD_INTENSITY, synthetic_head
+
 #: (subject, session, run, suffix, noise percent) of the demo images.
 DEMO_IMAGES = (
     ("01", "1", "1", "T1w", 3.0),
@@ -23,27 +25,6 @@ DEMO_IMAGES = (
     ("02", "1", None, "T1w", 7.0),
     ("02", "2", None, "T2w", 5.0),
 )
-
-#: Mean intensity of background, scalp, skull, CSF, GM, WM by contrast (arbitrary units).
-_INTENSITIES = {
-    "T1w": (0.0, 70.0, 10.0, 30.0, 65.0, 100.0),
-    "T2w": (0.0, 60.0, 10.0, 100.0, 60.0, 40.0),
-}
-
-
-def _phantom(shape, contrast: str, rng: np.random.Generator) -> np.ndarray:
-    """Clean head-like volume: scalp, skull, CSF, folded GM ribbon, WM."""
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    radius = np.sqrt(sum((g / s) ** 2 for g, s in zip(grid, (0.9, 0.95, 0.85))))
-    angle = np.arctan2(grid[1], grid[0])
-    folds = 0.04 * np.sin(8 * angle + rng.uniform(0, np.pi)) * np.cos(6 * grid[2])
-    labels = np.zeros(shape, dtype=np.int8)
-    for label, outer in ((1, 1.0), (2, 0.92), (3, 0.85), (4, 0.80 + folds), (5, 0.58 + folds)):
-        labels[radius <= outer] = label
-    ventricles = np.sqrt((grid[0] / 0.12) ** 2 + (grid[1] / 0.3) ** 2 + (grid[2] / 0.2) ** 2)
-    labels[ventricles <= 1] = 3
-    values = np.asarray(_INTENSITIES[contrast], dtype=np.float32)
-    return values[labels]
 
 
 def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGES,
@@ -75,8 +56,8 @@ def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGE
     affine = np.diag([1.2, 1.2, 1.2, 1.0])
     affine[:3, 3] = -0.6 * np.asarray(shape)
     for subject, session, run, suffix, percent in images:
-        clean = _phantom(shape, suffix, rng)
-        reference = max(_INTENSITIES[suffix][3:])  # WM for T1w, CSF for T2w
+        clean = synthetic_head(shape, suffix, rng)
+        reference = max(SYNTHETIC_HEAD_INTENSITY[suffix][3:])  # WM for T1w, CSF for T2w
         sigma = percent / 100.0 * reference
         noisy = np.sqrt((clean + rng.normal(0, sigma, shape)) ** 2
                         + rng.normal(0, sigma, shape) ** 2)

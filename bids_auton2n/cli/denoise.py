@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-
-#: BSD sysexits codes, as the BIDS execution specification uses them.
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT = 64, 65, 66, 70, 73
+from ..denoise import CONTRASTS
+from ..utils.exit_codes import (
+    EXIT_CANTCREAT as EX_CANTCREAT,
+    EXIT_DATAERR as EX_DATAERR,
+    EXIT_NOINPUT as EX_NOINPUT,
+    EXIT_SOFTWARE as EX_SOFTWARE,
+    EXIT_USAGE as EX_USAGE,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("in_file", type=Path, help="noisy 3D NIfTI image")
     parser.add_argument("out_file", type=Path, nargs="?",
                         help="denoised image to write (not needed with --estimate-only)")
-    parser.add_argument("--contrast", choices=("T1w", "T2w", "FLAIR", "PDw"),
+    parser.add_argument("--contrast", choices=CONTRASTS,
                         help="image contrast (default: the file's BIDS suffix, else T1w); "
                              "sets the reference tissue of the noise percentage")
     parser.add_argument("--noise-level", type=float, metavar="PCT",
@@ -69,16 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-    import torch
-
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
 def _fail(message: str, code: int) -> int:
     print(f"bids_auton2n-denoise: error: {message}", file=sys.stderr)
     return code
@@ -103,13 +98,14 @@ def run(argv: list[str] | None = None) -> int:
         parser.error("OUT is required unless --estimate-only is given")
     logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    _set_threads(opts.threads)
+    from ..utils.threads import set_threads
+
+    set_threads(opts.threads)
 
     # Imported late so --help and argument errors stay fast.
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
-    from ..denoise.pipeline import (
-        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
-    )
+    from ..utils.bids import contrast_from_filename
+    from ..utils.io import InputImageError, denoise_file, estimate_file_noise
 
     for target in (opts.out_file, opts.sidecar, opts.noise_map):
         problem = _unwritable(target)

@@ -56,6 +56,7 @@ class DenoiseSummary(SimpleInterface):
             for key, value in items
         )
         out_report = Path(runtime.cwd) / "summary.html"
-        out_report.write_text(f'<h3 class="elem-title">Denoising summary</h3>\n\t<ul class="elem-desc">\n{rows}\n\t</ul>\n')
+        out_report.write_text('<h3 class="elem-title">Denoising summary</h3>\n'
+                              f'\t<ul class="elem-desc">\n{rows}\n\t</ul>\n')
         self._results["out_report"] = str(out_report)
         return runtime

@@ -37,7 +37,7 @@ import torch
 
 from .. import __version__
 from ..denoise.experts import ExpertRegistry, write_manifest_entry
-from ..denoise.pipeline import contrast_from_filename
+from ..utils.bids import contrast_from_filename
 from .data import (
     BASES, MultiLevelSampler, PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume,
 )
