@@ -121,7 +121,7 @@ def test_deterministic_across_thread_counts(noisy_and_pilot):
     ({"sigma": -1.0}, "sigma"),
     ({"block": 0}, "block"),
     ({"group_size": 30, "search_radius": 1}, "fewer than"),
-    ({"x": np.zeros((8, 8, 3))}, "smaller than"),
+    ({"x": np.zeros((8, 8, 3)), "pilot": np.zeros((8, 8, 3))}, "smaller than"),
 ])
 def test_bad_input(kwargs, message):
     arguments = {"x": np.zeros((8, 8, 8)), "pilot": np.zeros((8, 8, 8)), "sigma": 1.0, **kwargs}
