@@ -111,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     g_den.add_argument("--device", default="auto",
                        help="torch device: auto (CUDA if available), cpu, cuda or cuda:N")
     g_den.add_argument("--no-tta", dest="tta", action="store_false",
-                       help="skip the flip test-time augmentation (4x faster CNN stage)")
+                       help="skip the flip test-time augmentation (2x faster CNN stage)")
     g_den.add_argument("--no-fusion", dest="fusion", action="store_false",
                        help="skip the RI-NLM fusion (output the CNN mixture only)")
     g_den.add_argument("--no-wiener", dest="wiener", action="store_false",

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     budget.add_argument("--max-steps", type=int,
                         help="Adam-step limit per model (the last epoch is cut short there)")
+    budget.add_argument("--total-steps", type=int,
+                        help="Adam steps of the whole curriculum, shared out between the levels "
+                             "as the time is (the same run on every machine)")
     budget.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     budget.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without a lower validation loss before stopping")
@@ -185,6 +188,7 @@ def main(argv=None) -> int:
                 volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
                 total_budget_s=total_budget_s,
                 expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
+                total_steps=args.total_steps,
                 base_config=config, exclude_centre=args.exclude_centre,
                 max_noise_ratio=args.max_noise_ratio or None, command=command,
                 progress=not args.no_progress,

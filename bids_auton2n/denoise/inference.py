@@ -37,9 +37,12 @@ DEFAULT_ROI_SIZE = (160, 160, 160)
 #: of the head is not at the crop border, where the network would see
 #: replicated voxels instead of the real background.
 DEFAULT_MARGIN = 8
-#: Flip test-time augmentation: the identity and the three single-axis flips (paper 2.5), as
-#: tensor dimensions flipped per pass.
-TTA_FLIPS = ((), (2,), (3,), (4,))
+#: Flip test-time augmentation, as the tensor dimensions each pass flips: the identity and the
+#: flip of all three axes at once.  The paper averages the identity and the three single-axis
+#: flips (section 2.5); on the held-out real scan (philips_ADNI_MPRAGE_T1w, 96x128x112 crop,
+#: Rician 3-9 %) these two passes gave the full pipeline's PSNR to within 0.005-0.022 dB of the
+#: four, at half the CNN's cost (benchmarks/results/final_stage_selection.md).
+TTA_FLIPS = ((), (2, 3, 4))
 #: Numerical precisions accepted by :func:`cnn_denoise` (see docs/cnn-performance.md).
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -155,7 +158,7 @@ def cnn_denoise(
 
     ``output = sum_i w_i * mean_t T_t^-1(f_i(T_t(x))) / sum_i w_i`` over experts
     ``(f_i, w_i)`` and transforms ``T_t`` (identity and, with ``tta``, flips
-    along each of the 3 axes: 4 passes per expert), each pass run tile by tile
+    of :data:`TTA_FLIPS`), each pass run tile by tile
     by :func:`monai.inferers.sliding_window_inference` with Gaussian blending.
 
     Parameters
@@ -167,7 +170,7 @@ def cnn_denoise(
         Models (e.g. from :meth:`ExpertRegistry.load`) and non-negative blending
         weights (normalised to sum 1).  Models are moved to ``device``.
     tta : bool
-        Average the identity pass with the 3 single-axis flips (paper 2.5).
+        Average the passes of :data:`TTA_FLIPS` (the identity and the flip of all axes).
     device : str or torch.device
         See :func:`resolve_device`.
     roi_size : sequence of 3 int, optional

@@ -172,6 +172,7 @@ def train_curriculum(
     levels=LEVELS,
     total_budget_s: float | None = None,
     expert_budget_s: float | None = None,
+    total_steps: int | None = None,
     base_config: TrainConfig | None = None,
     exclude_centre: bool = False,
     max_noise_ratio: float | None = MAX_NOISE_RATIO,
@@ -196,6 +197,11 @@ def train_curriculum(
         time an early-stopped level leaves unused goes to the next ones.
     expert_budget_s : float, optional
         Upper limit per level.
+    total_steps : int, optional
+        Adam steps of the whole curriculum, shared out like the time: each level gets the
+        steps still left times its share over the remaining shares (a level that stops
+        early hands its unused steps on).  Unlike a time budget it makes the run the same
+        on every machine.
     base_config : TrainConfig, optional
         Settings other than ``level`` and ``time_budget_s``.
     exclude_centre : bool
@@ -219,12 +225,18 @@ def train_curriculum(
     results: list[TrainResult] = []
     spent = 0.0
     previous = None
+    steps_spent = 0
     for index, level in enumerate(levels):
         budget = expert_budget_s
         if total_budget_s is not None:
             fair = max(total_budget_s - spent, 0.0) * shares[index] / sum(shares[index:])
             budget = fair if budget is None else min(budget, fair)
-        config = replace(base, level=level, time_budget_s=budget)
+        max_steps = base.max_steps
+        if total_steps is not None:
+            fair_steps = max(round((total_steps - steps_spent) * shares[index]
+                                   / sum(shares[index:])), 1)
+            max_steps = fair_steps if max_steps is None else min(max_steps, fair_steps)
+        config = replace(base, level=level, time_budget_s=budget, max_steps=max_steps)
         used = eligible_volumes(volumes, level, max_noise_ratio)
         LOGGER.info("expert %g%%: budget %s s, initialised from %s, scans %s", level,
                     "none" if budget is None else f"{budget:.0f}",
@@ -236,6 +248,7 @@ def train_curriculum(
             checkpoint=work_dir / f"expert_{level:g}.ckpt", progress=progress,
         )
         spent += result.train_seconds
+        steps_spent += result.steps
         write_manifest_entry(out_dir, level, result.state_dict, _provenance(
             used, config, result, command=command, exclude_centre=exclude_centre,
             initialised_from=None if previous is None else previous.level,

@@ -488,7 +488,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                     "on the images of this dataset (Auto-N2N synthetic pairs).")
     text.append(
         "The network was applied in sliding windows"
-        + (", averaging its outputs over the identity and the three single-axis flips "
+        + (", averaging its outputs over the identity and the flip of all three axes "
            "(test-time augmentation)" if tta else ", without test-time augmentation")
         + "."
     )
