@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -159,7 +158,8 @@ def cnn_denoise(
     ``output = sum_i w_i * mean_t T_t^-1(f_i(T_t(x))) / sum_i w_i`` over experts
     ``(f_i, w_i)`` and transforms ``T_t`` (identity and, with ``tta``, flips
     of :data:`TTA_FLIPS`), each pass run tile by tile
-    by :func:`monai.inferers.sliding_window_inference` with Gaussian blending.
+    by :func:`monai.inferers.sliding_window_inference` with Gaussian blending (a crop that
+    fits one tile is a single forward pass).
 
     Parameters
     ----------
@@ -239,8 +239,20 @@ def cnn_denoise(
     passes = [(model, weight, flip) for (model, _), weight in zip(experts, weights) for flip in flips]
 
     layout = memory_format(torch_device)
+    single_tile = tuple(tile) == crop.shape
+    if single_tile:
+        def predict(volume, model):
+            return model(volume)
+    else:
+        # MONAI is imported only here: importing it loads all its submodules (seconds of a
+        # command's start), and a crop that fits one tile needs no sliding window.
+        from monai.inferers import sliding_window_inference
+
+        def predict(volume, model):
+            return sliding_window_inference(
+                volume, roi_size=tile, sw_batch_size=sw_batch_size, predictor=model,
+                overlap=overlap, roi_weight_map=gaussian_weight_map(tile, torch_device))
     with torch.inference_mode():
-        blending = gaussian_weight_map(tile, torch_device)
         inputs = torch.from_numpy(crop)[None, None].to(torch_device)
         accumulated = torch.zeros_like(inputs)
         for model, weight, flip in tqdm(passes, desc="CNN passes", disable=not progress):
@@ -248,14 +260,7 @@ def cnn_denoise(
             model.to(torch_device, memory_format=layout).eval()
             flipped = torch.flip(inputs, flip) if flip else inputs
             with _autocast(torch_device, precision):
-                prediction = sliding_window_inference(
-                    flipped,
-                    roi_size=tile,
-                    sw_batch_size=sw_batch_size,
-                    predictor=model,
-                    overlap=overlap,
-                    roi_weight_map=blending,
-                )
+                prediction = predict(flipped, model)
             prediction = prediction.float()
             if flip:
                 prediction = torch.flip(prediction, flip)
