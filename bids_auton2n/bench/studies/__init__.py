@@ -24,6 +24,8 @@ STUDIES = {
     "compare-registries": ("compare_registries",
                            "expert registries on validation objects that are not the benchmark"),
     "guard-validation": ("guard_validation", "threshold of the do-no-harm guard"),
+    "final-stage": ("final_stage",
+                    "Wiener stage, its settings and TTA passes on validation objects"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
 }
