@@ -2,9 +2,17 @@
 
 import numpy as np
 import pytest
-from scipy.fft import dct, dctn, idct, idctn
+from scipy.fft import dctn, idctn
 
 from bids_auton2n.denoise.wiener import collaborative_wiener, dct_matrix, reference_positions
+
+
+def haar_matrix(size):
+    """Orthonormal Haar basis of ``size`` (a power of two) as rows: scaling, then details."""
+    matrix = np.ones((1, 1))
+    while matrix.shape[0] < size:
+        matrix = np.vstack([np.kron(matrix, [1, 1]), np.kron(np.eye(matrix.shape[0]), [1, -1])])
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
 def reference_wiener(x, pilot, sigma, block, group, radius, step, keep_mean, mask=None):
@@ -37,10 +45,11 @@ def reference_wiener(x, pilot, sigma, block, group, radius, step, keep_mean, mas
                           for c in corners_g]
                 noisy = np.stack([dctn(x[b], norm="ortho") for b in blocks])
                 guide = np.stack([dctn(pilot[b], norm="ortho") for b in blocks])
-                noisy4 = dct(noisy, axis=0, norm="ortho")
-                guide4 = dct(guide, axis=0, norm="ortho")
+                haar = haar_matrix(group)
+                noisy4 = np.tensordot(haar, noisy, axes=1)
+                guide4 = np.tensordot(haar, guide, axes=1)
                 gain = guide4**2 / (guide4**2 + sigma2)
-                estimate = idct(gain * noisy4, axis=0, norm="ortho")
+                estimate = np.tensordot(haar.T, gain * noisy4, axes=1)
                 if keep_mean:
                     estimate[:, 0, 0, 0] = guide[:, 0, 0, 0]
                 weight = 1.0 / (sigma2 * max(np.sum(gain**2), 1.0))
@@ -120,7 +129,8 @@ def test_deterministic_across_thread_counts(noisy_and_pilot):
     ({"pilot": np.zeros((8, 8, 7))}, "pilot shape"),
     ({"sigma": -1.0}, "sigma"),
     ({"block": 0}, "block"),
-    ({"group_size": 30, "search_radius": 1}, "fewer than"),
+    ({"group_size": 32, "search_radius": 1}, "fewer than"),
+    ({"group_size": 6}, "power of two"),
     ({"x": np.zeros((8, 8, 3)), "pilot": np.zeros((8, 8, 3))}, "smaller than"),
 ])
 def test_bad_input(kwargs, message):

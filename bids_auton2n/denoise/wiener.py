@@ -4,7 +4,7 @@ Given the noisy volume ``x`` and a pilot estimate ``p`` of its noise-free signal
 CNN + RI-NLM output), every reference block of ``B**3`` voxels on a grid of step ``step``
 is grouped with the ``group_size`` blocks of its search window most similar to it *in the
 pilot*; the group of noisy blocks is transformed (orthonormal 3D DCT of each block, then an
-orthonormal DCT across the group), each coefficient is multiplied by the empirical Wiener
+orthonormal Haar transform across the group, as BM3D's), each coefficient is multiplied by the empirical Wiener
 gain ``P**2 / (P**2 + sigma**2)`` where ``P`` is the same coefficient of the pilot's group,
 and the group is transformed back.  Every block estimate is aggregated into the output with
 the weight ``1 / (sigma**2 * sum(gain**2))`` (the inverse of the estimate's noise variance,
@@ -40,8 +40,9 @@ from ._checks import real_volume
 
 #: Block edge (voxels): BM4D's 4x4x4 blocks.
 BLOCK = 4
-#: Blocks per group.
+#: Blocks per group (a power of two: the group transform is a Haar transform).
 GROUP_SIZE = 8
+_INV_SQRT2 = 1.0 / np.sqrt(2.0)
 #: Half-width of the block-matching window (block corners within +-radius voxels): on the
 #: held-out real scan radius 2 gave the PSNR of radius 3 to within 0.01 dB at 0.65 x the cost.
 SEARCH_RADIUS = 2
@@ -68,33 +69,18 @@ def reference_positions(size: int, block: int, step: int) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True)
-def _transform_block(block, d, out, tmp1, tmp2):
-    """3D separable transform of a flat ``B**3`` block by the matrix ``d`` (B x B).
+def _transform_block(block, matrix, out):
+    """``out = matrix @ block``: the 3D transform of a flat block as one dense product.
 
-    Each pass runs its innermost loop over contiguous values, so that it vectorizes.
+    ``matrix`` is the Kronecker product of the 1D transforms (64 x 64 for 4**3 blocks): more
+    multiplications than three separable passes, but contiguous dot products that vectorize.
     """
-    b = d.shape[0]
-    plane = b * b
-    for n in range(b * plane):
-        tmp1[n] = 0.0
-        tmp2[n] = 0.0
-    for i in range(b):          # along z: rows of b*b values at a time
-        for t in range(b):
-            w = d[i, t]
-            for n in range(plane):
-                tmp1[i * plane + n] += w * block[t * plane + n]
-    for i in range(b):          # along y: rows of b values
-        for j in range(b):
-            for t in range(b):
-                w = d[j, t]
-                for k in range(b):
-                    tmp2[i * plane + j * b + k] += w * tmp1[i * plane + t * b + k]
-    for r in range(b * b):      # along x: b-point transform of every row
-        for k in range(b):
-            acc = 0.0
-            for t in range(b):
-                acc += d[k, t] * tmp2[r * b + t]
-            out[r * b + k] = acc
+    n = block.shape[0]
+    for i in range(n):
+        acc = 0.0
+        for j in range(n):
+            acc += matrix[i, j] * block[j]
+        out[i] = acc
 
 
 @njit(cache=True, fastmath=True)
@@ -135,11 +121,53 @@ def _match(pilot, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_
 
 
 @njit(cache=True, fastmath=True)
-def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d3, d3t, dg, keep_mean,
+def _haar_forward(a, tmp):
+    """Orthonormal Haar transform of the rows of ``a`` (a power of two of them), in place.
+
+    Levels from the finest: each pair of rows becomes its scaled sum and difference; the sums
+    go on to the next level.
+    """
+    n = a.shape[1]
+    length = a.shape[0]
+    while length > 1:
+        half = length // 2
+        for p in range(half):
+            for c in range(n):
+                first = a[2 * p, c]
+                second = a[2 * p + 1, c]
+                tmp[p, c] = (first + second) * _INV_SQRT2
+                tmp[half + p, c] = (first - second) * _INV_SQRT2
+        for q in range(length):
+            for c in range(n):
+                a[q, c] = tmp[q, c]
+        length = half
+
+
+@njit(cache=True, fastmath=True)
+def _haar_inverse(a, tmp):
+    """Inverse of :func:`_haar_forward`, in place."""
+    n = a.shape[1]
+    length = 2
+    while length <= a.shape[0]:
+        half = length // 2
+        for p in range(half):
+            for c in range(n):
+                total = a[p, c]
+                difference = a[half + p, c]
+                tmp[2 * p, c] = (total + difference) * _INV_SQRT2
+                tmp[2 * p + 1, c] = (total - difference) * _INV_SQRT2
+        for q in range(length):
+            for c in range(n):
+                a[q, c] = tmp[q, c]
+        length *= 2
+
+
+@njit(cache=True, fastmath=True)
+def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d3, d3t, keep_mean,
                       num, den, work):
     """Group, filter and aggregate the blocks of one reference block."""
-    (best_z, best_y, best_x, best_d, reference, flat, tmp1, tmp2, noisy_coef, pilot_coef,
-     estimate, noisy_f, pilot_f) = work
+    (best_z, best_y, best_x, best_d, reference, flat, noisy_coef, pilot_coef, estimate,
+     group_tmp, pilot_mean) = work
     n3 = b * b * b
     for i in range(b):
         for j in range(b):
@@ -152,42 +180,31 @@ def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d3, d3t, d
             for j in range(b):
                 for k in range(b):
                     flat[(i * b + j) * b + k] = x[best_z[g] + i, best_y[g] + j, best_x[g] + k]
-        _transform_block(flat, d3, noisy_coef[g], tmp1, tmp2)
+        _transform_block(flat, d3, noisy_coef[g])
         for i in range(b):
             for j in range(b):
                 for k in range(b):
                     flat[(i * b + j) * b + k] = pilot[best_z[g] + i, best_y[g] + j, best_x[g] + k]
-        _transform_block(flat, d3, pilot_coef[g], tmp1, tmp2)
-    # Transform across the group, Wiener gains, back across the group (loops over the
-    # contiguous coefficients innermost).
+        _transform_block(flat, d3, pilot_coef[g])
+    # Haar transform across the group, Wiener gains, back (the block means kept aside).
+    for g in range(group):
+        pilot_mean[g] = pilot_coef[g, 0]
+    _haar_forward(noisy_coef, group_tmp)
+    _haar_forward(pilot_coef, group_tmp)
     gain_energy = 0.0
     for g in range(group):
         for c in range(n3):
-            estimate[g, c] = 0.0
-    for f in range(group):
-        for c in range(n3):
-            noisy_f[c] = 0.0
-            pilot_f[c] = 0.0
-        for g in range(group):
-            w = dg[f, g]
-            for c in range(n3):
-                noisy_f[c] += w * noisy_coef[g, c]
-                pilot_f[c] += w * pilot_coef[g, c]
-        for c in range(n3):
-            power = pilot_f[c] * pilot_f[c]
+            power = pilot_coef[g, c] * pilot_coef[g, c]
             gain = power / (power + sigma2)
             gain_energy += gain * gain
-            noisy_f[c] *= gain
-        for g in range(group):
-            w = dg[f, g]
-            for c in range(n3):
-                estimate[g, c] += w * noisy_f[c]
+            estimate[g, c] = gain * noisy_coef[g, c]
+    _haar_inverse(estimate, group_tmp)
     if keep_mean:
         for g in range(group):
-            estimate[g, 0] = pilot_coef[g, 0]
+            estimate[g, 0] = pilot_mean[g]
     weight = 1.0 / (sigma2 * max(gain_energy, 1.0))
     for g in range(group):
-        _transform_block(estimate[g], d3t, flat, tmp1, tmp2)
+        _transform_block(estimate[g], d3t, flat)
         for i in range(b):
             for j in range(b):
                 for k in range(b):
@@ -197,7 +214,7 @@ def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d3, d3t, d
 
 @njit(parallel=True, cache=True)
 def _filter_slabs(x, pilot, sigma_map, ref_z, ref_y, ref_x, slab_starts, parity, b, group, radius,
-                  d3, d3t, dg, keep_mean, active, num, den):
+                  d3, d3t, keep_mean, active, num, den):
     n_slabs = slab_starts.shape[0] - 1
     n_mine = (n_slabs - parity + 1) // 2
     n3 = b * b * b
@@ -207,8 +224,8 @@ def _filter_slabs(x, pilot, sigma_map, ref_z, ref_y, ref_x, slab_starts, parity,
         # Scratch buffers, allocated once per slab.
         work = (np.empty(group, dtype=np.int64), np.empty(group, dtype=np.int64),
                 np.empty(group, dtype=np.int64), np.empty(group), np.empty(n3), np.empty(n3),
-                np.empty(n3), np.empty(n3), np.empty((group, n3)), np.empty((group, n3)),
-                np.empty((group, n3)), np.empty(n3), np.empty(n3))
+                np.empty((group, n3)), np.empty((group, n3)),
+                np.empty((group, n3)), np.empty((group, n3)), np.empty(group))
         for iz in range(slab_starts[slab], slab_starts[slab + 1]):
             zr = ref_z[iz]
             for iy in range(ref_y.shape[0]):
@@ -221,7 +238,7 @@ def _filter_slabs(x, pilot, sigma_map, ref_z, ref_y, ref_x, slab_starts, parity,
                     if sigma <= 0:
                         continue
                     _filter_reference(x, pilot, np.float64(sigma) ** 2, zr, yr, xr, b, group,
-                                      radius, d3, d3t, dg, keep_mean, num, den, work)
+                                      radius, d3, d3t, keep_mean, num, den, work)
 
 
 def _blocks_touching(mask: np.ndarray, corners: list, block: int) -> np.ndarray:
@@ -263,7 +280,9 @@ def collaborative_wiener(
     block : int
         Block edge in voxels.
     group_size : int
-        Blocks per group (the reference block itself and the most similar others).
+        Blocks per group (the reference block itself and the most similar others), a power
+        of two.  A Haar group transform scored as a DCT one on the held-out real scan (within
+        0.006 dB at 3 and 7 %) at fewer operations.
     search_radius : int
         Half-width of the block-matching window.
     step : int
@@ -288,6 +307,8 @@ def collaborative_wiener(
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     block, group_size, search_radius, step = int(block), int(group_size), int(search_radius), int(step)
+    if group_size & (group_size - 1):
+        raise ValueError(f"group_size must be a power of two, got {group_size}")
     if min(x.shape) < block:
         raise ValueError(f"volume {x.shape} is smaller than a {block}-voxel block")
     if (2 * search_radius + 1) ** 3 < group_size:
@@ -313,14 +334,14 @@ def collaborative_wiener(
             starts.append(index)
     starts.append(ref[0].size)
     slab_starts = np.asarray(starts, dtype=np.int64)
-    d3 = dct_matrix(block)
-    dg = dct_matrix(group_size)
+    d1 = dct_matrix(block)
+    d3 = np.kron(np.kron(d1, d1), d1)  # flat index (z * B + y) * B + x
     num = np.zeros(x.shape, dtype=np.float64)
     den = np.zeros(x.shape, dtype=np.float64)
     sigma_map = np.ascontiguousarray(sigma_map)
     for parity in (0, 1):
         _filter_slabs(x, pilot, sigma_map, ref[0], ref[1], ref[2], slab_starts, parity, block,
-                      group_size, search_radius, d3, np.ascontiguousarray(d3.T), dg,
+                      group_size, search_radius, d3, np.ascontiguousarray(d3.T),
                       bool(keep_pilot_mean), active, num, den)
     out = pilot.astype(np.float64)
     covered = den > 0
