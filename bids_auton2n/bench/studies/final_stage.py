@@ -102,6 +102,9 @@ def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry
         noisy, limit_residual(noisy, units.inverse(cnn_denoise(
             units.forward(noisy), models, device="cpu", mask=noisy_mask)), sigma), sigma), sigma)
     score["Wiener with the CNN alone as pilot (no RI-NLM)"] = psnr(clean, guided_by_cnn, mask, peak)
+    blended = pipeline.denoise_array(noisy, contrast="T1w", mask=noisy_mask, blend=True,
+                                     registry=registry, device="cpu").denoised
+    score["whole pipeline, two nearest experts blended"] = psnr(clean, blended, mask, peak)
     try:
         import bm4d
 
