@@ -60,6 +60,26 @@ def _ours(**flags):
     return run
 
 
+def _paper_pipeline(noisy, given):
+    """Auto-N2N as the paper describes it, from the library's steps (four single-axis flips)."""
+    from bids_auton2n.denoise import pipeline
+    from bids_auton2n.denoise.experts import ExpertRegistry
+    from bids_auton2n.denoise.inference import cnn_denoise
+    from bids_auton2n.denoise.intensity import IntensityNormalizer
+    from bids_auton2n.denoise.noise import head_mask
+
+    mask = head_mask(noisy)
+    noise = pipeline.estimate_array_noise(noisy, contrast=given.contrast, mask=mask)
+    registry = ExpertRegistry()
+    models = [(registry.load(c.level, "cpu"), c.weight)
+              for c in pipeline.choose_experts(registry, noise.percent)]
+    units = IntensityNormalizer(noise.reference_intensity)
+    cnn = units.inverse(cnn_denoise(units.forward(noisy), models, device="cpu", mask=mask,
+                                    flips=((), (2,), (3,), (4,))))
+    return pipeline.final_image(noisy, cnn, noise.sigma, fusion=True, guard=False, rician=True,
+                                wiener=False), {}
+
+
 def _ants(noisy, given):
     import ants
 
@@ -167,12 +187,15 @@ METHODS = {
     m.name: m
     for m in (
         Method("noisy", "the noisy input, unchanged", _identity),
-        Method("ours", "Auto-N2N experts + flip TTA + RI-NLM fusion + do-no-harm guard "
-               "(denoise_array defaults)", _ours()),
-        Method("ours-noguard", "ours without the do-no-harm guard (guard=False): the paper's "
-               "pipeline", _ours(guard=False)),
-        Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no guard", _ours(fusion=False,
-                                                                                  guard=False)),
+        Method("ours", "Auto-N2N experts + flip TTA (2 passes) + RI-NLM fusion + collaborative "
+               "Wiener stage + do-no-harm guard (denoise_array defaults)", _ours()),
+        Method("ours-noguard", "ours without the do-no-harm guard (guard=False)", _ours(guard=False)),
+        Method("ours-nowiener", "ours without the collaborative Wiener stage (wiener=False)",
+               _ours(wiener=False)),
+        Method("ours-paper", "the paper's pipeline: experts, four single-axis flips, RI-NLM fusion; "
+               "no Wiener stage, no guard", _paper_pipeline),
+        Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no Wiener stage, no guard",
+               _ours(fusion=False, guard=False, wiener=False)),
         Method("ours-notta", "ours without flip TTA (tta=False)", _ours(tta=False)),
         Method("ants", "ANTs DenoiseImage via antspyx, Rician model, own noise estimate", _ants),
         Method("dipy", "DIPY blockwise nlmeans, Rician, sigma from dipy estimate_sigma(N=0)", _dipy),
