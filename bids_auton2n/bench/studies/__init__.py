@@ -26,6 +26,7 @@ STUDIES = {
     "guard-validation": ("guard_validation", "threshold of the do-no-harm guard"),
     "final-stage": ("final_stage",
                     "Wiener stage, its settings and TTA passes on validation objects"),
+    "speed": ("speed", "whole-process seconds of ours, ANTs and DIPY; the fixed costs"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
 }
