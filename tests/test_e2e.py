@@ -84,9 +84,11 @@ def test_derivative_names_and_headers(app_run):
         assert den.shape == src.shape
         np.testing.assert_allclose(den.affine, src.affine)
         assert int(den.header["sform_code"]) == int(src.header["sform_code"])
-        assert den.get_data_dtype() == np.float32
+        assert src.get_data_dtype() == np.int16 and den.get_data_dtype() == np.float32
+        assert den.header.get_xyzt_units() == src.header.get_xyzt_units()
         data = den.get_fdata()
         assert np.isfinite(data).all() and data.std() > 0
+        assert data.min() >= 0  # magnitude in, magnitude out
 
 
 def test_sidecars(app_run):
@@ -99,8 +101,9 @@ def test_sidecars(app_run):
         assert meta["Sources"] == [f"bids:raw:{source}"]
         assert meta["SkullStripped"] is False
         noise = meta["NoiseEstimate"]
-        assert noise["sigma"] > 0 and noise["percent"] > 0
-        assert noise["percent"] == pytest.approx(100 * noise["sigma"] / noise["reference_intensity"])
+        assert all(re.fullmatch(r"(?:[A-Z][a-z0-9]*)+", key) for key in noise), noise
+        assert noise["Sigma"] > 0 and noise["Percent"] > 0
+        assert noise["Percent"] == pytest.approx(100 * noise["Sigma"] / noise["ReferenceIntensity"])
         assert noise["Source"] == "estimated"
         assert meta["Experts"] and all(e["SHA256"] == hashes[e["NoiseLevelPercent"]]
                                        for e in meta["Experts"])
@@ -114,7 +117,10 @@ def test_sidecars(app_run):
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Version"] == __version__
-    assert description["DatasetLinks"]["raw"] == app_run["bids"].as_uri()
+    text = (out / "dataset_description.json").read_text()
+    assert "file:" not in text and str(app_run["bids"]) not in text  # no machine paths
+    assert (out / description["DatasetLinks"]["raw"]).resolve() == app_run["bids"].resolve()
+    assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
 
 
 def test_noise_estimates_match_the_generated_noise(app_run):
@@ -123,7 +129,7 @@ def test_noise_estimates_match_the_generated_noise(app_run):
     for source, (*_, truth) in zip(SOURCES, DEMO_IMAGES):
         stem, suffix = source.split(".")[0].rsplit("_", 1)
         meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
-        assert meta["NoiseEstimate"]["percent"] == pytest.approx(truth, abs=1.5), source
+        assert meta["NoiseEstimate"]["Percent"] == pytest.approx(truth, abs=1.5), source
 
 
 def test_participant_reports(app_run):
@@ -145,6 +151,11 @@ def test_group_table_and_report(app_run):
     table = pd.read_csv(out / "group_denoising.tsv", sep="\t", dtype={"subject": str,
                                                                       "session": str})
     assert sorted(table["source"]) == sorted(SOURCES)
+    assert set(table["subject"]) == {"sub-01", "sub-02"}
+    assert set(table["session"]) == {"ses-1", "ses-2"}
+    rows = [line.split("\t") for line in (out / "group_denoising.tsv").read_text().splitlines()]
+    assert all(len(row) == len(rows[0]) and "" not in row for row in rows)  # n/a, never empty
+    assert {row[rows[0].index("outlier")] for row in rows[1:]} == {"n/a"}
     assert (table["status"] == "success").all()
     for metric in ("snr", "cnr", "cjv", "fwhm"):
         assert np.isfinite(table[f"{metric}_before"]).all()

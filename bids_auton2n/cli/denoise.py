@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bids_auton2n-denoise",
         formatter_class=HelpFormatter,
         description="Denoise a 3D anatomical MRI (T1w, T2w, FLAIR, PDw) with the Auto-N2N mixture "
-                    "of experts fused with RI-NLM. The input header and affine are kept.",
+                    "of experts fused with RI-NLM. The output keeps the input's "
+                    "voxel grid, affine, voxel sizes and units, stored as float32; negative "
+                    "values are set to 0 where the input has none (magnitude images).",
     )
     parser.add_argument("in_file", type=Path, help="noisy 3D NIfTI image")
     parser.add_argument("out_file", type=Path, nargs="?",
@@ -109,7 +111,7 @@ def run(argv: list[str] | None = None) -> int:
 
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
     from ..denoise.pipeline import (
-        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
+        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise, noise_sidecar,
     )
 
     contrast = opts.contrast or contrast_from_filename(opts.in_file)
@@ -117,7 +119,7 @@ def run(argv: list[str] | None = None) -> int:
         if opts.estimate_only:
             noise = estimate_file_noise(opts.in_file, contrast=contrast, mask_file=opts.mask)
             record = {"Source": str(opts.in_file), "Contrast": contrast,
-                      "NoiseEstimate": noise.to_dict(), "SoftwareVersion": __version__}
+                      "NoiseEstimate": noise_sidecar(noise, "estimated"), "SoftwareVersion": __version__}
             print(json.dumps(record, indent=2))
             if opts.sidecar:
                 opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")

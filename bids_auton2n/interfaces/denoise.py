@@ -1,7 +1,7 @@
 """Thin Nipype wrappers of the Auto-N2N steps in :mod:`bids_auton2n.denoise`.
 
 Every interface loads its inputs, calls one step of :mod:`bids_auton2n.denoise` and writes
-the result as NIfTI (same affine/header as the input) or JSON. The order of the steps and
+the result as NIfTI (float32, same grid and affine as the input) or JSON. The order of the steps and
 the way they combine follow :func:`bids_auton2n.denoise.pipeline.denoise_array`; the
 workflow test ``test_workflow_matches_pipeline`` checks that both give the same image.
 """
@@ -226,14 +226,14 @@ class FuseRINLM(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import final_image, read_volume, restore_nonfinite
+        from ..denoise.pipeline import final_image, output_image, read_volume
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
         img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
-        denoised = restore_nonfinite(
+        denoised = output_image(
             final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
                         guard=self.inputs.guard, rician=self.inputs.rician),
             original, nonfinite)

@@ -40,8 +40,8 @@ class DenoiseSummary(SimpleInterface):
         )
         items = [
             ("Source", record["Sources"][0]),
-            ("Noise level", f"{noise['percent']:.2f} % of the {noise['reference_tissue']} "
-                            f"intensity (&sigma; = {noise['sigma']:.4g} image units, "
+            ("Noise level", f"{noise['Percent']:.2f} % of the {noise['ReferenceTissue']} "
+                            f"intensity (&sigma; = {noise['Sigma']:.4g} image units, "
                             f"{noise['Source']})"),
             ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
                           + (", fine-tuned on this dataset" if record["FineTuned"] else "")),

@@ -274,7 +274,8 @@ def init_anat_denoise_wf(
     Outputs
     -------
     out_file
-        Denoised image (input affine and header).
+        Denoised image (float32, voxel grid and affine of the input; see
+        :data:`~bids_auton2n.denoise.pipeline.KEPT_FROM_SOURCE`).
     noise_image
         Input minus denoised.
     out_report

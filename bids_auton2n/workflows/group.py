@@ -22,10 +22,15 @@ _ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
              "reconstruction": "rec", "run": "run"}
 
 
+#: Columns whose values keep their BIDS prefix (``sub-01``, ``ses-1``), as in
+#: ``participants.tsv`` and ``sessions.tsv``.
+_PREFIXED = ("subject", "session")
+
+
 def _entities(source: str) -> dict:
     name = Path(source).name.split(".")[0]
-    found = {key: (re.search(rf"(?:^|_){short}-([a-zA-Z0-9]+)", name) or [None, None])[1]
-             for key, short in _ENTITIES.items()}
+    found = {key: (re.search(rf"(?:^|_)({short}-([a-zA-Z0-9]+))", name) or [None] * 3)[
+        1 if key in _PREFIXED else 2] for key, short in _ENTITIES.items()}
     found["suffix"] = name.rsplit("_", 1)[-1]
     return found
 
@@ -85,7 +90,7 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                 derivative.name.replace(".nii.gz", ".json")).read_text())
             noise = sidecar["NoiseEstimate"]
             row.update(
-                noise_percent=noise["percent"], noise_sigma=noise["sigma"],
+                noise_percent=noise["Percent"], noise_sigma=noise["Sigma"],
                 noise_source=noise["Source"],
                 expert="+".join(f"{e['NoiseLevelPercent']:g}" for e in sidecar["Experts"]),
                 runtime_s=sidecar["TimingsSeconds"]["total"],
@@ -149,4 +154,4 @@ def _outlier_reasons(table, robust_z) -> list[str]:
             for row, score in zip(rows, z):
                 if np.isfinite(score) and abs(score) > OUTLIER_Z:
                     reasons[row].append(f"{label} (z={score:+.1f})")
-    return [";".join(r) if r else "" for r in reasons]
+    return [";".join(r) if r else None for r in reasons]  # None: written n/a
