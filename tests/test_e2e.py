@@ -72,6 +72,21 @@ def test_default_run_prints_no_nipype_node_chatter(app_run):
     assert f"Group report: {out / 'group_denoising.html'}" in app_run["group_output"]
 
 
+def test_participant_level_shows_progress(app_run):
+    """Images done / total, the running ones and the elapsed time, from the start."""
+    lines = app_run["participant_output"].splitlines()
+    progress = [(line, re.match(r"\[(\d+):(\d\d):(\d\d)\] (\d+)/5 images denoised", line))
+                for line in lines]
+    progress = [(line, m) for line, m in progress if m]
+    assert progress, app_run["participant_output"][-3000:]
+    assert progress[0][0] == "[0:00:00] 0/5 images denoised"
+    assert lines.index(progress[0][0]) <= 1  # nothing long before it
+    done = [int(m[4]) for _, m in progress]
+    seconds = [3600 * int(m[1]) + 60 * int(m[2]) + int(m[3]) for _, m in progress]
+    assert done == sorted(done) and done[-1] == 5 and seconds == sorted(seconds)
+    assert any("running: sub-01_ses-1_T2w (CNN experts" in line for line, _ in progress)
+
+
 def test_derivative_names_and_headers(app_run):
     out, bids = app_run["out"], app_run["bids"]
     for source in SOURCES:

@@ -174,9 +174,16 @@ def run_participant() -> int:
     sources = sorted(f for files in subjects.values() for f in files)
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None
+    from .progress import ParticipantProgress
+
+    plugin = config.nipype.get_plugin()
+    print(f"bids_auton2n: denoising {len(sources)} image(s) of {len(subjects)} "
+          f"participant(s); work directory {execution.work_dir}", file=sys.stderr, flush=True)
     try:
-        with _worker_logging(execution.work_dir, execution.verbosity):
-            workflow.run(**config.nipype.get_plugin())
+        with _worker_logging(execution.work_dir, execution.verbosity), \
+                ParticipantProgress(subjects) as progress:
+            plugin["plugin_args"].setdefault("status_callback", progress)
+            workflow.run(**plugin)
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
         print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
