@@ -25,7 +25,7 @@ STAGES = {
     "estimate_noise": "noise estimate",
     "cnn_denoise": "CNN experts",
     "rinlm_fusion": "RI-NLM fusion and guard",
-    "before_after": "report figures",
+    "figures": "report figures",
 }
 #: The node whose end means the image's derivative is written (``workflows.outputs``).
 DONE_NODE = "ds_denoised"

@@ -15,7 +15,7 @@ COLUMNS = (
     "subject", "session", "acquisition", "reconstruction", "run", "suffix", "source",
     "status", "noise_percent", "noise_sigma", "noise_source", "expert",
     "snr_before", "snr_after", "cnr_before", "cnr_after", "cjv_before", "cjv_after",
-    "fwhm_before", "fwhm_after", "runtime_s", "outlier", "error",
+    "fwhm_before", "fwhm_after", "structure_removed", "runtime_s", "outlier", "error",
 )
 
 _ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
@@ -135,8 +135,11 @@ OUTLIER_Z = 3.5
 
 
 def _outlier_reasons(table, robust_z) -> list[str]:
-    """Why each row is flagged: failure, or robust |z| > 3.5 within its suffix."""
+    """Why each row is flagged: failure, robust |z| > 3.5 within its suffix, or structure
+    removed above :data:`~bids_auton2n.reports.iqms.STRUCTURE_REMOVED_FLAG`."""
     import numpy as np
+
+    from ..reports.iqms import STRUCTURE_REMOVED_FLAG
 
     reasons = [[] for _ in range(len(table))]
     for index, status in enumerate(table["status"]):
@@ -147,6 +150,9 @@ def _outlier_reasons(table, robust_z) -> list[str]:
         "snr_gain": table["snr_after"] / table["snr_before"],
         "fwhm_increase": table["fwhm_after"] / table["fwhm_before"],
     }
+    for index, value in enumerate(table["structure_removed"].to_numpy(dtype=float)):
+        if value > STRUCTURE_REMOVED_FLAG:
+            reasons[index].append(f"structure_removed ({value:.2f} > {STRUCTURE_REMOVED_FLAG:g})")
     for suffix in table["suffix"].dropna().unique():
         rows = np.flatnonzero((table["suffix"] == suffix).to_numpy())
         for label, values in checks.items():
