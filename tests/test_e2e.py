@@ -22,6 +22,7 @@ from bids_auton2n import __version__
 from bids_auton2n.cli.demo import DEMO_IMAGES
 from bids_auton2n.cli.run import main
 from bids_auton2n.denoise.experts import default_root
+from bids_auton2n.reports.iqms import STRUCTURE_REMOVED_FLAG
 
 SOURCES = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz",
@@ -155,6 +156,8 @@ def test_participant_reports(app_run):
         assert len(figures) == 2 * n_images  # before/after flicker + residual per image
         assert all((out / f).is_file() for f in figures)
         assert html.count("Denoising summary") == n_images
+        assert html.count("Quality measures") == n_images  # as on the group page
+        assert html.count("Structure removed") == n_images
         assert "No errors to report" in html
         assert "Auto-N2N" in html  # methods boilerplate
     citation = (out / "logs" / "CITATION.md").read_text()
@@ -177,11 +180,21 @@ def test_group_table_and_report(app_run):
         assert np.isfinite(table[f"{metric}_after"]).all()
     assert set(table["suffix"]) == {"T1w", "T2w"}
     assert (table["runtime_s"] > 0).all()
+    assert table["structure_removed"].abs().max() < STRUCTURE_REMOVED_FLAG
     html = (out / "group_denoising.html").read_text()
-    for figure in ("noisedist", "snrgain", "smoothness"):
+    for figure in ("noisedist", "snrgain", "smoothness", "structure"):
         assert f"figures/group_desc-{figure}_T1w.svg" in html
-        assert (out / "figures" / f"group_desc-{figure}_T1w.svg").is_file()
+        svg = (out / "figures" / f"group_desc-{figure}_T1w.svg").read_text()
+        # every point links to its participant's report, opened in the whole page
+        links = re.findall(r'<a target="_top" xlink:href="\.\./(sub-0[12])\.html"', svg)
+        assert sorted(set(links)) == ["sub-01", "sub-02"] and 'target="_blank"' not in svg
     assert "No image failed" in html
+    for subject in ("sub-01", "sub-02"):
+        assert f'<a href="{subject}.html">{subject}</a>' in html
+    # axis labels and one colour per contrast (matplotlib keeps the labels in comments)
+    noise_svg = (out / "figures" / "group_desc-noisedist_T1w.svg").read_text()
+    assert "estimated noise (% of reference tissue)" in noise_svg
+    assert len(set(re.findall(r"fill: (#[0-9a-f]{6})", noise_svg)) & {"#1f77b4", "#ff7f0e"}) == 2
 
 
 def test_rerun_resumes_from_work_dir(app_run):
@@ -223,19 +236,40 @@ def test_one_failing_image_does_not_stop_the_others(tiny_bids, test_experts_dir,
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_GROUP_PROBE = """<script>
+window.addEventListener("load", function () {
+  var figures = Array.from(document.querySelectorAll("img.svg-reportlet"));
+  document.body.setAttribute("data-probe", JSON.stringify(figures.map(function (f) {
+    return [f.getAttribute("src"), f.naturalWidth]; })));
+});
+</script>
+</body>"""
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_group_report_renders_in_headless_chromium(app_run, tmp_path):
-    """Open the group report in a real browser: the DOM has the figures and the table."""
-    report = app_run["out"] / "group_denoising.html"
+    """Open the group report in a real browser, offline: every figure loads (a figure
+    that is not valid SVG shows as a broken image), and the table is there."""
+    out = app_run["out"]
+    probe = out / "probe_group.html"
+    probe.write_text((out / "group_denoising.html").read_text().replace("</body>", _GROUP_PROBE))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert "group_desc-snrgain_T1w.svg" in dom and "<table" in dom
+    try:
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", probe.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probe.unlink()
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    figures = dict(json.loads(found.group(1).replace("&quot;", '"')))
+    assert len(figures) == 4 and all(width > 0 for width in figures.values()), figures
+    assert "<table" in dom
     shot = tmp_path / "group.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
-                    report.as_uri()], capture_output=True, timeout=120)
+                    (out / "group_denoising.html").as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 

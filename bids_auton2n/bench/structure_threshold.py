@@ -1,6 +1,6 @@
 """Where to flag ``structure_removed`` (:func:`bids_auton2n.reports.iqms.structure_removed`).
 
-``python -m bids_auton2n.bench.structure_threshold [--data-dir ../shared/data] [--out FILE]``
+``python -m bids_auton2n.bench.structure_threshold [--data-dir DIR] [--out FILE]``
 
 Objects: generated heads (the ellipsoid head of ``cli.demo._phantom``) and real scans,
 centre-cropped, with Rician noise added at 3 % and 6 % of their reference tissue. Never
@@ -11,8 +11,8 @@ Outputs per noisy image:
 
 * **noise only**: the image before noise was added (all that went is the added noise);
 * **ours**: the shipped pipeline with its defaults (the scans' own noise goes too);
-* **over-smoothed**: a Gaussian filter of the noisy image, sigma 1 and 2 voxels (structure
-  removed on purpose).
+* **over-smoothed**: a Gaussian filter of the noisy image, sigma 0.7, 1 and 2 voxels
+  (structure removed on purpose).
 
 The flag is the midpoint between the highest value of the first two groups and the lowest
 of the third, over the selection objects, rounded to 0.05.
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .harness import DEFAULT_DATA_DIR
+
 #: Real scans (file in --data-dir, contrast) used for the choice; crop edge in voxels.
 SELECTION_SCANS = (("stroke_T1.nii.gz", "T1w"), ("stroke_T2.nii.gz", "T2w"),
                    ("seg3D_MR.nii.gz", "T1w"), ("xa30_T1w_2mm.nii.gz", "T1w"),
@@ -35,7 +37,7 @@ SELECTION_SCANS = (("stroke_T1.nii.gz", "T1w"), ("stroke_T2.nii.gz", "T2w"),
 VALIDATION_SCANS = (("philips_ADNI_MPRAGE_T1w.nii.gz", "T1w"),)
 CROP = 96
 LEVELS = (3.0, 6.0)
-SMOOTHING_VOXELS = (1.0, 2.0)
+SMOOTHING_VOXELS = (0.7, 1.0, 2.0)
 
 
 def _crop(volume: np.ndarray, mask: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +131,7 @@ def report(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bids_auton2n.bench.structure_threshold",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/structure_removed_threshold.md"))
     opts = parser.parse_args(argv)

@@ -88,10 +88,13 @@ def _grid(rows, volume_zooms, cuts) -> tuple[list[str], float, float]:
 
 
 def _svg(width, height, body, style="") -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-            f'width="{width:.0f}" height="{height:.0f}">'
-            + (f"<style>{style}</style>" if style else "")
-            + '<rect width="100%" height="100%" fill="white"/>' + "".join(body) + "</svg>\n")
+    # One element a line: the nireports assembler drops width and height from the whole
+    # line that opens with <svg, to make the root scalable; the tiles must keep theirs.
+    return "\n".join([
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'width="{width:.0f}" height="{height:.0f}">',
+        *([f"<style>{style}</style>"] if style else []),
+        '<rect width="100%" height="100%" fill="white"/>', *body, "</svg>\n"])
 
 
 _FLICKER_STYLE = (

@@ -40,7 +40,7 @@ def iqms_html(iqms: dict) -> str:
     verdict = (f"<strong>above {STRUCTURE_REMOVED_FLAG:g}: check the residual map</strong>"
                if flagged else f"flagged above {STRUCTURE_REMOVED_FLAG:g}")
     rows += (f"<tr{row_class}><td>Structure removed</td><td colspan=\"2\">{value:.3f}</td>"
-             "<td>correlation of the residual's local magnitude with the output's edges; "
+             "<td>correlation of the residual's local magnitude with the input's edges; "
              f"near 0 when only noise was removed; {verdict}</td></tr>")
     return ('<h4 class="elem-title">Quality measures</h4>\n'
             '<table class="table table-sm"><thead><tr><th>measure</th><th>input</th>'
@@ -55,8 +55,8 @@ def _report_link(subject: str) -> str:
 
 def _link_svg(out_file: Path) -> None:
     """Links in an SVG shown inside the report's ``<object>`` open in the whole page."""
-    text = out_file.read_text()
-    out_file.write_text(text.replace("<a xlink:href=", '<a target="_top" xlink:href='))
+    text = out_file.read_text()  # matplotlib writes target="_blank" on every link
+    out_file.write_text(text.replace('target="_blank"', 'target="_top"'))
 
 
 def _pyplot():

@@ -12,9 +12,9 @@ Definitions follow MRIQC's structural IQMs [1]_ (``mriqc.qc.anatomical``):
 
 and one measure of our own, ``structure_removed`` (:func:`structure_removed`): the
 correlation, inside the head, between the local RMS of the residual (input minus output)
-and the gradient magnitude of the output. A denoiser that removed only noise leaves a
-residual whose local magnitude does not follow the anatomy's edges (near 0); one that
-removed structure leaves edges in the residual (positive, towards 1).
+and the gradient magnitude of the input (lightly smoothed). A denoiser that removed only
+noise leaves a residual whose local magnitude does not follow the anatomy's edges (near 0);
+one that removed structure leaves edges in the residual (positive, towards 1).
 :data:`STRUCTURE_REMOVED_FLAG` is the value above which an image is flagged.
 
 MRIQC segments tissues with FSL FAST; here the tissue classes come from a 3-class 1D
@@ -141,7 +141,7 @@ STRUCTURE_REMOVED_FLAG = 0.3
 
 
 def structure_removed(noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray, *,
-                      size: int = 3) -> float:
+                      size: int = 3, smoothing: float = 1.0) -> float:
     """How much the residual follows the image's edges: 0 when only noise went.
 
     Parameters
@@ -153,12 +153,20 @@ def structure_removed(noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray,
         that every residual of a masked image touches).
     size : int
         Edge of the cube over which the residual's local RMS is taken.
+    smoothing : float
+        Gaussian sigma (voxels) applied to the input before its gradient is taken, so that
+        the edges come from the anatomy rather than from the noise.
 
     Returns
     -------
     float
         Pearson correlation, inside the eroded mask, of ``sqrt(mean_cube((x - y)**2))`` with
-        ``|grad y|``; ``nan`` when either is constant there (e.g. nothing was removed).
+        ``|grad G * x|``; ``nan`` when either is constant there (e.g. nothing was removed).
+
+    Notes
+    -----
+    The edges are those of the input, not of the output: a denoiser that smooths heavily
+    also removes its output's edges, which would then no longer show where structure went.
     """
     noisy = np.asarray(noisy, dtype=np.float64)
     denoised = np.asarray(denoised, dtype=np.float64)
@@ -167,7 +175,8 @@ def structure_removed(noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray,
         return float("nan")
     residual = np.nan_to_num(noisy - denoised)
     local_rms = np.sqrt(np.maximum(ndimage.uniform_filter(residual**2, size=size), 0.0))
-    gradient = np.sqrt(sum(g**2 for g in np.gradient(np.nan_to_num(denoised))))
+    smoothed = ndimage.gaussian_filter(np.nan_to_num(noisy), smoothing)
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(smoothed)))
     a, b = local_rms[inside], gradient[inside]
     if a.std() == 0 or b.std() == 0:
         return float("nan")
