@@ -81,7 +81,8 @@ def test_participant_level_shows_progress(app_run):
     progress = [(line, m) for line, m in progress if m]
     assert progress, app_run["participant_output"][-3000:]
     assert progress[0][0] == "[0:00:00] 0/5 images denoised"
-    assert lines.index(progress[0][0]) <= 1  # nothing long before it
+    assert lines[0].startswith("bids_auton2n: participant level")  # at once
+    assert lines.index(progress[0][0]) <= 2  # nothing long before it
     done = [int(m[4]) for _, m in progress]
     seconds = [3600 * int(m[1]) + 60 * int(m[2]) + int(m[3]) for _, m in progress]
     assert done == sorted(done) and done[-1] == 5 and seconds == sorted(seconds)
@@ -140,12 +141,19 @@ def test_sidecars(app_run):
 
 
 def test_noise_estimates_match_the_generated_noise(app_run):
-    """The demo images carry Rician noise of a known percentage of the reference tissue."""
+    """The demo images carry Rician noise of a known percentage of the phantom's pure
+    reference tissue; the estimate's sigma (image units) must find it. (Its percentage is
+    of the reference tissue as measured in the image, partial volume included.)"""
+    from bids_auton2n.denoise.phantom import REFERENCE_INTENSITY, TISSUE_INTENSITY
+
     out = app_run["out"]
-    for source, (*_, truth) in zip(SOURCES, DEMO_IMAGES):
-        stem, suffix = source.split(".")[0].rsplit("_", 1)
+    for source, (*_, suffix, truth) in zip(SOURCES, DEMO_IMAGES):
+        stem = source.split(".")[0].rsplit("_", 1)[0]
         meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
-        assert meta["NoiseEstimate"]["Percent"] == pytest.approx(truth, abs=1.5), source
+        ratios = TISSUE_INTENSITY[suffix]
+        reference = REFERENCE_INTENSITY * max(ratios["CSF"], ratios["WM"])
+        assert meta["NoiseEstimate"]["Sigma"] == pytest.approx(
+            truth / 100 * reference, abs=1.5 / 100 * reference), source
 
 
 def test_participant_reports(app_run):
@@ -277,12 +285,14 @@ def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
     """--finetune trains once on the dataset's own images; every sidecar records it."""
     out, work = tmp_path / "out", tmp_path / "work"
     opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--no-tta",
-            "--participant-label", "01", "--finetune", "--finetune-budget", "15"]
+            "--participant-label", "01", "--finetune", "--finetune-budget", "3600",
+            "--finetune-steps", "3"]
     assert main([str(tiny_bids), str(out), "participant", *opts]) == 0
     registries = list(work.glob("auton2n_wf/finetune/finetuned_experts/manifest.json"))
     assert len(registries) == 1
     tuned = json.loads(registries[0].read_text())["experts"]
     assert len(tuned) == 1 and "finetuned_from" in tuned[0]
+    assert tuned[0]["steps"] == 3 and tuned[0]["stopped"] == "max_steps"
     shipped = {e["sha256"] for e in json.loads((default_root() / "manifest.json").read_text())["experts"]}
     assert tuned[0]["sha256"] not in shipped
     sidecars = sorted(out.glob("sub-01/ses-1/anat/*_desc-denoised_*.json"))

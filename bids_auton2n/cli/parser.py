@@ -180,7 +180,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="fine-tune the selected expert on this dataset (self-supervised, "
                        "shared by all images of the run) before denoising")
     g_den.add_argument("--finetune-budget", type=_positive_float, default=600.0,
-                       metavar="SECONDS", help="time budget of --finetune")
+                       metavar="SECONDS", help="time budget of --finetune, preparation of "
+                       "the training images included")
+    g_den.add_argument("--finetune-steps", type=_positive_int, metavar="N",
+                       help="stop --finetune after N Adam steps (the same result on any "
+                       "machine, within the time budget)")
     g_den.add_argument("--write-noise-map", action="store_true",
                        help="also write the residual (input - denoised) as desc-noise")
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
@@ -255,6 +259,7 @@ def parse_args(args=None) -> None:
     settings.blend = opts.blend
     settings.finetune = opts.finetune
     settings.finetune_budget_s = opts.finetune_budget
+    settings.finetune_steps = opts.finetune_steps
     settings.write_noise_map = opts.write_noise_map
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)

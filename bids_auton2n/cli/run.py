@@ -129,6 +129,8 @@ def run_participant() -> int:
 
     execution = config.execution
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    print(f"bids_auton2n: participant level, {execution.bids_dir} -> {execution.output_dir}; "
+          "validating and indexing the dataset ...", file=sys.stderr, flush=True)
     if not execution.skip_bids_validation:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)

@@ -325,7 +325,9 @@ class DenoiseProvenance(SimpleInterface):
 class _FineTuneInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
-    time_budget_s = traits.Float(600.0, usedefault=True, desc="training time budget")
+    time_budget_s = traits.Float(600.0, usedefault=True,
+                                 desc="time budget of all of fine-tuning (preparation included)")
+    max_steps = traits.Int(desc="Adam-step limit (default: none)")
     device = traits.Str("auto", usedefault=True)
     omp_nthreads = traits.Int(1, usedefault=True)
 
@@ -355,7 +357,9 @@ class FineTune(SimpleInterface):
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
             registry=registry,
-            config=TrainConfig(level=0.0, device=self.inputs.device),
+            config=TrainConfig(level=0.0, device=self.inputs.device,
+                               max_steps=self.inputs.max_steps
+                               if isdefined(self.inputs.max_steps) else None),
             progress=False,
         )
         self._results["experts_dir"] = str(out_dir)

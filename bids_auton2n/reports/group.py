@@ -83,19 +83,24 @@ def _scatter(ax, x, y, rows, colour, label):
                    edgecolors="red", linewidths=1.5, zorder=4)
 
 
-def _figure_noise(table, out_file: Path) -> None:
+def _figure_by_contrast(table, column: str, out_file: Path, *, ylabel: str, title: str,
+                        flag: float | None = None) -> None:
+    """One value per image, one column of points per contrast (MRIQC's group strip plots)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colours = _colours(table)
     for position, (suffix, colour) in enumerate(colours.items()):
-        rows = table[(table["suffix"] == suffix) & table["noise_percent"].notna()]
+        rows = table[(table["suffix"] == suffix) & table[column].notna()]
         jitter = np.linspace(-0.15, 0.15, len(rows)) if len(rows) > 1 else np.zeros(len(rows))
-        _scatter(ax, position + jitter, rows["noise_percent"], rows, colour, suffix)
+        _scatter(ax, position + jitter, rows[column], rows, colour, suffix)
+    if flag is not None:
+        ax.axhline(flag, color="red", lw=1, ls="--", label=f"flag ({flag:g})")
+        ax.legend(fontsize=8, loc="best")
     ax.set_xticks(range(len(colours)), list(colours))
     ax.set_xlim(-0.6, len(colours) - 0.4)
     ax.set_xlabel("contrast")
-    ax.set_ylabel("estimated noise (% of reference tissue)")
-    ax.set_title("Estimated noise level per image (red circle: flagged)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_file, format="svg")
@@ -129,31 +134,6 @@ def _figure_before_after(table, metrics, out_file: Path, title: str) -> None:
     _link_svg(out_file)
 
 
-def _figure_structure(table, out_file: Path) -> None:
-    from .iqms import STRUCTURE_REMOVED_FLAG
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    colours = _colours(table)
-    for position, (suffix, colour) in enumerate(colours.items()):
-        rows = table[(table["suffix"] == suffix) & table["structure_removed"].notna()]
-        jitter = np.linspace(-0.15, 0.15, len(rows)) if len(rows) > 1 else np.zeros(len(rows))
-        _scatter(ax, position + jitter, rows["structure_removed"], rows, colour, suffix)
-    ax.axhline(STRUCTURE_REMOVED_FLAG, color="red", lw=1, ls="--",
-               label=f"flag ({STRUCTURE_REMOVED_FLAG:g})")
-    ax.set_xticks(range(len(colours)), list(colours))
-    ax.set_xlim(-0.6, len(colours) - 0.4)
-    ax.set_xlabel("contrast")
-    ax.set_ylabel("structure removed (correlation)")
-    ax.set_title("Structure in the residual per image (near 0: only noise removed)")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_file, format="svg")
-    plt.close(fig)
-    _link_svg(out_file)
-
-
 def write_group_report(table, *, output_dir: Path, work_dir: Path) -> Path:
     """Draw the group figures and assemble ``group_denoising.html`` in ``output_dir``."""
     from .core import assemble_report
@@ -162,12 +142,19 @@ def write_group_report(table, *, output_dir: Path, work_dir: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     for stale in figures.glob("group_*"):
         stale.unlink()
-    _figure_noise(table, figures / "group_desc-noisedist_T1w.svg")
+    from .iqms import STRUCTURE_REMOVED_FLAG
+
+    _figure_by_contrast(table, "noise_percent", figures / "group_desc-noisedist_T1w.svg",
+                        ylabel="estimated noise (% of reference tissue)",
+                        title="Estimated noise level per image (red circle: flagged)")
     _figure_before_after(table, [("snr", "SNR"), ("cjv", "CJV")],
                          figures / "group_desc-snrgain_T1w.svg", "SNR and CJV, input vs denoised")
     _figure_before_after(table, [("fwhm", "FWHM (mm)")],
                          figures / "group_desc-smoothness_T1w.svg", "Smoothness")
-    _figure_structure(table, figures / "group_desc-structure_T1w.svg")
+    _figure_by_contrast(table, "structure_removed", figures / "group_desc-structure_T1w.svg",
+                        ylabel="structure removed (correlation)",
+                        title="Structure in the residual per image (near 0: only noise removed)",
+                        flag=STRUCTURE_REMOVED_FLAG)
     columns = [c for c in _TABLE_COLUMNS if c in table.columns]
     shown = table[columns].copy()
     shown["subject"] = [f'<a href="{_report_link(s)}">{escape(s)}</a>' for s in shown["subject"]]

@@ -73,6 +73,8 @@ def init_auton2n_wf(*, layout=None, subjects=None):
         )
         if execution.experts_dir:
             finetune_node.inputs.experts_dir = str(execution.experts_dir)
+        if settings.finetune_steps is not None:
+            finetune_node.inputs.max_steps = settings.finetune_steps
         all_files = [f for files in subjects.values() for f in files]
         finetune_node.inputs.in_files = all_files
 
