@@ -76,3 +76,12 @@ def test_missing_input_is_reported_before_the_heavy_imports(tmp_path):
     assert done.stdout.split() == ["66", "False", "False", "False", "False"], done.stderr
     assert done.stderr.strip() == (f"bids_auton2n-denoise: error: "
                                    f"{tmp_path / 'missing_T1w.nii.gz'}: no such file")
+
+
+def test_finetune_step_limit_reaches_the_finetune_node(tiny_bids, tmp_path):
+    from bids_auton2n.workflows.base import init_auton2n_wf
+
+    parse_args([str(tiny_bids), str(tmp_path / "out"), "participant", "-w",
+                str(tmp_path / "work"), "--finetune", "--finetune-steps", "3"])
+    assert config.workflow.finetune_steps == 3
+    assert init_auton2n_wf().get_node("finetune").inputs.max_steps == 3

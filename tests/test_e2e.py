@@ -194,7 +194,7 @@ def test_group_table_and_report(app_run):
         assert f"figures/group_desc-{figure}_T1w.svg" in html
         svg = (out / "figures" / f"group_desc-{figure}_T1w.svg").read_text()
         # every point links to its participant's report, opened in the whole page
-        links = re.findall(r'<a target="_top" xlink:href="\.\./(sub-0[12])\.html"', svg)
+        links = re.findall(r'<a xlink:href="\.\./(sub-0[12])\.html" target="_top">', svg)
         assert sorted(set(links)) == ["sub-01", "sub-02"] and 'target="_blank"' not in svg
     assert "No image failed" in html
     for subject in ("sub-01", "sub-02"):
