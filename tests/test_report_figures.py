@@ -78,3 +78,19 @@ def test_residual_has_a_colour_bar_in_image_units_and_sigma():
     height = float(document.documentElement.getAttribute("height"))
     bottom = max(float(i.getAttribute("y")) + float(i.getAttribute("height")) for i in images)
     assert height - bottom < 20
+
+
+def test_group_flags_structure_removed_and_writes_no_empty_reason():
+    import pandas as pd
+
+    from bids_auton2n.reports.iqms import robust_z
+    from bids_auton2n.workflows.group import _outlier_reasons
+
+    table = pd.DataFrame({
+        "status": ["success"] * 3, "suffix": ["T1w"] * 3, "noise_percent": [3.0, 3.1, 2.9],
+        "snr_before": [10.0] * 3, "snr_after": [20.0] * 3, "fwhm_before": [2.0] * 3,
+        "fwhm_after": [2.2] * 3,
+        "structure_removed": [0.02, STRUCTURE_REMOVED_FLAG + 0.1, float("nan")]})
+    reasons = _outlier_reasons(table, robust_z)
+    assert reasons[0] is None and reasons[2] is None  # written n/a
+    assert reasons[1].startswith("structure_removed (")

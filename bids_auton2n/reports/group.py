@@ -110,7 +110,8 @@ def _figure_by_contrast(table, column: str, out_file: Path, *, ylabel: str, titl
 
 def _figure_before_after(table, metrics, out_file: Path, title: str) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    # At least two panels wide: the report draws every figure at the page's width.
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * max(len(metrics), 2), 3.8))
     axes = [axes] if len(metrics) == 1 else axes
     colours = _colours(table)
     for ax, (metric, label) in zip(axes, metrics):
