@@ -94,3 +94,15 @@ def test_group_flags_structure_removed_and_writes_no_empty_reason():
     reasons = _outlier_reasons(table, robust_z)
     assert reasons[0] is None and reasons[2] is None  # written n/a
     assert reasons[1].startswith("structure_removed (")
+
+
+def test_threshold_study_chooses_between_clean_and_over_smoothed_outputs():
+    from bids_auton2n.bench.structure_threshold import choose_flag
+
+    def row(output, value, selection=True):
+        return {"output": output, "structure_removed": value, "selection": selection}
+
+    rows = [row("noise only", 0.02), row("ours", 0.11), row("over-smoothed 0.7 vx", 0.12),
+            row("over-smoothed 1 vx", 0.31), row("over-smoothed 2 vx", 0.4),
+            row("ours", 0.9, selection=False)]  # the held-out scan takes no part
+    assert choose_flag(rows) == (0.11, 0.31, 0.2)

@@ -68,7 +68,7 @@ def _objects(data_dir: Path):
                 continue
             volume = np.asarray(nb.load(path).get_fdata(dtype=np.float32)).squeeze()
             volume, _ = _crop(volume, head_mask(volume), CROP)
-            yield name.split(".")[0], contrast, np.ascontiguousarray(volume), selection
+            yield name.removesuffix(".nii.gz"), contrast, np.ascontiguousarray(volume), selection
 
 
 def measure(data_dir: Path) -> list[dict]:
@@ -112,7 +112,7 @@ def report(rows: list[dict]) -> str:
     kept, removed, flag = choose_flag(rows)
     outputs = list(dict.fromkeys(r["output"] for r in rows))
     lines = ["# Threshold of the structure-removed measure", "",
-             f"Command: `python -m bids_auton2n.bench.structure_threshold` ({__doc__.splitlines()[0]})",
+             "Command: `python -m bids_auton2n.bench.structure_threshold`",
              "", "Objects: generated heads and real scans (centre crops of "
              f"{CROP}^3 voxels) with Rician noise at {', '.join(f'{v:g}' for v in LEVELS)} % "
              "of the reference tissue. `philips_ADNI_MPRAGE_T1w` (held-out validation scan) "
