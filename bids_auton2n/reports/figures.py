@@ -1,8 +1,9 @@
 """Reportlet figures of one denoised image, as self-contained SVG (arrays in, text out).
 
 Each figure is a grid of cuts (axial, coronal, sagittal) drawn as embedded PNG tiles, with
-labels in SVG text: it needs no script, no network and no font file, renders the same in a
-browser, a static screenshot and print, and takes well under a second for a 1 mm head.
+labels in SVG text: it needs no script, no network and no font file, and renders the same in a
+browser, a static screenshot and print. (Both figures of a demo image, 82 x 100 x 82 voxels,
+took 0.7 s on a loaded 2-core machine; nireports' flicker figure had taken 30 s.)
 
 * :func:`before_after_svg`: the noisy input and the denoised output in rows one above the
   other, over the same cuts and the same grey window, so that both are visible without
@@ -38,9 +39,9 @@ def cut_positions(mask: np.ndarray, axis: int, n_cuts: int) -> list[int]:
 
 
 def _cut(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """A 2D cut for display: first remaining axis left to right, second bottom to top
-    (RAS+ volumes, as :func:`nibabel.as_closest_canonical` gives, read as radiologists'
-    neurological view)."""
+    """A 2D cut for display: first remaining axis left to right, second bottom to top (for
+    RAS+ volumes, as :func:`nibabel.as_closest_canonical` gives: the neurological
+    convention, the subject's right on the right)."""
     return np.flipud(np.take(volume, index, axis=axis).T)
 
 
@@ -69,7 +70,7 @@ def _text(x, y, text, *, anchor="start", size=13, weight="normal") -> str:
             f'font-weight="{weight}" text-anchor="{anchor}">{escape(text)}</text>')
 
 
-def _grid(rows, volume_zooms, cuts) -> tuple[list[str], float, float]:
+def _grid(rows, volume_zooms) -> tuple[list[str], float, float]:
     """SVG elements of labelled rows of tiles: ``rows`` holds ``(label, view, tiles)``, each
     tile a PNG of the view's cuts."""
     elements, y, width = [], 0.0, 0.0
@@ -132,7 +133,7 @@ def before_after_svg(noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray, 
             rows.append((label, view, tiles))
         middle = cuts[len(cuts) // 2]
         flicker.append((view, middle))
-    elements, width, height = _grid(rows, zooms, None)
+    elements, width, height = _grid(rows, zooms)
     # The flicker: one cut per view, the denoised tile fading in and out over the noisy one.
     height += 18
     elements.append(_text(4, height - 4, "flicker (denoised over noisy, hover to pause)",
@@ -177,7 +178,7 @@ def residual_svg(residual: np.ndarray, mask: np.ndarray, sigma: float, zooms,
         tiles = [(_png(_cut(residual, view[1], c), -limit, limit, "RdBu_r"),
                   _cut(residual, view[1], c).shape) for c in cuts]
         rows.append(("residual", view, tiles))
-    elements, width, height = _grid(rows, zooms, None)
+    elements, width, height = _grid(rows, zooms)
     # Colour bar: a vertical gradient beside the tiles, ticks in image units and in sigma.
     bar_x, bar_w, top, bottom = width + 10, 16, 10.0, height - 14
     cmap = colormaps["RdBu_r"]
