@@ -267,6 +267,8 @@ def run_group() -> int:
     from ..utils.bids import check_paths
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    print(f"bids_auton2n: group level over {execution.output_dir}: quality measures of every "
+          "denoised image, then the group report ...", file=sys.stderr, flush=True)
     with _worker_logging(execution.work_dir, execution.verbosity):
         tsv, html, n_failed = run_group_level(
             bids_dir=execution.bids_dir,
