@@ -26,6 +26,8 @@ STUDIES = {
     "guard-validation": ("guard_validation", "threshold of the do-no-harm guard"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
+    "structure-threshold": ("structure_threshold",
+                            "where the structure-removed measure flags an output"),
 }
 
 
