@@ -12,7 +12,7 @@ import pytest
 from nipype.interfaces.base import isdefined
 
 from bids_auton2n import config
-from bids_auton2n.cli.parser import _build_parser, parse_args
+from bids_auton2n.cli.parser import _build_parser, _DeprecatedAlias, parse_args
 from bids_auton2n.reports.boilerplate import REFERENCES, render, write_boilerplate
 from bids_auton2n.workflows.base import init_anat_denoise_wf, init_auton2n_wf
 
@@ -124,6 +124,8 @@ FLAGS = {
     "--finetune": (["--finetune"], _check_finetune),
     "--finetune-budget": (["--finetune", "--finetune-budget", "30"],
                           lambda wf: _check_finetune(wf, budget=30.0)),
+    "--finetune-steps": (["--finetune", "--finetune-steps", "7"],
+                         lambda wf: _nodes(wf, "finetune")[0].inputs.max_steps == 7),
     "--write-noise-map": (["--write-noise-map"],
                           lambda wf: len(_nodes(wf, "ds_noise")) == N_IMAGES),
     "--experts-dir": (["--experts-dir", lambda tmp_path: str(tmp_path / "experts")],
@@ -156,8 +158,10 @@ NOT_A_RUN = {"--help", "--version"}
 
 
 def test_every_option_has_a_build_test():
+    # A deprecated alias is its replacement's option (tested in test_cli_options.py).
     options = {next(o for o in action.option_strings if o.startswith("--"))
-               for action in _build_parser()._actions if action.option_strings}
+               for action in _build_parser()._actions
+               if action.option_strings and not isinstance(action, _DeprecatedAlias)}
     assert options - NOT_A_RUN == set(FLAGS) - {""}
 
 

@@ -59,7 +59,7 @@ class DenoiseResult:
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
-            "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "NoiseEstimate": noise_sidecar(self.noise, self.noise_source),
             "Experts": [
                 {"NoiseLevelPercent": c.level, "Weight": c.weight,
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
@@ -83,6 +83,30 @@ class DenoiseResult:
 
 def _level_key(level: float) -> str:
     return f"{level:g}"
+
+
+def _camel_case(key: str) -> str:
+    """``reference_tissue`` -> ``ReferenceTissue``, ``n_voxels`` -> ``NumberOfVoxels``."""
+    if key.startswith("n_"):
+        key = "number_of" + key[1:]
+    return key.replace("_", " ").title().replace(" ", "")
+
+
+def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
+    """The ``NoiseEstimate`` entry of a sidecar, in the CamelCase of BIDS keys.
+
+    The one definition of those keys (``Sigma``, ``Percent``, ``ReferenceTissue``,
+    ``ReferenceIntensity``, ...: each field of :class:`~.noise.NoiseEstimate`), with
+    ``Source``: ``"estimated"`` or ``"user"``.
+
+    Parameters
+    ----------
+    noise : NoiseEstimate
+        The estimate (or the user's ``--noise-level``) the image was denoised with.
+    source : str
+        ``"estimated"`` or ``"user"``: where the noise level came from.
+    """
+    return {**{_camel_case(k): v for k, v in noise.to_dict().items()}, "Source": source}
 
 
 @contextmanager
@@ -179,7 +203,7 @@ def denoise_array(
                           mask=mask, progress=progress)
     denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
                            wiener=wiener, timings=timings, progress=progress)
-    denoised = restore_nonfinite(denoised, x, nonfinite)
+    denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
         denoised=denoised,
@@ -359,21 +383,28 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bo
     return image
 
 
-def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
-                      nonfinite: np.ndarray) -> np.ndarray:
-    """float32 output with the input's NaN/Inf voxels put back where they were.
+def output_image(denoised: np.ndarray, original: np.ndarray,
+                 nonfinite: np.ndarray) -> np.ndarray:
+    """The pipeline's output as it is written, the last step of every path (library and workflow).
+
+    float32; no negative voxel where the input is a magnitude image (none of its finite voxels
+    is negative: the denoiser's negative values there are not signal, they are set to 0); the
+    input's NaN/Inf voxels put back where they were.
 
     Parameters
     ----------
     denoised : ndarray
-        Output of the pipeline.
+        Output of :func:`final_image`.
     original : ndarray
-        The input (its values are taken where ``nonfinite``).
+        The input (its values are taken where ``nonfinite``; its sign decides the clipping).
     nonfinite : ndarray of bool
         Where the input was NaN or infinite (:func:`~.intensity.sanitize`).
     """
     denoised = np.array(denoised, dtype=np.float32)
-    denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
+    original = np.asarray(original, dtype=np.float32)
+    if not np.any(original[~nonfinite] < 0):
+        np.maximum(denoised, 0.0, out=denoised)
+    denoised[nonfinite] = original[nonfinite]
     return denoised
 
 

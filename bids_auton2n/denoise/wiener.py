@@ -3,10 +3,10 @@
 Given the noisy volume ``x`` and a pilot estimate ``p`` of its noise-free signal (here the
 CNN + RI-NLM output), every reference block of ``B**3`` voxels on a grid of step ``step``
 is grouped with the ``group_size`` blocks of its search window most similar to it *in the
-pilot*; the group of noisy blocks is transformed (orthonormal 3D DCT of each block, then an
-orthonormal Haar transform across the group, as BM3D's), each coefficient is multiplied by the empirical Wiener
-gain ``P**2 / (P**2 + sigma**2)`` where ``P`` is the same coefficient of the pilot's group,
-and the group is transformed back.  Every block estimate is aggregated into the output with
+pilot*; the group of noisy blocks is transformed (orthonormal 3D DCT of each block, then
+an orthonormal Haar transform across the group, as BM3D's), each coefficient is multiplied by
+the empirical Wiener gain ``P**2 / (P**2 + sigma**2)`` where ``P`` is the same coefficient of
+the pilot's group, and the group is transformed back.  Every block estimate is aggregated into the output with
 the weight ``1 / (sigma**2 * sum(gain**2))`` (the inverse of the estimate's noise variance,
 Dabov et al. 2007).  Voxels no block covers keep the pilot.
 

@@ -8,7 +8,7 @@ The BIDS-App composes the denoising from these nodes in the order of
   the head mask, then ``estimate_array_noise`` or ``noise_for_level``;
 * :class:`SelectExperts`: ``choose_experts``;
 * :class:`CNNDenoise`: ``run_experts``;
-* :class:`FuseRINLM`: ``final_image`` and ``restore_nonfinite``;
+* :class:`FuseRINLM`: ``final_image`` and ``output_image``;
 * :class:`DenoiseProvenance`: ``DenoiseResult.provenance`` (the sidecar).
 
 Files travel between the nodes (the sanitised float32 image, its head mask, the CNN output)
@@ -246,15 +246,16 @@ class _FuseRINLMOutputSpec(TraitedSpec):
 class FuseRINLM(DenoiseStep):
     """Average the CNN output with RI-NLM guided by it (paper's final image), Wiener stage, guard.
 
-    :func:`~bids_auton2n.denoise.pipeline.final_image` (every step optional), then the input's
-    non-finite voxels are put back (:func:`~bids_auton2n.denoise.pipeline.restore_nonfinite`).
+    :func:`~bids_auton2n.denoise.pipeline.final_image` (every step optional), then the output
+    as written (:func:`~bids_auton2n.denoise.pipeline.output_image`: no negative voxel in a
+    magnitude image, the input's non-finite voxels put back).
     """
 
     input_spec = _FuseRINLMInputSpec
     output_spec = _FuseRINLMOutputSpec
 
     def _run_step(self):
-        from ..denoise.pipeline import final_image, restore_nonfinite
+        from ..denoise.pipeline import final_image, output_image
 
         img, finite = self._read(self.inputs.in_file)
         _, cnn = self._read(self.inputs.cnn_file)
@@ -268,7 +269,7 @@ class FuseRINLM(DenoiseStep):
             _, values = self._read(self.inputs.nonfinite_file)
             nonfinite = ~np.isfinite(values)
             original = np.where(nonfinite, values, finite)
-        denoised = restore_nonfinite(denoised, original, nonfinite)
+        denoised = output_image(denoised, original, nonfinite)
         with np.errstate(invalid="ignore"):  # inf - inf at restored voxels: 0 in the residual
             residual = np.nan_to_num(original - denoised)
         return {"timings": timings,
@@ -361,7 +362,9 @@ class DenoiseProvenance(SimpleInterface):
 class _FineTuneInputSpec(_DenoiseStepInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
-    time_budget_s = traits.Float(600.0, usedefault=True, desc="training time budget")
+    time_budget_s = traits.Float(600.0, usedefault=True,
+                                 desc="time budget of all of fine-tuning (preparation included)")
+    max_steps = traits.Int(desc="Adam-step limit (default: none)")
     device = traits.Str("auto", usedefault=True)
 
 
@@ -388,7 +391,9 @@ class FineTune(DenoiseStep):
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
             registry=self._registry(self.inputs.experts_dir),
-            config=TrainConfig(level=0.0, device=self.inputs.device),
+            config=TrainConfig(level=0.0, device=self.inputs.device,
+                               max_steps=self.inputs.max_steps
+                               if isdefined(self.inputs.max_steps) else None),
             progress=False,
         )
         return {"experts_dir": str(out_dir)}

@@ -76,8 +76,14 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
+#: What a written image keeps of its source (the methods text and ``--help`` quote it).
+KEPT_FROM_SOURCE = ("voxel grid, affine (qform and sform with their codes), voxel sizes and "
+                    "units of the source; data are stored as float32 (an integer source's "
+                    "scaling applied), whatever the source's data type")
+
+
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms).
+    """Write ``data`` as float32 with the reference's header: see :data:`KEPT_FROM_SOURCE`.
 
     Parameters
     ----------

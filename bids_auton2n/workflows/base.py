@@ -33,7 +33,8 @@ from ..interfaces.denoise import (
     FuseRINLM,
     SelectExperts,
 )
-from ..interfaces.reports import DenoiseSummary
+from ..interfaces.qc import ComputeIQMs
+from ..interfaces.reports import DenoiseSummary, DenoisingFigures
 from ..utils.bids import file_entities
 from .outputs import init_ds_denoised_wf, init_ds_reportlets_wf
 
@@ -80,6 +81,8 @@ def init_auton2n_wf(*, layout=None, subjects=None):
         )
         if execution.experts_dir:
             finetune_node.inputs.experts_dir = str(execution.experts_dir)
+        if settings.finetune_steps is not None:
+            finetune_node.inputs.max_steps = settings.finetune_steps
         all_files = [f for files in subjects.values() for f in files]
         finetune_node.inputs.in_files = all_files
 
@@ -285,18 +288,16 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
 
     Outputs
     -------
-    out_file, noise_image, out_json, metadata, noise_percent
+    out_file, noise_image, mask_file, sigma, out_json, metadata, noise_percent
         Those of :func:`init_denoise_wf`.
     out_report
-        Before/after flicker SVG (nireports ``SimpleBeforeAfterRPT``, ex-niworkflows).
+        Before/after SVG: noisy and denoised rows over the same cuts, then a flicker.
     residual_report
-        Mosaic SVG of the residual.
+        SVG of the residual on +/- 3 sigma, with a colour bar.
     summary_report
-        HTML fragment: noise estimate, experts, options.
+        HTML fragment: noise estimate, experts, options, quality measures before and
+        after (those of the group table) and the structure removed, flagged when high.
     """
-    from nireports.interfaces.mosaic import PlotMosaic
-    from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
-
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(
@@ -305,27 +306,24 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
         name="outputnode",
     )
     denoise_wf = init_denoise_wf(**denoise_options)
-    before_after = pe.Node(
-        SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
-                             dismiss_affine=False, generate_report=True),
-        name="before_after",
-    )
-    residual = pe.Node(
-        PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
-                   cmap="Greys_r", out_file="residual.svg"),
-        name="residual_mosaic",
-    )
+    figures = pe.Node(DenoisingFigures(), name="figures")
     summary = pe.Node(DenoiseSummary(), name="summary")
+    iqms = pe.Node(ComputeIQMs(contrast=denoise_options["contrast"]), name="iqms")
 
     workflow.connect([
         (inputnode, denoise_wf, [(f, f"inputnode.{f}") for f in DENOISE_INPUTS]),
         (denoise_wf, outputnode, [(f"outputnode.{f}", f) for f in DENOISE_OUTPUTS]),
-        (inputnode, before_after, [("in_file", "before")]),
-        (denoise_wf, before_after, [("outputnode.out_file", "after")]),
-        (denoise_wf, residual, [("outputnode.noise_image", "in_file")]),
+        (inputnode, figures, [("in_file", "in_file")]),
+        (denoise_wf, figures, [("outputnode.out_file", "denoised_file"),
+                               ("outputnode.noise_image", "noise_image"),
+                               ("outputnode.mask_file", "mask_file"),
+                               ("outputnode.sigma", "sigma")]),
+        (inputnode, iqms, [("in_file", "source_file")]),
+        (denoise_wf, iqms, [("outputnode.out_file", "denoised_file")]),
+        (iqms, summary, [("out_json", "iqms_json")]),
         (denoise_wf, summary, [("outputnode.out_json", "provenance_json")]),
-        (before_after, outputnode, [("out_report", "out_report")]),
-        (residual, outputnode, [("out_file", "residual_report")]),
+        (figures, outputnode, [("before_after", "out_report"),
+                               ("residual", "residual_report")]),
         (summary, outputnode, [("out_report", "summary_report")]),
     ])  # fmt:skip
     return workflow
@@ -333,7 +331,8 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
 
 #: Inputs and outputs of :func:`init_denoise_wf`.
 DENOISE_INPUTS = ["in_file", "bids_dir", "source_metadata", "experts_dir"]
-DENOISE_OUTPUTS = ["out_file", "noise_image", "out_json", "metadata", "noise_percent"]
+DENOISE_OUTPUTS = ["out_file", "noise_image", "mask_file", "sigma", "out_json", "metadata",
+                   "noise_percent"]
 
 
 def init_denoise_wf(
@@ -397,9 +396,14 @@ def init_denoise_wf(
     Outputs
     -------
     out_file
-        Denoised image (input affine and header).
+        Denoised image (float32, voxel grid and affine of the input; see
+        :data:`~bids_auton2n.utils.io.KEPT_FROM_SOURCE`).
     noise_image
         Input minus denoised.
+    mask_file
+        Head mask the noise was estimated in.
+    sigma
+        Noise standard deviation in image units (estimated, or from ``noise_level``).
     out_json
         Provenance record (also as ``metadata`` dict for the sidecar).
     metadata
@@ -447,7 +451,8 @@ def init_denoise_wf(
                               ("selection", "selection")]),
         (cnn, provenance, [("device", "device"), ("timings", "cnn_timings")]),
         (fuse, provenance, [("out_file", "denoised_file"), ("timings", "fusion_timings")]),
-        (estimate, outputnode, [("percent", "noise_percent")]),
+        (estimate, outputnode, [("percent", "noise_percent"), ("mask_file", "mask_file"),
+                                ("sigma", "sigma")]),
         (fuse, outputnode, [("out_file", "out_file"), ("noise_image", "noise_image")]),
         (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
     ])  # fmt:skip
@@ -458,6 +463,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
     from ..denoise.wiener import BLOCK, GROUP_SIZE
+    from ..utils.io import KEPT_FROM_SOURCE
 
     if noise_level is not None:
         noise = f"The noise level was set by the user to {noise_level:g} %"
@@ -512,4 +518,6 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                     "back to the image (do-no-harm guard: what noise cannot explain is structure "
                     "[@buades2005]), for the network output before it guided RI-NLM and after "
                     "every later step.")
+    text.append(f"Denoised images keep the {KEPT_FROM_SOURCE}. Where a source has no negative "
+                "voxel (a magnitude image), negative output values are set to 0.")
     return " ".join(text) + "\n\n"

@@ -29,6 +29,8 @@ STUDIES = {
     "speed": ("speed", "whole-process seconds of ours, ANTs and DIPY; the fixed costs"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
+    "structure-threshold": ("structure_threshold",
+                            "where the structure-removed measure flags an output"),
 }
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
             print(f"[{NAME}] {name} {level:g} %: {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
     rows = list(next(iter(results.values())))
-    lines = [f"# Final stage: Wiener stage, its settings and TTA passes on validation objects", "",
+    lines = ["# Final stage: Wiener stage, its settings and TTA passes on validation objects", "",
              f"`{command_line(NAME, argv)}` at revision `{pipeline_revision()}`. PSNR (dB) over "
              "the head; Rician noise in % of white matter; shipped experts. See the study's "
              "docstring for the objects.", ""]
