@@ -31,6 +31,7 @@ from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
 from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
+from .rician import expected_bias, rician_correct
 from .rinlm import ri_nlm
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
@@ -228,37 +229,46 @@ def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     ))
 
 
-def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: bool) -> np.ndarray:
+def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma, *, rician: bool,
+               cnn_part: np.ndarray | None = None) -> np.ndarray:
     """The paper's final image: the mean of the CNN output and RI-NLM guided by it.
 
     RI-NLM runs on the whole volume, not only in the head mask: where a mask misses tissue
     (e.g. dark CSF of a field of view cropped inside the head) a masked filter would return
-    the noisy input there and the mean would keep half of the noise.
+    the noisy input there and the mean would keep half of the noise.  ``cnn`` guides the
+    filter; ``cnn_part`` (default ``cnn``) is the CNN half of the mean (its Rician-corrected
+    version, see :func:`final_image`).  ``sigma``: one value or a map.
     """
     guided = ri_nlm(finite, cnn, sigma, rician=rician)
-    return 0.5 * (cnn + guided)
+    return 0.5 * ((cnn if cnn_part is None else cnn_part) + guided)
 
 
-def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
+def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, guard: bool,
                 rician: bool, timings: dict | None = None, progress: bool = False) -> np.ndarray:
     """From the CNN output to the pipeline's output: RI-NLM fusion and the do-no-harm guard.
 
     The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
     RI-NLM, so that structure the network removed does not steer the filter's weights either,
-    and again to the fused image.  Each step is optional; ``timings`` receives their seconds
-    under ``"rinlm"`` and ``"guard"``.
+    and again to the fused image.  With ``rician``, the CNN output, an estimate of the local
+    mean of the magnitude, is bias-corrected (:func:`~.rician.rician_correct`) as RI-NLM
+    corrects its own average, and the second guard measures the residual against the
+    bias-corrected input (what the Rician bias explains is not structure).  Each step is
+    optional; ``timings`` receives their seconds under ``"rinlm"`` and ``"guard"``.
+    ``sigma`` is one noise level or a map of the volume's shape (spatially varying noise).
     """
     timings = {} if timings is None else timings
     if guard:
         with _stage("guard", timings, progress):
             cnn = limit_residual(finite, cnn, sigma)
+    output = rician_correct(cnn, finite, sigma) if rician else cnn
     if fusion:
         with _stage("rinlm", timings, progress):
-            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
+            output = fuse_rinlm(finite, cnn, sigma, rician=rician, cnn_part=output)
         if guard:
             with _stage("guard", timings, progress):
-                cnn = limit_residual(finite, cnn, sigma)
-    return cnn
+                expected = finite - expected_bias(output, sigma) if rician else finite
+                output = limit_residual(expected, output, sigma)
+    return output
 
 
 def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
