@@ -63,6 +63,9 @@ class WorkflowSettings:
     finetune: bool = False
     finetune_budget_s: float = 600.0
     write_noise_map: bool = False
+    noise_model: str = "auto"
+    pair_source: str = "auto"
+    slice_pair_budget_s: float = 300.0
 
 
 @dataclass

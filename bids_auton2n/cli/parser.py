@@ -129,8 +129,22 @@ def _build_parser() -> argparse.ArgumentParser:
                        "shared by all images of the run) before denoising")
     g_den.add_argument("--finetune-budget", type=_positive_float, default=600.0,
                        metavar="SECONDS", help="time budget of --finetune")
+    g_den.add_argument("--noise-model", choices=("auto", "global", "adaptive"), default="auto",
+                       help="global: one noise level per image; adaptive: a local noise map "
+                       "routes each region to the experts of its level and gives RI-NLM and "
+                       "the guard their local sigma; auto: adaptive where the map says the "
+                       "noise varies across the head")
+    g_den.add_argument("--pair-source", choices=("auto", "synthetic-patches",
+                                                 "neighbouring-slices"), default="auto",
+                       help="neighbouring-slices: fine-tune the selected expert on the "
+                       "image's own neighbouring-slice pairs (NS-N2N) and apply it slice by "
+                       "slice; auto: for thick slices (slice spacing >= 2x in-plane)")
+    g_den.add_argument("--slice-pair-budget", type=_positive_float, default=300.0,
+                       metavar="SECONDS", help="time budget of the neighbouring-slice "
+                       "fine-tuning of one image, all of it")
     g_den.add_argument("--write-noise-map", action="store_true",
-                       help="also write the residual (input - denoised) as desc-noise")
+                       help="also write the local noise level map (sigma, image units) as "
+                       "desc-noise and the residual (input - denoised) as desc-residual")
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
 
     g_perf = parser.add_argument_group("Performance and execution")
@@ -205,6 +219,12 @@ def parse_args(args=None) -> None:
     settings.finetune = opts.finetune
     settings.finetune_budget_s = opts.finetune_budget
     settings.write_noise_map = opts.write_noise_map
+    settings.noise_model = opts.noise_model
+    settings.pair_source = opts.pair_source
+    settings.slice_pair_budget_s = opts.slice_pair_budget
+    if opts.noise_model == "adaptive" and opts.noise_level is not None:
+        raise BIDSAppError("--noise-model adaptive needs the noise estimate (a local map), "
+                           "not --noise-level", EXIT_USAGE)
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)
 

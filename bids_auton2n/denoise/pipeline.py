@@ -31,13 +31,25 @@ from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
 from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
+from .noisemap import NoiseMap, choose_noise_model, local_noise_map, percent_map
 from .rician import expected_bias, rician_correct
 from .rinlm import ri_nlm
+from .routing import routed_cnn_denoise
+from .slices import from_slices_first, slice_axis, slicewise_cnn_denoise, to_slices_first
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
 
 #: BIDS suffixes the app denoises; used to infer the contrast from a file name.
 CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
+
+#: Where the Noise2Noise training pairs of an image come from (sidecar ``PairSource``):
+#: the Auto-N2N synthetic pair of 3D patches (the shipped experts, as they are), the
+#: neighbouring slices of a thick-slice image (NS-N2N fine-tuning on the image itself), or
+#: repeated acquisitions of the image (Noise2Average / consensus N2N).
+PAIR_SOURCES = ("synthetic-patches", "neighbouring-slices", "repeats")
+#: ``pair_source`` choices of :func:`denoise_array`: ``auto`` picks neighbouring slices for
+#: a thick-slice volume (:func:`~.slices.slice_axis`), synthetic patches otherwise.
+PAIR_SOURCE_CHOICES = ("auto", "synthetic-patches", "neighbouring-slices")
 
 
 class InputImageError(ValueError):
@@ -59,11 +71,18 @@ class DenoiseResult:
     device: str
     guard: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    noise_model: dict = field(default_factory=lambda: {"Model": "global"})
+    pair_source: str = "synthetic-patches"
+    slice_pairs: dict | None = None
+    noise_map: NoiseMap | None = None
 
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
             "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "NoiseModel": self.noise_model,
+            "PairSource": self.pair_source,
+            **({"SlicePairFineTuning": self.slice_pairs} if self.slice_pairs else {}),
             "Experts": [
                 {"NoiseLevelPercent": c.level, "Weight": c.weight,
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
@@ -112,6 +131,11 @@ def denoise_array(
     rician: bool = True,
     registry: ExpertRegistry | None = None,
     progress: bool = False,
+    voxel_size=None,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
 ) -> DenoiseResult:
     """Denoise one 3D volume with the Auto-N2N mixture of experts.
 
@@ -143,6 +167,24 @@ def denoise_array(
         Where the expert weights come from (default: the experts shipped with the package).
     progress : bool
         Log each stage and show progress bars on long ones.
+    voxel_size : sequence of 3 float, optional
+        Voxel edges in mm (default 1 mm isotropic): the smoothing of the noise map and the
+        slice axis of thick-slice volumes.
+    noise_model : {"auto", "global", "adaptive"}
+        ``global``: one noise level for the image; ``adaptive``: the local noise map
+        (:mod:`~.noisemap`) routes each region to the experts of its level
+        (:mod:`~.routing`) and gives RI-NLM, the guard and the Rician correction their local
+        sigma; ``auto``: adaptive when the map's spread says the noise varies.
+    pair_source : {"auto", "synthetic-patches", "neighbouring-slices"}
+        ``neighbouring-slices``: fine-tune the selected expert on the image's own
+        neighbouring-slice pairs (NS-N2N, :mod:`bids_auton2n.train.nsn2n`) and apply it slice
+        by slice; ``auto``: for thick-slice volumes (:func:`~.slices.slice_axis`).
+    slice_pair_budget_s : float, optional
+        Wall-clock budget of that fine-tuning, all of it (default
+        :data:`bids_auton2n.train.nsn2n.BUDGET_S`; ``None`` with ``slice_pair_steps``: no
+        time limit).
+    slice_pair_steps : int, optional
+        Step limit of that fine-tuning.
 
     Returns
     -------
@@ -159,21 +201,28 @@ def denoise_array(
     if mask.shape != finite.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {finite.shape}")
 
+    voxel_size = (1.0, 1.0, 1.0) if voxel_size is None else tuple(float(z) for z in voxel_size)
+    source = resolve_pair_source(pair_source, voxel_size)
     if noise_level is None:
-        noise = estimate_array_noise(finite, contrast=contrast, mask=mask, timings=timings,
-                                     progress=progress)
+        noise, noise_map = estimate_noise_and_map(finite, contrast=contrast, mask=mask,
+                                                  voxel_size=voxel_size, timings=timings,
+                                                  progress=progress)
         noise_source = "estimated"
     else:
         noise = noise_for_level(finite, mask=mask, contrast=contrast, percent=noise_level)
-        noise_source = "user"
+        noise_source, noise_map = "user", None
+    model = choose_noise_model(noise_map, noise_model)
+    sigma = noise_map.sigma if model == "adaptive" else noise.sigma
 
     registry = registry or ExpertRegistry()
     choices = choose_experts(registry, noise.percent, expert=expert, blend=blend)
     torch_device = resolve_device(device)
-    with _stage("cnn", timings, progress):
-        cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
-                          mask=mask, progress=progress)
-    denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
+    cnn, used = denoise_cnn(
+        finite, noise, choices, registry, noise_model=model, noise_map=noise_map,
+        pair_source=source, voxel_size=voxel_size, slice_pair_budget_s=slice_pair_budget_s,
+        slice_pair_steps=slice_pair_steps, tta=tta, device=torch_device, mask=mask,
+        timings=timings, progress=progress)
+    denoised = final_image(finite, cnn, sigma, fusion=fusion, guard=guard, rician=rician,
                            timings=timings, progress=progress)
     denoised = restore_nonfinite(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
@@ -181,15 +230,123 @@ def denoise_array(
         denoised=denoised,
         noise=noise,
         noise_source=noise_source,
-        experts=choices,
-        weights_sha256={_level_key(c.level): registry.sha256(c.level) for c in choices},
+        experts=used.choices,
+        weights_sha256=used.sha256,
         tta=tta,
         fusion=fusion,
         rician=rician,
         device=str(torch_device),
         guard=guard,
         timings=timings,
+        noise_model=noise_model_record(model, noise_model, noise_map, noise),
+        pair_source=source,
+        slice_pairs=used.slice_pairs,
+        noise_map=noise_map,
     )
+
+
+def resolve_pair_source(requested: str, voxel_size) -> str:
+    """The pair source for ``requested`` (one of :data:`PAIR_SOURCE_CHOICES`) and the voxel size."""
+    if requested not in PAIR_SOURCE_CHOICES:
+        raise ValueError(f"pair source must be one of {', '.join(PAIR_SOURCE_CHOICES)}, "
+                         f"got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "neighbouring-slices" if slice_axis(voxel_size) is not None else "synthetic-patches"
+
+
+def pair_slice_axis(voxel_size) -> int:
+    """Slice axis of the neighbouring-slice pairs: the thick-slice axis, else the axis of the
+    largest spacing (the last of equal ones)."""
+    axis = slice_axis(voxel_size)
+    if axis is None:
+        spacing = np.asarray(voxel_size, dtype=np.float64)
+        axis = int(len(spacing) - 1 - np.argmax(spacing[::-1]))
+    return axis
+
+
+def noise_model_record(model: str, requested: str, noise_map: NoiseMap | None,
+                       noise: NoiseEstimate) -> dict:
+    """Sidecar record of the noise model: which one ran, who chose it, the map's summary."""
+    record = {"Model": model, "Choice": "user" if requested != "auto" else "auto"}
+    if noise_map is not None:
+        record["NoiseMap"] = noise_map.summary(noise.reference_intensity)
+    return record
+
+
+@dataclass
+class ExpertsUsed:
+    """The experts the CNN stage ran (for the sidecar): choices, their hashes, NS-N2N record."""
+
+    choices: list[ExpertChoice]
+    sha256: dict[str, str]
+    slice_pairs: dict | None = None
+
+
+def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
+                registry: ExpertRegistry, *, noise_model: str, noise_map: NoiseMap | None,
+                pair_source: str, voxel_size, tta: bool, device, mask: np.ndarray,
+                slice_pair_budget_s: float | None = None, slice_pair_steps: int | None = None,
+                slice_pair_state: dict | None = None, timings: dict | None = None,
+                progress: bool = False) -> tuple[np.ndarray, ExpertsUsed]:
+    """The CNN stage of every path, in image units (shared with the ``CNNDenoise`` node).
+
+    * ``neighbouring-slices``: the first of ``choices`` is fine-tuned on the image's
+      neighbouring-slice pairs (:func:`bids_auton2n.train.nsn2n.finetune_expert_on_slices`,
+      the local sigma with the adaptive model) unless ``slice_pair_state`` gives the weights
+      already tuned, and applied slice by slice;
+    * ``adaptive``: the experts are routed by the local level map
+      (:func:`~.routing.routed_cnn_denoise`);
+    * otherwise: ``choices`` everywhere (:func:`run_experts`).
+    """
+    timings = {} if timings is None else timings
+    if pair_source == "neighbouring-slices":
+        from ..train.nsn2n import finetune_expert_on_slices
+
+        axis = pair_slice_axis(voxel_size)
+        level = choices[0].level
+        sigma = noise_map.sigma if noise_model == "adaptive" else noise.sigma
+        record = None
+        if slice_pair_state is None:
+            with _stage("slice_pairs", timings, progress):
+                slice_pair_state, record = finetune_expert_on_slices(
+                    finite, mask, sigma, noise, registry, level, axis=axis,
+                    budget_s=slice_pair_budget_s, max_steps=slice_pair_steps, device=device,
+                    progress=progress)
+        with _stage("cnn", timings, progress):
+            cnn = run_slicewise_expert(finite, noise, slice_pair_state, axis=axis, tta=tta,
+                                       device=device, mask=mask, progress=progress)
+        from ..train.trainer import state_sha256
+
+        return cnn, ExpertsUsed([ExpertChoice(level, 1.0)], {_level_key(level): state_sha256(
+            slice_pair_state)}, record)
+    with _stage("cnn", timings, progress):
+        if noise_model == "adaptive":
+            normalizer = IntensityNormalizer(noise.reference_intensity)
+            routed_output, routed = routed_cnn_denoise(
+                normalizer.forward(finite), percent_map(noise_map, noise), registry, tta=tta,
+                device=device, mask=mask, progress=progress)
+            cnn = normalizer.inverse(routed_output)
+            choices = routed.choices
+        else:
+            cnn = run_experts(finite, noise, choices, registry, tta=tta, device=device,
+                              mask=mask, progress=progress)
+    return cnn, ExpertsUsed(choices, {_level_key(c.level): registry.sha256(c.level)
+                                      for c in choices})
+
+
+def run_slicewise_expert(finite: np.ndarray, noise: NoiseEstimate, state_dict: dict, *, axis: int,
+                         tta: bool, device, mask: np.ndarray, progress: bool = False) -> np.ndarray:
+    """An expert's weights applied slice by slice along ``axis``, in image units."""
+    from .network import ResidualDenoiser3D
+
+    model = ResidualDenoiser3D()
+    model.load_state_dict(state_dict, strict=True)
+    normalizer = IntensityNormalizer(noise.reference_intensity)
+    slices = to_slices_first(normalizer.forward(finite), axis)
+    output = slicewise_cnn_denoise(slices, model, tta=tta, device=device,
+                                   mask=to_slices_first(mask, axis), progress=progress)
+    return normalizer.inverse(from_slices_first(output, axis))
 
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
@@ -277,6 +434,20 @@ def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
     denoised = np.array(denoised, dtype=np.float32)
     denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
     return denoised
+
+
+def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarray, voxel_size,
+                           timings: dict | None = None, progress: bool = False
+                           ) -> tuple[NoiseEstimate, NoiseMap]:
+    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair."""
+    timings = {} if timings is None else timings
+    with _stage("pairs", timings, progress):
+        pair = noise_pair(finite, mask=mask)
+    with _stage("estimate", timings, progress):
+        noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
+    with _stage("noise_map", timings, progress):
+        noise_map = local_noise_map(finite, pair, mask, contrast=contrast, voxel_size=voxel_size)
+    return noise, noise_map
 
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
@@ -382,17 +553,22 @@ def denoise_file(
     contrast: str | None = None,
     mask_file: str | Path | None = None,
     noise_map: str | Path | None = None,
+    sigma_map: str | Path | None = None,
     **kwargs,
 ) -> DenoiseResult:
     """Denoise a NIfTI file and write the result (and optionally input − output).
 
-    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none); the other
-    keyword arguments are those of :func:`denoise_array`.
+    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none), ``voxel_size``
+    to the header's; ``sigma_map`` receives the local noise map (when the noise is
+    estimated); the other keyword arguments are those of :func:`denoise_array`.
     """
     img, data, mask = _read_inputs(in_file, mask_file)
+    kwargs.setdefault("voxel_size", img.header.get_zooms()[:3])
     result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
                            mask=mask, **kwargs)
     save_like(result.denoised, img, out_file)
     if noise_map is not None:
         save_like(np.nan_to_num(data - result.denoised), img, noise_map)
+    if sigma_map is not None and result.noise_map is not None:
+        save_like(result.noise_map.sigma, img, sigma_map)
     return result

@@ -25,7 +25,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..denoise.pipeline import CONTRASTS
+from ..denoise.noisemap import NOISE_MODELS
+from ..denoise.pipeline import CONTRASTS, PAIR_SOURCE_CHOICES
 
 
 def _registry(experts_dir):
@@ -54,6 +55,10 @@ class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of in_file")
     noise_level = traits.Float(desc="user-given noise level (percent); skips the estimate")
+    noise_model = traits.Enum(*NOISE_MODELS, usedefault=True,
+                              desc="global, adaptive (local noise map) or auto (by its spread)")
+    pair_source = traits.Enum(*PAIR_SOURCE_CHOICES, usedefault=True,
+                              desc="N2N pairs: auto (neighbouring slices for thick slices)")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernels")
 
 
@@ -62,11 +67,20 @@ class _EstimateNoiseOutputSpec(TraitedSpec):
     mask_file = File(exists=True, desc="head mask (noise estimate, CNN bounding box)")
     percent = traits.Float(desc="noise in percent of the reference tissue")
     sigma = traits.Float(desc="noise standard deviation in image units")
+    sigma_map_file = File(desc="local noise sigma map (image units); not with a given level")
+    model_json = File(exists=True, desc="noise model record (model, choice, map summary)")
+    noise_model = traits.Str(desc="the noise model chosen: global or adaptive")
+    pair_source = traits.Str(desc="the pair source chosen (PAIR_SOURCES)")
     runtime_s = traits.Float(desc="seconds spent")
 
 
 class EstimateNoise(SimpleInterface):
-    """Head mask and noise level (both units) of one image (:func:`~.noise.estimate_noise`)."""
+    """Head mask, noise level (both units), local noise map and the choices they lead to.
+
+    :func:`~.pipeline.estimate_noise_and_map`, :func:`~.noisemap.choose_noise_model` and
+    :func:`~.pipeline.resolve_pair_source` (voxel size from the header), as
+    :func:`~.pipeline.denoise_array` calls them.
+    """
 
     input_spec = _EstimateNoiseInputSpec
     output_spec = _EstimateNoiseOutputSpec
@@ -74,32 +88,48 @@ class EstimateNoise(SimpleInterface):
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
-        from ..denoise.pipeline import estimate_array_noise, noise_for_level, read_volume
+        from ..denoise.noisemap import choose_noise_model
+        from ..denoise.pipeline import (
+            estimate_noise_and_map, noise_for_level, noise_model_record, read_volume,
+            resolve_pair_source,
+        )
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
         img, data = read_volume(self.inputs.in_file)
         finite, _ = sanitize(data)
         mask = head_mask(finite)
+        voxel_size = img.header.get_zooms()[:3]
         if isdefined(self.inputs.noise_level):
             noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
                                     percent=self.inputs.noise_level)
-            source = "user"
+            source, noise_map = "user", None
         else:
-            noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask)
+            noise, noise_map = estimate_noise_and_map(finite, contrast=self.inputs.contrast,
+                                                      mask=mask, voxel_size=voxel_size)
             source = "estimated"
+        model = choose_noise_model(noise_map, self.inputs.noise_model)
 
+        cwd = Path(runtime.cwd)
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)
         mask_img.set_data_dtype(np.uint8)
-        mask_file = Path(runtime.cwd) / "head_mask.nii.gz"
+        mask_file = cwd / "head_mask.nii.gz"
         mask_img.to_filename(str(mask_file))
-        out_json = Path(runtime.cwd) / "noise.json"
+        out_json = cwd / "noise.json"
         out_json.write_text(json.dumps({**noise.to_dict(), "Source": source}, indent=2))
+        model_json = cwd / "noise_model.json"
+        model_json.write_text(json.dumps(
+            noise_model_record(model, self.inputs.noise_model, noise_map, noise), indent=2))
+        if noise_map is not None:
+            self._results["sigma_map_file"] = _save_like(noise_map.sigma, img, cwd / "sigma.nii.gz")
         self._results.update(
             out_json=str(out_json),
             mask_file=str(mask_file),
             percent=float(noise.percent),
             sigma=float(noise.sigma),
+            model_json=str(model_json),
+            noise_model=model,
+            pair_source=resolve_pair_source(self.inputs.pair_source, voxel_size),
             runtime_s=time.perf_counter() - start,
         )
         return runtime
@@ -147,12 +177,101 @@ class SelectExperts(SimpleInterface):
         return runtime
 
 
+def _noise_inputs(inputs):
+    """The image, mask, noise record and (if any) noise map that a node's inputs name."""
+    from ..denoise.intensity import sanitize
+    from ..denoise.noise import NoiseEstimate
+    from ..denoise.pipeline import read_volume
+
+    img, data = read_volume(inputs.in_file)
+    finite, _ = sanitize(data)
+    mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
+    noise_record = json.loads(Path(inputs.noise_json).read_text())
+    noise_record.pop("Source")
+    sigma_map = (np.asarray(nb.load(inputs.sigma_map_file).get_fdata(dtype=np.float32))
+                 if isdefined(inputs.sigma_map_file) and inputs.sigma_map_file else None)
+    return img, finite, mask, NoiseEstimate(**noise_record), sigma_map
+
+
+def _choices(experts_json):
+    from ..denoise.experts import ExpertChoice
+
+    experts = json.loads(Path(experts_json).read_text())["Experts"]
+    return [ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts]
+
+
+class _SlicePairFineTuneInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+    mask_file = File(exists=True, mandatory=True, desc="head mask")
+    noise_json = File(exists=True, mandatory=True, desc="noise record (reference intensity)")
+    sigma_map_file = File(desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
+    pair_source = traits.Str(mandatory=True, desc="the node only works for neighbouring-slices")
+    experts_json = File(exists=True, mandatory=True, desc="selected experts (first: the start)")
+    experts_dir = Directory(desc="expert registry (default: shipped experts)")
+    budget_s = traits.Float(desc="wall-clock budget of all the fine-tuning (seconds)")
+    max_steps = traits.Int(desc="step limit of the fine-tuning")
+    device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="torch and numba threads")
+
+
+class _SlicePairFineTuneOutputSpec(TraitedSpec):
+    tuned_dir = Directory(desc="one-expert registry of the fine-tuned weights (NS-N2N only)")
+    runtime_s = traits.Float(desc="seconds spent")
+
+
+class SlicePairFineTune(SimpleInterface):
+    """NS-N2N fine-tuning of the selected expert on the image's neighbouring slices.
+
+    :func:`bids_auton2n.train.nsn2n.finetune_expert_on_slices`, as
+    :func:`~.pipeline.denoise_cnn` calls it; the weights are saved as a one-expert registry
+    whose manifest entry holds the record (``slice_pairs``).  Does nothing (no output) when
+    the pair source is not ``neighbouring-slices``.
+    """
+
+    input_spec = _SlicePairFineTuneInputSpec
+    output_spec = _SlicePairFineTuneOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..denoise.experts import write_manifest_entry
+        from ..denoise.inference import resolve_device
+        from ..denoise.pipeline import pair_slice_axis
+        from ..train.nsn2n import finetune_expert_on_slices
+
+        start = time.perf_counter()
+        self._results["runtime_s"] = 0.0
+        if self.inputs.pair_source != "neighbouring-slices":
+            return runtime
+        _limit_threads(self.inputs.omp_nthreads)
+        img, finite, mask, noise, sigma_map = _noise_inputs(self.inputs)
+        registry = _registry(self.inputs.experts_dir)
+        level = _choices(self.inputs.experts_json)[0].level
+        sigma = sigma_map if self.inputs.noise_model == "adaptive" else noise.sigma
+        state, record = finetune_expert_on_slices(
+            finite, mask, sigma, noise, registry, level,
+            axis=pair_slice_axis(img.header.get_zooms()[:3]),
+            budget_s=self.inputs.budget_s if isdefined(self.inputs.budget_s) else None,
+            max_steps=self.inputs.max_steps if isdefined(self.inputs.max_steps) else None,
+            device=resolve_device(self.inputs.device))
+        tuned_dir = Path(runtime.cwd) / "slice_pair_expert"
+        write_manifest_entry(tuned_dir, level, state, {
+            "training_data": f"{self.inputs.in_file} (its neighbouring slices)",
+            "command": "SlicePairFineTune", "revision": "see SoftwareVersion",
+            "slice_pairs": record})
+        self._results.update(tuned_dir=str(tuned_dir), runtime_s=time.perf_counter() - start)
+        return runtime
+
+
 class _CNNDenoiseInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     mask_file = File(exists=True, mandatory=True, desc="head mask")
     noise_json = File(exists=True, mandatory=True, desc="noise record (reference intensity)")
+    sigma_map_file = File(desc="local noise sigma map (routes the experts, adaptive model)")
+    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
+    pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
     experts_json = File(exists=True, mandatory=True, desc="selected experts")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
+    tuned_dir = Directory(desc="NS-N2N fine-tuned expert (SlicePairFineTune)")
     tta = traits.Bool(True, usedefault=True, desc="average the flips (test-time augmentation)")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
     omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
@@ -160,38 +279,50 @@ class _CNNDenoiseInputSpec(BaseInterfaceInputSpec):
 
 class _CNNDenoiseOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="CNN output in image units")
+    experts_json = File(exists=True, desc="the experts that ran (routed shares, tuned hashes)")
     device = traits.Str(desc="torch device that ran")
     runtime_s = traits.Float(desc="seconds spent")
 
 
 class CNNDenoise(SimpleInterface):
-    """Mixture-of-experts CNN in network units (:func:`~.inference.cnn_denoise`)."""
+    """The CNN stage: :func:`~.pipeline.denoise_cnn` (global, routed or slice-wise experts)."""
 
     input_spec = _CNNDenoiseInputSpec
     output_spec = _CNNDenoiseOutputSpec
 
     def _run_interface(self, runtime):
+        from ..denoise.experts import ExpertRegistry
         from ..denoise.inference import resolve_device
-        from ..denoise.experts import ExpertChoice
-        from ..denoise.intensity import sanitize
-        from ..denoise.noise import NoiseEstimate
-        from ..denoise.pipeline import read_volume, run_experts
+        from ..denoise.noisemap import NoiseMap
+        from ..denoise.pipeline import denoise_cnn
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
-        img, data = read_volume(self.inputs.in_file)
-        finite, _ = sanitize(data)
-        mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
-        noise_record = json.loads(Path(self.inputs.noise_json).read_text())
-        noise_record.pop("Source")
-        experts = json.loads(Path(self.inputs.experts_json).read_text())["Experts"]
-        choices = [ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts]
+        img, finite, mask, noise, sigma_map = _noise_inputs(self.inputs)
         device = resolve_device(self.inputs.device)
-        cnn = run_experts(finite, NoiseEstimate(**noise_record), choices,
-                          _registry(self.inputs.experts_dir), tta=self.inputs.tta,
-                          device=device, mask=mask)
+        registry = _registry(self.inputs.experts_dir)
+        state = None
+        if self.inputs.pair_source == "neighbouring-slices":
+            tuned = ExpertRegistry(self.inputs.tuned_dir)
+            state = tuned.load(tuned.levels[0], "cpu").state_dict()
+        noise_map = None if sigma_map is None else NoiseMap(sigma_map, mask, float("nan"))
+        cnn, used = denoise_cnn(
+            finite, noise, _choices(self.inputs.experts_json), registry,
+            noise_model=self.inputs.noise_model, noise_map=noise_map,
+            pair_source=self.inputs.pair_source, voxel_size=img.header.get_zooms()[:3],
+            slice_pair_state=state, tta=self.inputs.tta, device=device, mask=mask)
+        selection = json.loads(Path(self.inputs.experts_json).read_text())
+        if self.inputs.pair_source == "neighbouring-slices":
+            selection["Selection"] += ", fine-tuned on the neighbouring slices"
+        elif self.inputs.noise_model == "adaptive":
+            selection["Selection"] = "routed by the local noise map (blend of the two nearest)"
+        selection["Experts"] = [{"NoiseLevelPercent": c.level, "Weight": c.weight,
+                                 "SHA256": used.sha256[f"{c.level:g}"]} for c in used.choices]
+        experts_json = Path(runtime.cwd) / "experts_used.json"
+        experts_json.write_text(json.dumps(selection, indent=2))
         self._results.update(
             out_file=_save_like(cnn, img, Path(runtime.cwd) / "cnn.nii.gz"),
+            experts_json=str(experts_json),
             device=str(device),
             runtime_s=time.perf_counter() - start,
         )
@@ -202,6 +333,8 @@ class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
@@ -233,8 +366,11 @@ class FuseRINLM(SimpleInterface):
         img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
+        sigma = self.inputs.sigma
+        if self.inputs.noise_model == "adaptive":
+            sigma = np.asarray(nb.load(self.inputs.sigma_map_file).get_fdata(dtype=np.float32))
         denoised = restore_nonfinite(
-            final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
+            final_image(finite, cnn, sigma, fusion=self.inputs.fusion,
                         guard=self.inputs.guard, rician=self.inputs.rician),
             original, nonfinite)
         cwd = Path(runtime.cwd)
@@ -252,6 +388,9 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     source_metadata = traits.Dict(desc="sidecar metadata of the source (BIDS inheritance)")
     noise_json = File(exists=True, mandatory=True)
     experts_json = File(exists=True, mandatory=True)
+    model_json = File(exists=True, desc="noise model record (EstimateNoise)")
+    pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
+    tuned_dir = Directory(desc="NS-N2N fine-tuned expert (its manifest holds the record)")
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
@@ -261,6 +400,7 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     estimate_s = traits.Float(0.0, usedefault=True, desc="seconds: mask, pair and estimate")
     cnn_s = traits.Float(0.0, usedefault=True, desc="seconds: CNN experts with TTA")
     rinlm_s = traits.Float(0.0, usedefault=True, desc="seconds: RI-NLM fusion and guard")
+    slice_pairs_s = traits.Float(0.0, usedefault=True, desc="seconds: NS-N2N fine-tuning")
     denoised_file = File(exists=True, mandatory=True, desc="the denoised image (for its hash)")
 
 
@@ -289,6 +429,12 @@ class DenoiseProvenance(SimpleInterface):
         experts = json.loads(Path(self.inputs.experts_json).read_text())
         timings = {"estimate": self.inputs.estimate_s, "cnn": self.inputs.cnn_s,
                    "rinlm": self.inputs.rinlm_s}
+        if isdefined(self.inputs.slice_pairs_s) and self.inputs.slice_pairs_s:
+            timings["slice_pairs"] = self.inputs.slice_pairs_s
+        slice_pairs = None
+        if self.inputs.pair_source == "neighbouring-slices":
+            manifest = json.loads((Path(self.inputs.tuned_dir) / "manifest.json").read_text())
+            slice_pairs = manifest["experts"][0]["slice_pairs"]
         timings["total"] = sum(timings.values())
         result = DenoiseResult(
             denoised=None,
@@ -302,6 +448,10 @@ class DenoiseProvenance(SimpleInterface):
             device=self.inputs.device,
             guard=self.inputs.guard,
             timings=timings,
+            noise_model=(json.loads(Path(self.inputs.model_json).read_text())
+                         if isdefined(self.inputs.model_json) else {"Model": "global"}),
+            pair_source=self.inputs.pair_source,
+            slice_pairs=slice_pairs,
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}
         metadata = {
@@ -309,6 +459,10 @@ class DenoiseProvenance(SimpleInterface):
             "Sources": [bids_uri(self.inputs.source_file, self.inputs.bids_dir)],
             "SkullStripped": bool(carried.get("SkullStripped", False)),
             "Description": "Denoised with Auto-N2N (mixture of 3D residual CNN experts"
+            + (", fine-tuned on the image's neighbouring slices (NS-N2N)"
+               if self.inputs.pair_source == "neighbouring-slices" else "")
+            + (", routed by the local noise level" if result.noise_model["Model"] == "adaptive"
+               else "")
             + (", flip test-time augmentation" if self.inputs.tta else "")
             + (", fused with RI-NLM" if self.inputs.fusion else "") + ").",
             **result.provenance(),

@@ -14,6 +14,30 @@ from nipype.interfaces.base import (
 )
 
 
+def _noise_model_text(record: dict) -> str:
+    model = record.get("NoiseModel", {"Model": "global"})
+    text = ("adaptive: each region denoised by the experts of its local noise level; RI-NLM, "
+            "the guard and the Rician correction used the local sigma"
+            if model["Model"] == "adaptive" else "global: one noise level for the image")
+    noise_map = model.get("NoiseMap")
+    if noise_map:
+        pct = noise_map["PercentPercentiles"]
+        text += (f" &mdash; local noise P10/P50/P90 {pct['P10']:.2f} / {pct['P50']:.2f} / "
+                 f"{pct['P90']:.2f} %, spread {noise_map['Spread']:.2f}")
+    return text + f" ({model.get('Choice', 'auto')} choice)"
+
+
+def _pair_source_text(record: dict) -> str:
+    source = record.get("PairSource", "synthetic-patches")
+    if source != "neighbouring-slices":
+        return f"{source} (the experts as shipped or fine-tuned on the dataset)"
+    tuning = record.get("SlicePairFineTuning", {})
+    return (f"neighbouring-slices: the expert was fine-tuned on this image's neighbouring "
+            f"slices (NS-N2N, slice axis {tuning.get('SliceAxis')}, {tuning.get('Steps')} steps "
+            f"in {tuning.get('Seconds', 0):.0f} s, {100 * (tuning.get('MatchedFraction') or 0):.0f} % "
+            "of the pixels matched) and applied slice by slice")
+
+
 class _SummaryInputSpec(BaseInterfaceInputSpec):
     provenance_json = File(exists=True, mandatory=True, desc="DenoiseProvenance output")
 
@@ -45,6 +69,8 @@ class DenoiseSummary(SimpleInterface):
                             f"{noise['Source']})"),
             ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
                           + (", fine-tuned on this dataset" if record["FineTuned"] else "")),
+            ("Noise model", _noise_model_text(record)),
+            ("Training pairs", _pair_source_text(record)),
             ("Test-time augmentation", "flips (4 passes)" if record["TestTimeAugmentation"]
              else "off"),
             ("RI-NLM fusion", "on" if record["RINLMFusion"] else "off"),

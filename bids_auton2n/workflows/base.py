@@ -26,6 +26,7 @@ from ..interfaces.denoise import (
     FineTune,
     FuseRINLM,
     SelectExperts,
+    SlicePairFineTune,
 )
 from ..interfaces.reports import DenoiseSummary
 from .outputs import init_ds_denoised_wf, init_ds_reportlets_wf
@@ -95,6 +96,9 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             device=settings.device,
             finetune=settings.finetune,
             write_noise_map=settings.write_noise_map,
+            noise_model=settings.noise_model,
+            pair_source=settings.pair_source,
+            slice_pair_budget_s=settings.slice_pair_budget_s,
             omp_nthreads=config.nipype.omp_nthreads,
         )
         if finetune_node is not None:
@@ -139,6 +143,10 @@ def init_single_subject_wf(
     device: str = "auto",
     finetune: bool = False,
     write_noise_map: bool = False,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str | None = None,
 ):
@@ -158,8 +166,12 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
+    tta, fusion, guard, noise_level, expert, blend, device, finetune, omp_nthreads
         See :func:`init_anat_denoise_wf`.
+    noise_model, pair_source, slice_pair_budget_s, slice_pair_steps
+        See :func:`init_anat_denoise_wf`.
+    write_noise_map : bool
+        Also write the local noise map (``desc-noise``) and the residual (``desc-residual``).
     name : str, optional
         Defaults to ``sub_<label>_wf``.
 
@@ -184,6 +196,10 @@ def init_single_subject_wf(
             blend=blend,
             device=device,
             finetune=finetune,
+            noise_model=noise_model,
+            pair_source=pair_source,
+            slice_pair_budget_s=slice_pair_budget_s,
+            slice_pair_steps=slice_pair_steps,
             omp_nthreads=omp_nthreads,
             name=image_workflow_name(anat_file),
         )
@@ -196,11 +212,12 @@ def init_single_subject_wf(
 
         ds_denoised_wf = init_ds_denoised_wf(
             output_dir=output_dir, write_noise_map=write_noise_map,
-            name=f"ds_{anat_wf.name}",
+            with_sigma_map=noise_level is None, name=f"ds_{anat_wf.name}",
         )
         ds_denoised_wf.inputs.inputnode.source_file = anat_file
         ds_reportlets_wf = init_ds_reportlets_wf(
-            output_dir=output_dir, name=f"ds_reportlets_{anat_wf.name}",
+            output_dir=output_dir, with_noise_map=noise_level is None,
+            name=f"ds_reportlets_{anat_wf.name}",
         )
         ds_reportlets_wf.inputs.inputnode.source_file = anat_file
         workflow.connect([
@@ -215,6 +232,12 @@ def init_single_subject_wf(
                 ("outputnode.summary_report", "inputnode.summary"),
             ]),
         ])  # fmt:skip
+        if noise_level is None:
+            workflow.connect([
+                (anat_wf, ds_denoised_wf, [("outputnode.sigma_map", "inputnode.sigma_map")]),
+                (anat_wf, ds_reportlets_wf, [("outputnode.noise_map_report",
+                                              "inputnode.noise_map")]),
+            ])  # fmt:skip
     if crashdump_dir:
         # Nipype reads the crash folder from each node's own config (as in fMRIPrep)
         workflow.config["execution"]["crashdump_dir"] = crashdump_dir
@@ -234,6 +257,10 @@ def init_anat_denoise_wf(
     blend: bool = False,
     device: str = "auto",
     finetune: bool = False,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str = "anat_denoise_wf",
 ):
@@ -259,6 +286,17 @@ def init_anat_denoise_wf(
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     finetune : bool
         ``inputnode.experts_dir`` comes from a fine-tuning node (recorded in the sidecar).
+    noise_model : {"auto", "global", "adaptive"}
+        One noise level, or the local noise map routing the experts and giving RI-NLM and
+        the guard their local sigma; ``auto`` decides by the map's spread.
+    pair_source : {"auto", "synthetic-patches", "neighbouring-slices"}
+        ``neighbouring-slices`` fine-tunes the selected expert on the image's neighbouring
+        slices (NS-N2N) and applies it slice by slice; ``auto`` does so for thick slices
+        (decided at run time from the header's voxel size).
+    slice_pair_budget_s : float, optional
+        Wall-clock budget of that fine-tuning (default 300 s).
+    slice_pair_steps : int, optional
+        Its step limit (machine-independent; for tests).
     omp_nthreads : int
         Threads per node (torch and numba).
     name : str
@@ -287,6 +325,10 @@ def init_anat_denoise_wf(
         Provenance record (also as ``metadata`` dict for the sidecar).
     noise_percent
         Noise level in percent (feeds the optional fine-tuning node).
+    sigma_map
+        Local noise sigma map (image units; only when the noise is estimated).
+    noise_map_report
+        Mosaic SVG of the local noise map (only when the noise is estimated).
     """
     from nireports.interfaces.mosaic import PlotMosaic
     from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
@@ -297,17 +339,24 @@ def init_anat_denoise_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[
             "out_file", "noise_image", "out_report", "residual_report", "summary_report",
-            "out_json", "metadata", "noise_percent",
+            "out_json", "metadata", "noise_percent", "sigma_map", "noise_map_report",
         ]),
         name="outputnode",
     )
-    estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads),
+    estimate = pe.Node(EstimateNoise(contrast=contrast, noise_model=noise_model,
+                                     pair_source=pair_source, omp_nthreads=omp_nthreads),
                        name="estimate_noise", n_procs=omp_nthreads)
     if noise_level is not None:
         estimate.inputs.noise_level = noise_level
     select = pe.Node(SelectExperts(blend=blend), name="select_experts")
     if expert is not None:
         select.inputs.expert = expert
+    slice_pairs = pe.Node(SlicePairFineTune(device=device, omp_nthreads=omp_nthreads),
+                          name="slice_pair_finetune", n_procs=omp_nthreads)
+    if slice_pair_budget_s is not None:
+        slice_pairs.inputs.budget_s = slice_pair_budget_s
+    if slice_pair_steps is not None:
+        slice_pairs.inputs.max_steps = slice_pair_steps
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
                   name="cnn_denoise", n_procs=omp_nthreads)
     fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, omp_nthreads=omp_nthreads),
@@ -330,16 +379,27 @@ def init_anat_denoise_wf(
         (inputnode, estimate, [("in_file", "in_file")]),
         (inputnode, select, [("experts_dir", "experts_dir")]),
         (estimate, select, [("percent", "percent")]),
+        (inputnode, slice_pairs, [("in_file", "in_file"), ("experts_dir", "experts_dir")]),
+        (estimate, slice_pairs, [("mask_file", "mask_file"), ("out_json", "noise_json"),
+                                 ("sigma_map_file", "sigma_map_file"),
+                                 ("noise_model", "noise_model"), ("pair_source", "pair_source")]),
+        (select, slice_pairs, [("out_json", "experts_json")]),
         (inputnode, cnn, [("in_file", "in_file"), ("experts_dir", "experts_dir")]),
-        (estimate, cnn, [("mask_file", "mask_file"), ("out_json", "noise_json")]),
+        (estimate, cnn, [("mask_file", "mask_file"), ("out_json", "noise_json"),
+                         ("sigma_map_file", "sigma_map_file"), ("noise_model", "noise_model"),
+                         ("pair_source", "pair_source")]),
         (select, cnn, [("out_json", "experts_json")]),
+        (slice_pairs, cnn, [("tuned_dir", "tuned_dir")]),
         (inputnode, fuse, [("in_file", "in_file")]),
-        (estimate, fuse, [("sigma", "sigma")]),
+        (estimate, fuse, [("sigma", "sigma"), ("sigma_map_file", "sigma_map_file"),
+                          ("noise_model", "noise_model")]),
         (cnn, fuse, [("out_file", "cnn_file")]),
         (inputnode, provenance, [("in_file", "source_file")]),
-        (estimate, provenance, [("out_json", "noise_json"), ("runtime_s", "estimate_s")]),
-        (select, provenance, [("out_json", "experts_json")]),
-        (cnn, provenance, [("device", "device"), ("runtime_s", "cnn_s")]),
+        (estimate, provenance, [("out_json", "noise_json"), ("runtime_s", "estimate_s"),
+                                ("model_json", "model_json"), ("pair_source", "pair_source")]),
+        (slice_pairs, provenance, [("tuned_dir", "tuned_dir"), ("runtime_s", "slice_pairs_s")]),
+        (cnn, provenance, [("experts_json", "experts_json"), ("device", "device"),
+                           ("runtime_s", "cnn_s")]),
         (fuse, provenance, [("out_file", "denoised_file"), ("runtime_s", "rinlm_s")]),
         (inputnode, before_after, [("in_file", "before")]),
         (fuse, before_after, [("out_file", "after")]),
@@ -352,4 +412,15 @@ def init_anat_denoise_wf(
         (summary, outputnode, [("out_report", "summary_report")]),
         (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
     ])  # fmt:skip
+    if noise_level is None:
+        noise_mosaic = pe.Node(
+            PlotMosaic(view=["axial", "sagittal"], cmap="viridis", out_file="noise_map.svg",
+                       title="Local noise sigma (image units)"),
+            name="noise_map_mosaic",
+        )
+        workflow.connect([
+            (estimate, noise_mosaic, [("sigma_map_file", "in_file")]),
+            (estimate, outputnode, [("sigma_map_file", "sigma_map")]),
+            (noise_mosaic, outputnode, [("out_file", "noise_map_report")]),
+        ])  # fmt:skip
     return workflow
