@@ -219,3 +219,16 @@ def _bad_inputs():
 def test_bad_input_raises_clear_error(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ri_nlm(*args, **kwargs)
+
+
+@pytest.mark.parametrize("sigma", [4.0, "map"])
+def test_in_plane_filters_each_plane_on_its_own(sigma):
+    _, noisy, guide = _smooth_phantom((5, 13, 16), seed=13)
+    if sigma == "map":
+        sigma = np.linspace(2.0, 6.0, 16)[None, None, :] * np.ones((5, 13, 1))
+    planes = np.concatenate([
+        ri_nlm(noisy[i:i + 1], guide[i:i + 1], sigma if np.ndim(sigma) == 0 else sigma[i:i + 1])
+        for i in range(5)])
+    np.testing.assert_allclose(ri_nlm(noisy, guide, sigma, in_plane=True), planes,
+                               rtol=1e-5, atol=1e-4)
+    assert np.abs(ri_nlm(noisy, guide, sigma) - planes).max() > 0.1  # 3D differs

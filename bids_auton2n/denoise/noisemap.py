@@ -14,9 +14,10 @@ Algorithm (:func:`local_noise_map`)
    (gradient of the 1-voxel Gaussian-smoothed image in units of the local noise: ``d`` also
    holds the anatomical mismatch of the substituted voxel, largest at edges); and
    ``|d| <= TRUNCATION sqrt(2) sigma`` (the remaining mismatch outliers).
-2. *Local spread*: ``sigma(v)^2 = G * (u d^2 / 2) / G * u`` (normalised convolution with a
-   Gaussian ``G`` of :data:`SMOOTHING_MM`, ``u`` the usable voxels), divided by the variance
-   ratio of a Gaussian truncated at :data:`TRUNCATION` standard deviations.  Steps 1-2 run
+2. *Local spread*: ``sigma(v)`` is the local mean of ``|d| / sqrt(2)`` over the usable
+   voxels, by first-order normalised convolution with a Gaussian of :data:`SMOOTHING_MM`
+   (a linear fit in each window: exact for a linearly varying level even at the edges of
+   the head), divided by ``E|Z|`` of a standard normal truncated at :data:`TRUNCATION`.  Steps 1-2 run
    :data:`ITERATIONS` times, each with the previous map as the local noise (the first with
    the global MAD).  Sums are accumulated on a grid of blocks of about
    ``SMOOTHING_MM / 3`` mm and the map is interpolated back (linear), which costs little
@@ -117,15 +118,51 @@ def _block_sum(volume: np.ndarray, factors) -> np.ndarray:
                           factors[2]).sum(axis=(1, 3, 5))
 
 
-def _spread_map(d2: np.ndarray, usable: np.ndarray, shape, factors, voxel_size) -> np.ndarray:
-    """Normalised-convolution map of ``d2`` over ``usable``, at full resolution."""
-    numerator = _block_sum(np.where(usable, d2, 0.0), factors)
+def _spread_map(values: np.ndarray, usable: np.ndarray, shape, factors, voxel_size) -> np.ndarray:
+    """First-order normalised convolution of ``values`` over ``usable``, at full resolution.
+
+    In each Gaussian window a linear function of position is fitted (weighted least
+    squares) and evaluated at the window's centre: unlike the zeroth-order average, this is
+    exact for a noise level that varies linearly, also where the window reaches beyond the
+    usable voxels (the edges of the head), which would otherwise pull the map towards the
+    inside level.  Where the fit is ill-conditioned, or leaves
+    ``[1/2, 2]`` times the zeroth-order average (extrapolation far from the data), the average
+    is kept.
+    """
+    data = _block_sum(np.where(usable, values, 0.0), factors)
     weight = _block_sum(usable.astype(np.float64), factors)
     gaussian = [SMOOTHING_MM / (float(z) * f) for z, f in zip(voxel_size, factors)]
-    numerator = ndi.gaussian_filter(numerator, gaussian, mode="constant")
-    weight = ndi.gaussian_filter(weight, gaussian, mode="constant")
-    reached = weight > 1e-3 * weight.max()
-    coarse = np.where(reached, numerator / np.where(reached, weight, 1.0), 0.0)
+
+    def smooth(volume):
+        return ndi.gaussian_filter(volume, gaussian, mode="constant")
+
+    # Coordinates in units of the Gaussian, centred: the moment matrix stays well scaled.
+    coordinates = [((np.arange(n) - 0.5 * (n - 1)) / g).reshape([-1 if a == axis else 1
+                                                                 for a in range(3)])
+                   for axis, (n, g) in enumerate(zip(weight.shape, gaussian))]
+    coordinates = [np.broadcast_to(c, weight.shape) for c in coordinates]
+    total = smooth(weight)
+    reached = total > 1e-3 * total.max()
+    zeroth = np.where(reached, smooth(data) / np.where(reached, total, 1.0), 0.0)
+    moments = np.empty(weight.shape + (4, 4))
+    right = np.empty(weight.shape + (4,))
+    basis = [None] + coordinates
+    for i in range(4):
+        wi = weight if i == 0 else weight * basis[i]
+        right[..., i] = smooth(data if i == 0 else data * basis[i])
+        for j in range(i, 4):
+            moments[..., i, j] = moments[..., j, i] = smooth(wi if j == 0 else wi * basis[j])
+    first = zeroth.copy()
+    solvable = reached.copy()
+    if reached.any():
+        solvable[reached] = np.linalg.cond(moments[reached]) < 1e8
+    if solvable.any():
+        coefficients = np.linalg.solve(moments[solvable], right[solvable][..., None])[..., 0]
+        position = np.stack([np.ones(solvable.sum())] + [c[solvable] for c in coordinates], -1)
+        fitted = (coefficients * position).sum(-1)
+        plain = zeroth[solvable]
+        first[solvable] = np.where((fitted >= 0.5 * plain) & (fitted <= 2.0 * plain), fitted, plain)
+    coarse = first
     if not reached.all():
         nearest = ndi.distance_transform_edt(~reached, return_distances=False, return_indices=True)
         coarse = coarse[tuple(nearest)]
@@ -147,9 +184,12 @@ def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarr
     local_mean = ndi.uniform_filter(x, size=3)
     smoothed = ndi.gaussian_filter(x, 1.0)
     gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))
-    d2 = 0.5 * np.square(difference, dtype=np.float64)
-    truncation = stats.norm.cdf(TRUNCATION) - stats.norm.cdf(-TRUNCATION)
-    variance_ratio = 1.0 - 2.0 * TRUNCATION * stats.norm.pdf(TRUNCATION) / truncation
+    # |d| / sqrt(2), whose mean is proportional to sigma: a noise level varying linearly in
+    # space is then a linear function that the first-order fit follows exactly.
+    magnitude = np.abs(difference, dtype=np.float64) / np.sqrt(2.0)
+    inside = stats.norm.cdf(TRUNCATION) - stats.norm.cdf(-TRUNCATION)
+    # E|Z| of a standard normal Z truncated to |Z| <= TRUNCATION.
+    mean_abs = 2.0 * (stats.norm.pdf(0.0) - stats.norm.pdf(TRUNCATION)) / inside
     usable = inner
     for _ in range(ITERATIONS):
         high_snr = inner & (local_mean >= MIN_SNR * local)
@@ -160,8 +200,8 @@ def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarr
         usable = flat & (np.abs(difference) <= TRUNCATION * np.sqrt(2.0) * local)
         if usable.sum() < 100:
             raise ValueError("local_noise_map: too few usable voxels to map the noise")
-        local = np.sqrt(_spread_map(d2, usable, x.shape, factors, voxel_size)
-                        / variance_ratio).astype(np.float32)
+        local = (_spread_map(magnitude, usable, x.shape, factors, voxel_size)
+                 / mean_abs).astype(np.float32)
         local = np.maximum(local, np.float32(1e-6 * start))
     return local, usable
 

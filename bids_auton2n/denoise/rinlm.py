@@ -165,11 +165,12 @@ def _inverse_2h2(h):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _weighted_average(guide, local_mean, values, row_start, row_stop, radius, h, h_map):
+def _weighted_average(guide, local_mean, values, row_start, row_stop, radius, radius_z, h, h_map):
     """Weighted average of ``values`` over each voxel's search window.
 
     ``h`` is the filtering parameter of every voxel, or, when ``h_map`` has the volume's
-    shape, ``h_map`` gives each output voxel its own.  Only ``[row_start[z, y],
+    shape, ``h_map`` gives each output voxel its own.  The window is ``radius`` in-plane and
+    ``radius_z`` across planes (0: each plane on its own).  Only ``[row_start[z, y],
     row_stop[z, y])`` of each row is computed; the rest of the returned float64 array is 0.
     """
     nz, ny, nx = guide.shape
@@ -200,7 +201,7 @@ def _weighted_average(guide, local_mean, values, row_start, row_stop, radius, h,
                 for x in range(nx):
                     h_tile[y - y0, x] = _F32(h_map[z, y, x])
                     inv_2h2_tile[y - y0, x] = _inverse_2h2(h_map[z, y, x])
-        for dz in range(-radius, radius + 1):
+        for dz in range(-radius_z, radius_z + 1):
             zj = z + dz
             if zj < 0 or zj >= nz:
                 continue
@@ -246,11 +247,15 @@ def _weighted_average(guide, local_mean, values, row_start, row_stop, radius, h,
     return average
 
 
-def _local_mean_3x3x3(volume):
-    """3x3x3 mean over the neighbours inside the volume (float64 sums, float32 out)."""
+def _local_mean_3x3x3(volume, axes=(0, 1, 2)):
+    """3x3x3 mean over the neighbours inside the volume (float64 sums, float32 out); only
+    along ``axes`` (``(1, 2)``: the 3x3 mean within each plane)."""
     total = volume.astype(np.float64)
     count = np.ones(1)
     for axis, length in enumerate(volume.shape):
+        if axis not in axes:
+            count = np.multiply.outer(count, np.ones(length))
+            continue
         before = [slice(None)] * 3
         after = [slice(None)] * 3
         before[axis], after[axis] = slice(None, -1), slice(1, None)
@@ -291,7 +296,7 @@ def _sigma_map(sigma, shape) -> np.ndarray | None:
     return sigma_map
 
 
-def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
+def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane=False):
     """Guided rotationally invariant NLM filter of a noisy volume.
 
     Parameters
@@ -314,6 +319,9 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     mask : (nz, ny, nx) array_like of bool, optional
         Voxels to filter; outside the mask the output is ``x``. Candidates are taken
         from the whole volume.
+    in_plane : bool, optional
+        Filter each plane ``x[i]`` on its own (search window and local means within the
+        plane), as ``ri_nlm(x[i:i+1], ...)`` one plane at a time would, in one call.
 
     Returns
     -------
@@ -374,8 +382,8 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
         h, h_map = 0.0, np.maximum(scaled_sigma / 3.0, tiny)
     values = np.square(scaled_x) if rician else scaled_x
     average = _weighted_average(
-        guide, _local_mean_3x3x3(guide), values, row_start, row_stop, int(search_radius), h,
-        h_map,
+        guide, _local_mean_3x3x3(guide, (1, 2) if in_plane else (0, 1, 2)), values, row_start,
+        row_stop, int(search_radius), 0 if in_plane else int(search_radius), h, h_map,
     )
     if rician:
         average = np.sqrt(np.maximum(average - 2.0 * scaled_sigma**2, 0.0))

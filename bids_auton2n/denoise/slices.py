@@ -96,7 +96,7 @@ def _slice_sigma(sigma, shape) -> np.ndarray:
     return sigma
 
 
-def low_pass_slices(slices: np.ndarray, sigma, *, stop=None) -> np.ndarray:
+def low_pass_slices(slices: np.ndarray, sigma) -> np.ndarray:
     """NS-N2N's strong low-pass filter of each slice: in-plane NLM, then a 3x3 median.
 
     Parameters
@@ -105,27 +105,17 @@ def low_pass_slices(slices: np.ndarray, sigma, *, stop=None) -> np.ndarray:
         ``(n, H, W)`` finite volume, slice axis first.
     sigma : float or numpy.ndarray
         Noise sigma: one value or a map of ``slices``' shape.
-    stop : callable, optional
-        Called before each slice; when it returns True the filter stops and ``None`` is
-        returned (a time budget that must bound all the fine-tuning work).
 
     Returns
     -------
-    numpy.ndarray or None
+    numpy.ndarray
         float32, ``slices``' shape.
     """
     slices = real_volume(slices, "low_pass_slices").astype(np.float32, copy=False)
-    sigma = _slice_sigma(sigma, slices.shape)
-    out = np.empty_like(slices)
-    for index, plane in enumerate(slices):
-        if stop is not None and stop():
-            return None
-        one = plane[None]
-        guide = ndi.gaussian_filter(one, (0.0, LPF_GUIDE_SMOOTHING, LPF_GUIDE_SMOOTHING))
-        plane_sigma = sigma[index] if sigma.ndim == 1 else sigma[index][None]
-        filtered = ri_nlm(one, guide, plane_sigma, search_radius=LPF_SEARCH_RADIUS, rician=False)
-        out[index] = ndi.median_filter(filtered[0], size=3, mode="nearest")
-    return out
+    guide = ndi.gaussian_filter(slices, (0.0, LPF_GUIDE_SMOOTHING, LPF_GUIDE_SMOOTHING))
+    filtered = ri_nlm(slices, guide, sigma, search_radius=LPF_SEARCH_RADIUS, rician=False,
+                      in_plane=True)
+    return ndi.median_filter(filtered, size=(1, 3, 3), mode="nearest")
 
 
 def match_mask(low_passed: np.ndarray, sigma, *, threshold: float = MATCH_THRESHOLD) -> np.ndarray:

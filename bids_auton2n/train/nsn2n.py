@@ -23,8 +23,10 @@ crops of the held-out pairs is measured and the best weights are kept (step 0: t
 starting expert).  Optimiser: Adam with the paper's betas ``(0.5, 0.999)``.
 
 The budget bounds all the work of the fine-tuning, the low-pass filtering of the match mask
-included: ``time_budget_s`` is checked before every slice of the filter and before every
-step, ``max_steps`` (for tests: machine-independent) caps the steps.
+included: the clock starts before the filter and ``time_budget_s`` is checked before every
+step (the filter is one RI-NLM pass in-plane, seconds even on large volumes; a budget spent
+by it leaves the starting expert as it was), ``max_steps`` (for tests: machine-independent)
+caps the steps.
 
 References
 ----------
@@ -234,12 +236,7 @@ def finetune_on_slices(
     def out_of_time() -> bool:
         return time_budget_s is not None and time.perf_counter() - started >= time_budget_s
 
-    low_passed = low_pass_slices(slices, sigma, stop=out_of_time)
-    if low_passed is None:
-        LOGGER.warning("slice-pair fine-tuning: the budget ran out before training started")
-        return SliceFinetuneResult(init_state, 0, 0, "time_budget", time.perf_counter() - started,
-                                   float("nan"))
-    weights = match_mask(low_passed, sigma)
+    weights = match_mask(low_pass_slices(slices, sigma), sigma, threshold=MATCH_THRESHOLD)
     sampler = SlicePairSampler(slices, weights, mask, patch)
     device = resolve_device(device)
     torch.manual_seed(seed)
