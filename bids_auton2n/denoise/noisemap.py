@@ -263,6 +263,6 @@ def choose_noise_model(noise_map: NoiseMap | None, requested: str = "auto") -> s
     return "adaptive" if noise_map.spread > ADAPTIVE_SPREAD else "global"
 
 
-def percent_map(noise_map: NoiseMap, noise: NoiseEstimate) -> np.ndarray:
-    """The map in percent of the reference tissue (what the experts' levels are in)."""
-    return (100.0 * noise_map.sigma / noise.reference_intensity).astype(np.float32)
+def percent_map(sigma: np.ndarray, noise: NoiseEstimate) -> np.ndarray:
+    """A sigma map (image units) in percent of the reference tissue (the experts' levels)."""
+    return (100.0 * sigma / noise.reference_intensity).astype(np.float32)

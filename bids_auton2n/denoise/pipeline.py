@@ -1,8 +1,10 @@
 """The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion → guard.
 
-Every caller (the single-image command, the Nipype interfaces, the benchmark) goes through
-:func:`denoise_array` or its file-level wrapper :func:`denoise_file`, so the steps and the
-provenance record are the same everywhere.
+Arrays in, arrays out. Every caller goes through :func:`denoise_array` (the single-image command
+through its file-level wrapper :func:`bids_auton2n.utils.io.denoise_file`, the benchmark directly)
+or, in the BIDS-App's Nipype nodes (:mod:`bids_auton2n.interfaces.denoise`), through the very
+functions it composes, so the steps and the provenance record are the same everywhere
+(``tests/test_workflow_equivalence.py`` checks the two give the same bytes).
 
 References
 ----------
@@ -20,12 +22,11 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .. import __version__
+from . import CONTRASTS
 from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
@@ -39,9 +40,6 @@ from .slices import from_slices_first, slice_axis, slicewise_cnn_denoise, to_sli
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
 
-#: BIDS suffixes the app denoises; used to infer the contrast from a file name.
-CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
-
 #: Where the Noise2Noise training pairs of an image come from (sidecar ``PairSource``):
 #: the Auto-N2N synthetic pair of 3D patches (the shipped experts, as they are), the
 #: neighbouring slices of a thick-slice image (NS-N2N fine-tuning on the image itself), or
@@ -50,10 +48,6 @@ PAIR_SOURCES = ("synthetic-patches", "neighbouring-slices", "repeats")
 #: ``pair_source`` choices of :func:`denoise_array`: ``auto`` picks neighbouring slices for
 #: a thick-slice volume (:func:`~.slices.slice_axis`), synthetic patches otherwise.
 PAIR_SOURCE_CHOICES = ("auto", "synthetic-patches", "neighbouring-slices")
-
-
-class InputImageError(ValueError):
-    """An input image that cannot be denoised; the message names the file."""
 
 
 @dataclass
@@ -71,6 +65,7 @@ class DenoiseResult:
     device: str
     guard: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    expert_selection: str = "nearest"
     noise_model: dict = field(default_factory=lambda: {"Model": "global"})
     pair_source: str = "synthetic-patches"
     slice_pairs: dict | None = None
@@ -79,7 +74,7 @@ class DenoiseResult:
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
-            "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "NoiseEstimate": noise_sidecar(self.noise, self.noise_source),
             "NoiseModel": self.noise_model,
             "PairSource": self.pair_source,
             **({"SlicePairFineTuning": self.slice_pairs} if self.slice_pairs else {}),
@@ -88,6 +83,7 @@ class DenoiseResult:
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
                 for c in self.experts
             ],
+            "ExpertSelection": self.expert_selection,
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
             "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
@@ -102,6 +98,30 @@ class DenoiseResult:
 
 def _level_key(level: float) -> str:
     return f"{level:g}"
+
+
+def _camel_case(key: str) -> str:
+    """``reference_tissue`` -> ``ReferenceTissue``, ``n_voxels`` -> ``NumberOfVoxels``."""
+    if key.startswith("n_"):
+        key = "number_of" + key[1:]
+    return key.replace("_", " ").title().replace(" ", "")
+
+
+def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
+    """The ``NoiseEstimate`` entry of a sidecar, in the CamelCase of BIDS keys.
+
+    The one definition of those keys (``Sigma``, ``Percent``, ``ReferenceTissue``,
+    ``ReferenceIntensity``, ...: each field of :class:`~.noise.NoiseEstimate`), with
+    ``Source``: ``"estimated"`` or ``"user"``.
+
+    Parameters
+    ----------
+    noise : NoiseEstimate
+        The estimate (or the user's ``--noise-level``) the image was denoised with.
+    source : str
+        ``"estimated"`` or ``"user"``: where the noise level came from.
+    """
+    return {**{_camel_case(k): v for k, v in noise.to_dict().items()}, "Source": source}
 
 
 @contextmanager
@@ -218,13 +238,14 @@ def denoise_array(
     choices = choose_experts(registry, noise.percent, expert=expert, blend=blend)
     torch_device = resolve_device(device)
     cnn, used = denoise_cnn(
-        finite, noise, choices, registry, noise_model=model, noise_map=noise_map,
+        finite, noise, choices, registry, noise_model=model,
+        sigma_map=None if noise_map is None else noise_map.sigma,
         pair_source=source, voxel_size=voxel_size, slice_pair_budget_s=slice_pair_budget_s,
         slice_pair_steps=slice_pair_steps, tta=tta, device=torch_device, mask=mask,
         timings=timings, progress=progress)
     denoised = final_image(finite, cnn, sigma, fusion=fusion, guard=guard, rician=rician,
                            timings=timings, progress=progress)
-    denoised = restore_nonfinite(denoised, x, nonfinite)
+    denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
         denoised=denoised,
@@ -238,6 +259,7 @@ def denoise_array(
         device=str(torch_device),
         guard=guard,
         timings=timings,
+        expert_selection=expert_selection(expert, blend),
         noise_model=noise_model_record(model, noise_model, noise_map, noise),
         pair_source=source,
         slice_pairs=used.slice_pairs,
@@ -246,7 +268,16 @@ def denoise_array(
 
 
 def resolve_pair_source(requested: str, voxel_size) -> str:
-    """The pair source for ``requested`` (one of :data:`PAIR_SOURCE_CHOICES`) and the voxel size."""
+    """The pair source for ``requested`` and the voxel size.
+
+    Parameters
+    ----------
+    requested : str
+        One of :data:`PAIR_SOURCE_CHOICES`; ``auto`` is ``neighbouring-slices`` for a
+        thick-slice volume (:func:`~.slices.slice_axis`), ``synthetic-patches`` otherwise.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm.
+    """
     if requested not in PAIR_SOURCE_CHOICES:
         raise ValueError(f"pair source must be one of {', '.join(PAIR_SOURCE_CHOICES)}, "
                          f"got {requested!r}")
@@ -257,7 +288,13 @@ def resolve_pair_source(requested: str, voxel_size) -> str:
 
 def pair_slice_axis(voxel_size) -> int:
     """Slice axis of the neighbouring-slice pairs: the thick-slice axis, else the axis of the
-    largest spacing (the last of equal ones)."""
+    largest spacing (the last of equal ones).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel edges in mm.
+    """
     axis = slice_axis(voxel_size)
     if axis is None:
         spacing = np.asarray(voxel_size, dtype=np.float64)
@@ -267,7 +304,19 @@ def pair_slice_axis(voxel_size) -> int:
 
 def noise_model_record(model: str, requested: str, noise_map: NoiseMap | None,
                        noise: NoiseEstimate) -> dict:
-    """Sidecar record of the noise model: which one ran, who chose it, the map's summary."""
+    """Sidecar record of the noise model: which one ran, who chose it, the map's summary.
+
+    Parameters
+    ----------
+    model : {"global", "adaptive"}
+        The model that ran (:func:`~.noisemap.choose_noise_model`).
+    requested : {"auto", "global", "adaptive"}
+        What was asked (``auto``: the choice was the map's).
+    noise_map : NoiseMap or None
+        The local noise map (None with a user-given noise level).
+    noise : NoiseEstimate
+        Its reference intensity turns the map into percent.
+    """
     record = {"Model": model, "Choice": "user" if requested != "auto" else "auto"}
     if noise_map is not None:
         record["NoiseMap"] = noise_map.summary(noise.reference_intensity)
@@ -284,7 +333,7 @@ class ExpertsUsed:
 
 
 def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
-                registry: ExpertRegistry, *, noise_model: str, noise_map: NoiseMap | None,
+                registry: ExpertRegistry, *, noise_model: str, sigma_map: np.ndarray | None,
                 pair_source: str, voxel_size, tta: bool, device, mask: np.ndarray,
                 slice_pair_budget_s: float | None = None, slice_pair_steps: int | None = None,
                 slice_pair_state: dict | None = None, timings: dict | None = None,
@@ -298,6 +347,46 @@ def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     * ``adaptive``: the experts are routed by the local level map
       (:func:`~.routing.routed_cnn_denoise`);
     * otherwise: ``choices`` everywhere (:func:`run_experts`).
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        The selected experts (:func:`choose_experts`).
+    registry : ExpertRegistry
+        Where their weights come from.
+    noise_model : {"global", "adaptive"}
+        The model chosen (:func:`~.noisemap.choose_noise_model`).
+    sigma_map : ndarray or None
+        Local noise sigma (image units), needed with ``adaptive``.
+    pair_source : {"synthetic-patches", "neighbouring-slices"}
+        Resolved by :func:`resolve_pair_source`.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm (the slice axis).
+    tta : bool
+        Flip test-time augmentation.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask.
+    slice_pair_budget_s, slice_pair_steps : float or int, optional
+        Limits of the NS-N2N fine-tuning (:func:`~bids_auton2n.train.nsn2n.finetune_on_slices`).
+    slice_pair_state : dict, optional
+        Weights already fine-tuned on the slices (the ``SlicePairFineTune`` node's).
+    timings : dict, optional
+        Receives the seconds of the stages ``"slice_pairs"`` and ``"cnn"``.
+    progress : bool
+        Log each stage and show progress bars.
+
+    Returns
+    -------
+    cnn : ndarray, float32
+        The CNN output in image units.
+    used : ExpertsUsed
+        The experts that ran, their hashes and the NS-N2N record.
     """
     timings = {} if timings is None else timings
     if pair_source == "neighbouring-slices":
@@ -305,7 +394,7 @@ def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
 
         axis = pair_slice_axis(voxel_size)
         level = choices[0].level
-        sigma = noise_map.sigma if noise_model == "adaptive" else noise.sigma
+        sigma = sigma_map if noise_model == "adaptive" else noise.sigma
         record = None
         if slice_pair_state is None:
             with _stage("slice_pairs", timings, progress):
@@ -324,20 +413,39 @@ def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
         if noise_model == "adaptive":
             normalizer = IntensityNormalizer(noise.reference_intensity)
             routed_output, routed = routed_cnn_denoise(
-                normalizer.forward(finite), percent_map(noise_map, noise), registry, tta=tta,
+                normalizer.forward(finite), percent_map(sigma_map, noise), registry, tta=tta,
                 device=device, mask=mask, progress=progress)
             cnn = normalizer.inverse(routed_output)
             choices = routed.choices
         else:
             cnn = run_experts(finite, noise, choices, registry, tta=tta, device=device,
                               mask=mask, progress=progress)
-    return cnn, ExpertsUsed(choices, {_level_key(c.level): registry.sha256(c.level)
-                                      for c in choices})
+    return cnn, ExpertsUsed(choices, expert_hashes(registry, choices))
 
 
 def run_slicewise_expert(finite: np.ndarray, noise: NoiseEstimate, state_dict: dict, *, axis: int,
                          tta: bool, device, mask: np.ndarray, progress: bool = False) -> np.ndarray:
-    """An expert's weights applied slice by slice along ``axis``, in image units."""
+    """An expert's weights applied slice by slice along ``axis``, in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the network.
+    state_dict : dict
+        Weights of a :class:`~.network.ResidualDenoiser3D`.
+    axis : int
+        Slice axis.
+    tta : bool
+        Average the four in-plane flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (only its in-plane bounding rectangle is computed).
+    progress : bool
+        Show a progress bar.
+    """
     from .network import ResidualDenoiser3D
 
     model = ResidualDenoiser3D()
@@ -351,7 +459,24 @@ def run_slicewise_expert(finite: np.ndarray, noise: NoiseEstimate, state_dict: d
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
                     percent: float) -> NoiseEstimate:
-    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`."""
+    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0 (:func:`~.intensity.sanitize`).
+    mask : ndarray of bool
+        Head mask (the reference tissue is measured in it).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    percent : float
+        Noise level, percent of the reference tissue's intensity (>= 0).
+
+    Returns
+    -------
+    NoiseEstimate
+        ``raw_std`` is NaN (nothing was measured).
+    """
     if not np.isfinite(percent) or percent < 0:
         raise ValueError(f"noise level must be a non-negative percentage, got {percent}")
     reference = reference_intensity(finite, mask, contrast)
@@ -367,17 +492,81 @@ def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
 
 def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | None = None,
                    blend: bool = False) -> list[ExpertChoice]:
-    """The user's expert if given (it must be in the registry), else the registry's choice."""
+    """The user's expert if given (it must be in the registry), else the registry's choice.
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+        Where the experts come from.
+    percent : float
+        Noise level (percent of the reference tissue) the registry selects for.
+    expert : float, optional
+        Level of the expert to use instead of the selection.
+    blend : bool
+        Blend the two experts bracketing ``percent`` instead of taking the nearest.
+
+    Returns
+    -------
+    list of ExpertChoice
+        Levels and weights (summing to 1).
+    """
     if expert is None:
         return registry.select(percent, blend=blend)
     registry.entry(expert)  # fails clearly for a level the registry does not have
     return [ExpertChoice(level=float(expert), weight=1.0)]
 
 
+def expert_selection(expert: float | None, blend: bool) -> str:
+    """How :func:`choose_experts` chose: ``"user"`` (``expert`` given), ``"blend"`` or ``"nearest"``.
+
+    Parameters
+    ----------
+    expert, blend
+        The arguments of :func:`choose_experts`.
+    """
+    return "user" if expert is not None else "blend" if blend else "nearest"
+
+
+def expert_hashes(registry: ExpertRegistry, choices: list[ExpertChoice]) -> dict[str, str]:
+    """SHA-256 of the weights of each chosen expert, by level (``DenoiseResult.weights_sha256``).
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+    choices : list of ExpertChoice
+    """
+    return {_level_key(c.level): registry.sha256(c.level) for c in choices}
+
+
 def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
                 registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
                 progress: bool = False) -> np.ndarray:
-    """CNN mixture of experts in network units (reference tissue = 1), back in image units."""
+    """CNN mixture of experts in network units (reference tissue = 1), back in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        Experts and their weights.
+    registry : ExpertRegistry
+        Where their weights come from.
+    tta : bool
+        Average the identity and the three axis flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (the networks run on its bounding box).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray, float32
+        The mixture's output in image units.
+    """
     device = resolve_device(device)
     models = [(registry.load(c.level, device), c.weight) for c in choices]
     normalizer = IntensityNormalizer(noise.reference_intensity)
@@ -428,18 +617,51 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
     return output
 
 
-def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
-                      nonfinite: np.ndarray) -> np.ndarray:
-    """float32 output with the input's NaN/Inf voxels put back where they were."""
+def output_image(denoised: np.ndarray, original: np.ndarray,
+                 nonfinite: np.ndarray) -> np.ndarray:
+    """The pipeline's output as it is written, the last step of every path (library and workflow).
+
+    float32; no negative voxel where the input is a magnitude image (none of its finite voxels
+    is negative: the denoiser's negative values there are not signal, they are set to 0); the
+    input's NaN/Inf voxels put back where they were.
+
+    Parameters
+    ----------
+    denoised : ndarray
+        Output of :func:`final_image`.
+    original : ndarray
+        The input (its values are taken where ``nonfinite``; its sign decides the clipping).
+    nonfinite : ndarray of bool
+        Where the input was NaN or infinite (:func:`~.intensity.sanitize`).
+    """
     denoised = np.array(denoised, dtype=np.float32)
-    denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
+    original = np.asarray(original, dtype=np.float32)
+    if not np.any(original[~nonfinite] < 0):
+        np.maximum(denoised, 0.0, out=denoised)
+    denoised[nonfinite] = original[nonfinite]
     return denoised
 
 
 def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarray, voxel_size,
                            timings: dict | None = None, progress: bool = False
                            ) -> tuple[NoiseEstimate, NoiseMap]:
-    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair."""
+    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    mask : ndarray of bool
+        Head mask.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm (the map's smoothing is in mm).
+    timings : dict, optional
+        Receives the seconds of ``"pairs"``, ``"estimate"`` and ``"noise_map"``.
+    progress : bool
+        Log each stage.
+    """
     timings = {} if timings is None else timings
     with _stage("pairs", timings, progress):
         pair = noise_pair(finite, mask=mask)
@@ -452,123 +674,27 @@ def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarra
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
                          timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
-    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
+    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of the percentage.
+    mask : ndarray of bool
+        Head mask.
+    timings : dict, optional
+        Receives the seconds of the stages ``"pairs"`` and ``"estimate"``.
+    progress : bool
+        Log each stage.
+
+    Returns
+    -------
+    NoiseEstimate
+    """
     timings = {} if timings is None else timings
     with _stage("pairs", timings, progress):
         pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
         return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
-
-
-def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
-    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``."""
-    stem = Path(path).name.split(".")[0]
-    suffix = stem.rsplit("_", 1)[-1]
-    return suffix if suffix in CONTRASTS else default
-
-
-def load_volume(path: str | Path) -> nib.Nifti1Image:
-    """Load a 3D NIfTI image, refusing what cannot be denoised.
-
-    A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
-    (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
-    multi-volume 4D image, and an image with no finite or no non-zero voxel.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: no such file")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputImageError(f"{path}: not a readable NIfTI image ({exc})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputImageError(f"{path}: not a NIfTI image ({type(img).__name__})")
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) == 4:
-        raise InputImageError(
-            f"{path}: 4D image with {shape[3]} volumes; select one first, e.g. "
-            f"`python -c \"import nibabel as nb; nb.load('{path.name}').slicer[..., 0]"
-            f".to_filename('vol0.nii.gz')\"`"
-        )
-    if len(img.shape) != 3 or min(img.shape) < 2:
-        raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputImageError(f"{path}: image data cannot be read ({exc})") from None
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise InputImageError(f"{path}: image has no finite voxel (all NaN/Inf)")
-    if not np.any(data[finite]):
-        raise InputImageError(f"{path}: image is all zeros")
-    return img
-
-
-def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms)."""
-    header = reference.header.copy()
-    header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
-    out.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    out.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    out.header.set_slope_inter(1.0, 0.0)
-    out.to_filename(str(out_file))
-
-
-def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32."""
-    img = load_volume(path)
-    return img, np.asarray(img.get_fdata(dtype=np.float32))
-
-
-def _read_inputs(in_file, mask_file):
-    img, data = read_volume(in_file)
-    mask = None
-    if mask_file is not None:
-        mask_img = load_volume(mask_file)
-        if mask_img.shape != img.shape:
-            raise InputImageError(
-                f"{mask_file}: mask shape {mask_img.shape} differs from image shape {img.shape}")
-        mask = np.asanyarray(mask_img.dataobj) > 0
-    return img, data, mask
-
-
-def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,
-                        mask_file: str | Path | None = None) -> NoiseEstimate:
-    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`)."""
-    _, data, mask = _read_inputs(in_file, mask_file)
-    finite, _ = sanitize(data)
-    if mask is None:
-        mask = head_mask(finite)
-    return estimate_array_noise(finite, contrast=contrast or contrast_from_filename(in_file),
-                                mask=mask)
-
-
-def denoise_file(
-    in_file: str | Path,
-    out_file: str | Path,
-    *,
-    contrast: str | None = None,
-    mask_file: str | Path | None = None,
-    noise_map: str | Path | None = None,
-    sigma_map: str | Path | None = None,
-    **kwargs,
-) -> DenoiseResult:
-    """Denoise a NIfTI file and write the result (and optionally input − output).
-
-    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none), ``voxel_size``
-    to the header's; ``sigma_map`` receives the local noise map (when the noise is
-    estimated); the other keyword arguments are those of :func:`denoise_array`.
-    """
-    img, data, mask = _read_inputs(in_file, mask_file)
-    kwargs.setdefault("voxel_size", img.header.get_zooms()[:3])
-    result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
-                           mask=mask, **kwargs)
-    save_like(result.denoised, img, out_file)
-    if noise_map is not None:
-        save_like(np.nan_to_num(data - result.denoised), img, noise_map)
-    if sigma_map is not None and result.noise_map is not None:
-        save_like(result.noise_map.sigma, img, sigma_map)
-    return result

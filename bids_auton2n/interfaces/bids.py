@@ -2,7 +2,7 @@
 
 from niworkflows.interfaces.bids import DerivativesDataSink as _DerivativesDataSink
 
-from ..denoise.pipeline import CONTRASTS
+from ..denoise import CONTRASTS
 
 #: niworkflows' anatomical and figure path patterns, with ``PDw`` added (niworkflows
 #: lists the deprecated ``PD`` only).

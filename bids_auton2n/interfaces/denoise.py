@@ -1,15 +1,30 @@
-"""Thin Nipype wrappers of the Auto-N2N steps in :mod:`bids_auton2n.denoise`.
+"""Nipype nodes of the Auto-N2N steps, each a thin wrapper of :mod:`bids_auton2n.denoise.pipeline`.
 
-Every interface loads its inputs, calls one step of :mod:`bids_auton2n.denoise` and writes
-the result as NIfTI (same affine/header as the input) or JSON. The order of the steps and
-the way they combine follow :func:`bids_auton2n.denoise.pipeline.denoise_array`; the
-workflow test ``test_workflow_matches_pipeline`` checks that both give the same image.
+The BIDS-App composes the denoising from these nodes in the order of
+:func:`~bids_auton2n.denoise.pipeline.denoise_array`, and every node calls the function that
+``denoise_array`` calls for its step:
+
+* :class:`EstimateNoise` reads, checks and sanitises the image (the only node that does), makes
+  the head mask, then ``estimate_noise_and_map`` or ``noise_for_level``, ``choose_noise_model``
+  and ``resolve_pair_source``;
+* :class:`SelectExperts`: ``choose_experts``;
+* :class:`SlicePairFineTune`: the NS-N2N fine-tuning of ``denoise_cnn`` (thick slices only);
+* :class:`CNNDenoise`: ``denoise_cnn`` (global, routed or slice-wise experts);
+* :class:`FuseRINLM`: ``final_image`` and ``output_image``;
+* :class:`DenoiseProvenance`: ``DenoiseResult.provenance`` (the sidecar).
+
+Files travel between the nodes (the sanitised float32 image, its head mask, the CNN output)
+with small records (the noise estimate and the chosen experts, as dicts); no node reads
+another's state back from JSON. ``tests/test_workflow_equivalence.py`` checks that the
+workflow's image and sidecar equal those of :func:`~bids_auton2n.utils.io.denoise_file`, byte
+for byte, for every option.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nb
@@ -25,33 +40,60 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..denoise import CONTRASTS
 from ..denoise.noisemap import NOISE_MODELS
-from ..denoise.pipeline import CONTRASTS, PAIR_SOURCE_CHOICES
+from ..denoise.pipeline import PAIR_SOURCE_CHOICES
 
 
-def _registry(experts_dir):
-    from ..denoise.experts import ExpertRegistry
-
-    return ExpertRegistry(experts_dir if isdefined(experts_dir) and experts_dir else None)
+class _DenoiseStepInputSpec(BaseInterfaceInputSpec):
+    omp_nthreads = traits.Int(desc="threads of torch and numba in this node (default: as they are)")
 
 
-def _limit_threads(n_threads: int) -> None:
-    """Keep torch and numba within the cores Nipype granted this node."""
-    import numba
-    import torch
+class DenoiseStep(SimpleInterface):
+    """The prologue the denoising nodes share.
 
-    torch.set_num_threads(max(1, n_threads))
-    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+    :meth:`_run_interface` limits torch and numba to the node's ``omp_nthreads`` (the cores
+    Nipype granted it), then runs :meth:`_run_step` and returns its outputs; the helpers read
+    and write the float32 images that travel between the nodes, in the node's folder.
+    """
+
+    input_spec = _DenoiseStepInputSpec
+
+    def _run_interface(self, runtime):
+        from ..utils.threads import set_threads
+
+        if isdefined(self.inputs.omp_nthreads):
+            set_threads(max(1, self.inputs.omp_nthreads))
+        self._cwd = Path(runtime.cwd)
+        self._results.update(self._run_step())
+        return runtime
+
+    def _run_step(self) -> dict:
+        """The node's work; returns its outputs."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _read(path) -> tuple[nb.Nifti1Image, np.ndarray]:
+        """A float32 image another node wrote, and its data."""
+        img = nb.load(path)
+        return img, np.asarray(img.dataobj, dtype=np.float32)
+
+    def _save(self, data: np.ndarray, reference: nb.Nifti1Image, name: str) -> str:
+        """Write ``data`` in the node folder with the header of ``reference``; return its path."""
+        from ..utils.io import save_like
+
+        out_file = self._cwd / name
+        save_like(data, reference, out_file)
+        return str(out_file)
+
+    @staticmethod
+    def _registry(experts_dir):
+        from ..denoise.experts import ExpertRegistry
+
+        return ExpertRegistry(experts_dir if isdefined(experts_dir) and experts_dir else None)
 
 
-def _save_like(data: np.ndarray, reference: nb.Nifti1Image, out_file: Path) -> str:
-    from ..denoise.pipeline import save_like
-
-    save_like(data, reference, out_file)
-    return str(out_file)
-
-
-class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
+class _EstimateNoiseInputSpec(_DenoiseStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of in_file")
     noise_level = traits.Float(desc="user-given noise level (percent); skips the estimate")
@@ -59,83 +101,85 @@ class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
                               desc="global, adaptive (local noise map) or auto (by its spread)")
     pair_source = traits.Enum(*PAIR_SOURCE_CHOICES, usedefault=True,
                               desc="N2N pairs: auto (neighbouring slices for thick slices)")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernels")
 
 
 class _EstimateNoiseOutputSpec(TraitedSpec):
-    out_json = File(exists=True, desc="noise record (NoiseEstimate.to_dict() + Source)")
+    finite_file = File(exists=True, desc="the image in image units, float32, non-finite voxels 0: "
+                                         "what the other nodes read")
+    nonfinite_file = File(exists=True, desc="the input's values where they are not finite, 0 "
+                                            "elsewhere (only written for an image that has some)")
     mask_file = File(exists=True, desc="head mask (noise estimate, CNN bounding box)")
+    noise = traits.Dict(desc="the NoiseEstimate's fields")
+    noise_source = traits.Enum("estimated", "user", desc="where the noise level comes from")
     percent = traits.Float(desc="noise in percent of the reference tissue")
     sigma = traits.Float(desc="noise standard deviation in image units")
-    sigma_map_file = File(desc="local noise sigma map (image units); not with a given level")
-    model_json = File(exists=True, desc="noise model record (model, choice, map summary)")
-    noise_model = traits.Str(desc="the noise model chosen: global or adaptive")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (image units); not with a "
+                                            "given noise level")
+    noise_model = traits.Enum("global", "adaptive", desc="the noise model chosen")
+    noise_model_record = traits.Dict(desc="sidecar NoiseModel (model, choice, map summary)")
     pair_source = traits.Str(desc="the pair source chosen (PAIR_SOURCES)")
-    runtime_s = traits.Float(desc="seconds spent")
 
 
-class EstimateNoise(SimpleInterface):
-    """Head mask, noise level (both units), local noise map and the choices they lead to.
+class EstimateNoise(DenoiseStep):
+    """Read and sanitise the image once; its head mask and noise level (both units).
 
-    :func:`~.pipeline.estimate_noise_and_map`, :func:`~.noisemap.choose_noise_model` and
-    :func:`~.pipeline.resolve_pair_source` (voxel size from the header), as
-    :func:`~.pipeline.denoise_array` calls them.
+    :func:`~bids_auton2n.utils.io.read_volume` (refuses what cannot be denoised),
+    :func:`~bids_auton2n.denoise.intensity.sanitize`, :func:`~bids_auton2n.denoise.noise.head_mask`,
+    then :func:`~bids_auton2n.denoise.pipeline.estimate_noise_and_map` (noise level and local
+    noise map) or, with ``noise_level``, :func:`~bids_auton2n.denoise.pipeline.noise_for_level`;
+    then :func:`~bids_auton2n.denoise.noisemap.choose_noise_model` and
+    :func:`~bids_auton2n.denoise.pipeline.resolve_pair_source` (voxel size from the header).
     """
 
     input_spec = _EstimateNoiseInputSpec
     output_spec = _EstimateNoiseOutputSpec
 
-    def _run_interface(self, runtime):
+    def _run_step(self):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
         from ..denoise.noisemap import choose_noise_model
         from ..denoise.pipeline import (
-            estimate_noise_and_map, noise_for_level, noise_model_record, read_volume,
-            resolve_pair_source,
+            estimate_noise_and_map, noise_for_level, noise_model_record, resolve_pair_source,
         )
+        from ..utils.io import read_volume
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
         img, data = read_volume(self.inputs.in_file)
-        finite, _ = sanitize(data)
+        finite, nonfinite = sanitize(data)
         mask = head_mask(finite)
-        voxel_size = img.header.get_zooms()[:3]
+        voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
+        timings: dict[str, float] = {}
         if isdefined(self.inputs.noise_level):
             noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
                                     percent=self.inputs.noise_level)
             source, noise_map = "user", None
         else:
             noise, noise_map = estimate_noise_and_map(finite, contrast=self.inputs.contrast,
-                                                      mask=mask, voxel_size=voxel_size)
+                                                      mask=mask, voxel_size=voxel_size,
+                                                      timings=timings)
             source = "estimated"
         model = choose_noise_model(noise_map, self.inputs.noise_model)
-
-        cwd = Path(runtime.cwd)
+        outputs = {
+            "finite_file": self._save(finite, img, "image.nii.gz"),
+            "noise": asdict(noise), "noise_source": source, "percent": float(noise.percent),
+            "sigma": float(noise.sigma), "timings": timings, "noise_model": model,
+            "noise_model_record": noise_model_record(model, self.inputs.noise_model, noise_map,
+                                                     noise),
+            "pair_source": resolve_pair_source(self.inputs.pair_source, voxel_size),
+        }
+        if noise_map is not None:
+            outputs["sigma_map_file"] = self._save(noise_map.sigma, img, "sigma.nii.gz")
+        if nonfinite.any():
+            outputs["nonfinite_file"] = self._save(np.where(nonfinite, data, 0), img,
+                                                   "nonfinite.nii.gz")
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)
         mask_img.set_data_dtype(np.uint8)
-        mask_file = cwd / "head_mask.nii.gz"
-        mask_img.to_filename(str(mask_file))
-        out_json = cwd / "noise.json"
-        out_json.write_text(json.dumps({**noise.to_dict(), "Source": source}, indent=2))
-        model_json = cwd / "noise_model.json"
-        model_json.write_text(json.dumps(
-            noise_model_record(model, self.inputs.noise_model, noise_map, noise), indent=2))
-        if noise_map is not None:
-            self._results["sigma_map_file"] = _save_like(noise_map.sigma, img, cwd / "sigma.nii.gz")
-        self._results.update(
-            out_json=str(out_json),
-            mask_file=str(mask_file),
-            percent=float(noise.percent),
-            sigma=float(noise.sigma),
-            model_json=str(model_json),
-            noise_model=model,
-            pair_source=resolve_pair_source(self.inputs.pair_source, voxel_size),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+        outputs["mask_file"] = str(self._cwd / "head_mask.nii.gz")
+        mask_img.to_filename(outputs["mask_file"])
+        return outputs
 
 
-class _SelectExpertsInputSpec(BaseInterfaceInputSpec):
+class _SelectExpertsInputSpec(_DenoiseStepInputSpec):
     percent = traits.Float(mandatory=True, desc="noise level (percent)")
     expert = traits.Float(desc="user-chosen expert level; overrides the selection")
     blend = traits.Bool(False, usedefault=True, desc="blend the two bracketing experts")
@@ -143,265 +187,232 @@ class _SelectExpertsInputSpec(BaseInterfaceInputSpec):
 
 
 class _SelectExpertsOutputSpec(TraitedSpec):
-    out_json = File(exists=True, desc="selected experts: level, weight, SHA-256")
-    levels = traits.List(traits.Float, desc="selected expert levels (percent)")
+    experts = traits.List(traits.Dict, desc="chosen experts: ExpertChoice fields (level, weight)")
+    weights_sha256 = traits.Dict(desc="SHA-256 of each chosen expert's weights, by level")
+    selection = traits.Str(desc="how they were chosen: user, blend or nearest")
 
 
-class SelectExperts(SimpleInterface):
-    """Pick the expert(s) for a noise level (:meth:`ExpertRegistry.select`)."""
+class SelectExperts(DenoiseStep):
+    """Pick the expert(s) for a noise level (:func:`~bids_auton2n.denoise.pipeline.choose_experts`)."""
 
     input_spec = _SelectExpertsInputSpec
     output_spec = _SelectExpertsOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.pipeline import choose_experts
+    def _run_step(self):
+        from ..denoise.pipeline import choose_experts, expert_hashes, expert_selection
 
-        registry = _registry(self.inputs.experts_dir)
-        choices = choose_experts(
-            registry, self.inputs.percent, blend=self.inputs.blend,
-            expert=self.inputs.expert if isdefined(self.inputs.expert) else None,
-        )
-        record = {
-            "Registry": str(registry.root),
-            "Experts": [
-                {"NoiseLevelPercent": c.level, "Weight": c.weight,
-                 "SHA256": registry.sha256(c.level)}
-                for c in choices
-            ],
-            "Selection": "user" if isdefined(self.inputs.expert) else
-            ("blend" if self.inputs.blend else "nearest"),
-        }
-        out_json = Path(runtime.cwd) / "experts.json"
-        out_json.write_text(json.dumps(record, indent=2))
-        self._results.update(out_json=str(out_json), levels=[c.level for c in choices])
-        return runtime
+        expert = self.inputs.expert if isdefined(self.inputs.expert) else None
+        registry = self._registry(self.inputs.experts_dir)
+        choices = choose_experts(registry, self.inputs.percent, expert=expert,
+                                 blend=self.inputs.blend)
+        return {"experts": [asdict(c) for c in choices],
+                "weights_sha256": expert_hashes(registry, choices),
+                "selection": expert_selection(expert, self.inputs.blend)}
 
 
-def _noise_inputs(inputs):
-    """The image, mask, noise record and (if any) noise map that a node's inputs name."""
-    from ..denoise.intensity import sanitize
-    from ..denoise.noise import NoiseEstimate
-    from ..denoise.pipeline import read_volume
-
-    img, data = read_volume(inputs.in_file)
-    finite, _ = sanitize(data)
-    mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
-    noise_record = json.loads(Path(inputs.noise_json).read_text())
-    noise_record.pop("Source")
-    sigma_map = (np.asarray(nb.load(inputs.sigma_map_file).get_fdata(dtype=np.float32))
-                 if isdefined(inputs.sigma_map_file) and inputs.sigma_map_file else None)
-    return img, finite, mask, NoiseEstimate(**noise_record), sigma_map
+def _sigma_for(inputs) -> tuple[np.ndarray | None, object]:
+    """The node's sigma map (or None) and the sigma of its noise model (map or one value)."""
+    sigma_map = None
+    if isdefined(inputs.sigma_map_file) and inputs.sigma_map_file:
+        sigma_map = DenoiseStep._read(inputs.sigma_map_file)[1]
+    return sigma_map, sigma_map if inputs.noise_model == "adaptive" else inputs.sigma
 
 
-def _choices(experts_json):
-    from ..denoise.experts import ExpertChoice
-
-    experts = json.loads(Path(experts_json).read_text())["Experts"]
-    return [ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts]
-
-
-class _SlicePairFineTuneInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+class _SlicePairFineTuneInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
     mask_file = File(exists=True, mandatory=True, desc="head mask")
-    noise_json = File(exists=True, mandatory=True, desc="noise record (reference intensity)")
-    sigma_map_file = File(desc="local noise sigma map (used with the adaptive model)")
-    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Enum("global", "adaptive", mandatory=True, desc="the noise model chosen")
     pair_source = traits.Str(mandatory=True, desc="the node only works for neighbouring-slices")
-    experts_json = File(exists=True, mandatory=True, desc="selected experts (first: the start)")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (the first: the start)")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
     budget_s = traits.Float(desc="wall-clock budget of all the fine-tuning (seconds)")
     max_steps = traits.Int(desc="step limit of the fine-tuning")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="torch and numba threads")
 
 
 class _SlicePairFineTuneOutputSpec(TraitedSpec):
     tuned_dir = Directory(desc="one-expert registry of the fine-tuned weights (NS-N2N only)")
-    runtime_s = traits.Float(desc="seconds spent")
+    record = traits.Dict(desc="the sidecar's SlicePairFineTuning (NS-N2N only)")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class SlicePairFineTune(SimpleInterface):
+class SlicePairFineTune(DenoiseStep):
     """NS-N2N fine-tuning of the selected expert on the image's neighbouring slices.
 
     :func:`bids_auton2n.train.nsn2n.finetune_expert_on_slices`, as
-    :func:`~.pipeline.denoise_cnn` calls it; the weights are saved as a one-expert registry
-    whose manifest entry holds the record (``slice_pairs``).  Does nothing (no output) when
-    the pair source is not ``neighbouring-slices``.
+    :func:`~bids_auton2n.denoise.pipeline.denoise_cnn` calls it; the weights are saved as a
+    one-expert registry.  Does nothing (no output) when the pair source is not
+    ``neighbouring-slices``.
     """
 
     input_spec = _SlicePairFineTuneInputSpec
     output_spec = _SlicePairFineTuneOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.experts import write_manifest_entry
+    def _run_step(self):
+        if self.inputs.pair_source != "neighbouring-slices":
+            return {"timings": {}}
+        from ..denoise.experts import ExpertChoice, write_manifest_entry
         from ..denoise.inference import resolve_device
+        from ..denoise.noise import NoiseEstimate
         from ..denoise.pipeline import pair_slice_axis
         from ..train.nsn2n import finetune_expert_on_slices
 
+        img, finite = self._read(self.inputs.in_file)
+        mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
+        level = ExpertChoice(**self.inputs.experts[0]).level
         start = time.perf_counter()
-        self._results["runtime_s"] = 0.0
-        if self.inputs.pair_source != "neighbouring-slices":
-            return runtime
-        _limit_threads(self.inputs.omp_nthreads)
-        img, finite, mask, noise, sigma_map = _noise_inputs(self.inputs)
-        registry = _registry(self.inputs.experts_dir)
-        level = _choices(self.inputs.experts_json)[0].level
-        sigma = sigma_map if self.inputs.noise_model == "adaptive" else noise.sigma
         state, record = finetune_expert_on_slices(
-            finite, mask, sigma, noise, registry, level,
+            finite, mask, _sigma_for(self.inputs)[1], NoiseEstimate(**self.inputs.noise),
+            self._registry(self.inputs.experts_dir), level,
             axis=pair_slice_axis(img.header.get_zooms()[:3]),
             budget_s=self.inputs.budget_s if isdefined(self.inputs.budget_s) else None,
             max_steps=self.inputs.max_steps if isdefined(self.inputs.max_steps) else None,
             device=resolve_device(self.inputs.device))
-        tuned_dir = Path(runtime.cwd) / "slice_pair_expert"
+        seconds = time.perf_counter() - start
+        tuned_dir = self._cwd / "slice_pair_expert"
         write_manifest_entry(tuned_dir, level, state, {
-            "training_data": f"{self.inputs.in_file} (its neighbouring slices)",
-            "command": "SlicePairFineTune", "revision": "see SoftwareVersion",
-            "slice_pairs": record})
-        self._results.update(tuned_dir=str(tuned_dir), runtime_s=time.perf_counter() - start)
-        return runtime
+            "training_data": "the image's own neighbouring slices (NS-N2N)",
+            "command": "SlicePairFineTune", "revision": "see SoftwareVersion"})
+        return {"tuned_dir": str(tuned_dir), "record": record,
+                "timings": {"slice_pairs": seconds}}
 
 
-class _CNNDenoiseInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+class _CNNDenoiseInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
     mask_file = File(exists=True, mandatory=True, desc="head mask")
-    noise_json = File(exists=True, mandatory=True, desc="noise record (reference intensity)")
-    sigma_map_file = File(desc="local noise sigma map (routes the experts, adaptive model)")
-    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (routes the experts)")
+    noise_model = traits.Enum("global", "adaptive", usedefault=True, desc="the noise model chosen")
     pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
-    experts_json = File(exists=True, mandatory=True, desc="selected experts")
+    tuned_dir = Directory(desc="the NS-N2N fine-tuned expert (SlicePairFineTune)")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
-    tuned_dir = Directory(desc="NS-N2N fine-tuned expert (SlicePairFineTune)")
     tta = traits.Bool(True, usedefault=True, desc="average the flips (test-time augmentation)")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 
 class _CNNDenoiseOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="CNN output in image units")
-    experts_json = File(exists=True, desc="the experts that ran (routed shares, tuned hashes)")
+    experts = traits.List(traits.Dict, desc="the experts that ran (routed shares, tuned weights)")
+    weights_sha256 = traits.Dict(desc="SHA-256 of their weights, by level")
     device = traits.Str(desc="torch device that ran")
-    runtime_s = traits.Float(desc="seconds spent")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class CNNDenoise(SimpleInterface):
-    """The CNN stage: :func:`~.pipeline.denoise_cnn` (global, routed or slice-wise experts)."""
+class CNNDenoise(DenoiseStep):
+    """The CNN stage: :func:`~bids_auton2n.denoise.pipeline.denoise_cnn` (the selected experts,
+    experts routed by the local noise map, or the NS-N2N fine-tuned expert slice by slice)."""
 
     input_spec = _CNNDenoiseInputSpec
     output_spec = _CNNDenoiseOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.experts import ExpertRegistry
+    def _run_step(self):
+        from ..denoise.experts import ExpertChoice
         from ..denoise.inference import resolve_device
-        from ..denoise.noisemap import NoiseMap
+        from ..denoise.noise import NoiseEstimate
         from ..denoise.pipeline import denoise_cnn
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
-        img, finite, mask, noise, sigma_map = _noise_inputs(self.inputs)
+        img, finite = self._read(self.inputs.in_file)
+        mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
         device = resolve_device(self.inputs.device)
-        registry = _registry(self.inputs.experts_dir)
         state = None
         if self.inputs.pair_source == "neighbouring-slices":
-            tuned = ExpertRegistry(self.inputs.tuned_dir)
+            tuned = self._registry(self.inputs.tuned_dir)
             state = tuned.load(tuned.levels[0], "cpu").state_dict()
-        noise_map = None if sigma_map is None else NoiseMap(sigma_map, mask, float("nan"))
+        timings: dict[str, float] = {}
         cnn, used = denoise_cnn(
-            finite, noise, _choices(self.inputs.experts_json), registry,
-            noise_model=self.inputs.noise_model, noise_map=noise_map,
-            pair_source=self.inputs.pair_source, voxel_size=img.header.get_zooms()[:3],
-            slice_pair_state=state, tta=self.inputs.tta, device=device, mask=mask)
-        selection = json.loads(Path(self.inputs.experts_json).read_text())
-        if self.inputs.pair_source == "neighbouring-slices":
-            selection["Selection"] += ", fine-tuned on the neighbouring slices"
-        elif self.inputs.noise_model == "adaptive":
-            selection["Selection"] = "routed by the local noise map (blend of the two nearest)"
-        selection["Experts"] = [{"NoiseLevelPercent": c.level, "Weight": c.weight,
-                                 "SHA256": used.sha256[f"{c.level:g}"]} for c in used.choices]
-        experts_json = Path(runtime.cwd) / "experts_used.json"
-        experts_json.write_text(json.dumps(selection, indent=2))
-        self._results.update(
-            out_file=_save_like(cnn, img, Path(runtime.cwd) / "cnn.nii.gz"),
-            experts_json=str(experts_json),
-            device=str(device),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+            finite, NoiseEstimate(**self.inputs.noise),
+            [ExpertChoice(**e) for e in self.inputs.experts],
+            self._registry(self.inputs.experts_dir), noise_model=self.inputs.noise_model,
+            sigma_map=_sigma_for(self.inputs)[0], pair_source=self.inputs.pair_source,
+            voxel_size=img.header.get_zooms()[:3], slice_pair_state=state,
+            tta=self.inputs.tta, device=device, mask=mask, timings=timings)
+        return {"timings": timings, "device": str(device),
+                "experts": [asdict(c) for c in used.choices], "weights_sha256": used.sha256,
+                "out_file": self._save(cnn, img, "cnn.nii.gz")}
 
 
-class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+class _FuseRINLMInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
+    nonfinite_file = File(exists=True, desc="EstimateNoise's nonfinite_file, if any")
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
-    sigma_map_file = File(desc="local noise sigma map (used with the adaptive model)")
-    noise_model = traits.Str("global", usedefault=True, desc="global or adaptive")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Enum("global", "adaptive", usedefault=True, desc="the noise model chosen")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernel")
 
 
 class _FuseRINLMOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="denoised image, non-finite input voxels restored")
     noise_image = File(exists=True, desc="residual: input minus denoised")
-    runtime_s = traits.Float(desc="seconds spent")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class FuseRINLM(SimpleInterface):
+class FuseRINLM(DenoiseStep):
     """Average the CNN output with RI-NLM guided by it (paper's final image), then guard it.
 
-    :func:`~.pipeline.final_image`: both steps optional.
+    :func:`~bids_auton2n.denoise.pipeline.final_image` (both steps optional), then the output
+    as written (:func:`~bids_auton2n.denoise.pipeline.output_image`: no negative voxel in a
+    magnitude image, the input's non-finite voxels put back).
     """
 
     input_spec = _FuseRINLMInputSpec
     output_spec = _FuseRINLMOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import final_image, read_volume, restore_nonfinite
+    def _run_step(self):
+        from ..denoise.pipeline import final_image, output_image
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
-        img, original = read_volume(self.inputs.in_file)
-        finite, nonfinite = sanitize(original)
-        cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
-        sigma = self.inputs.sigma
-        if self.inputs.noise_model == "adaptive":
-            sigma = np.asarray(nb.load(self.inputs.sigma_map_file).get_fdata(dtype=np.float32))
-        denoised = restore_nonfinite(
-            final_image(finite, cnn, sigma, fusion=self.inputs.fusion,
-                        guard=self.inputs.guard, rician=self.inputs.rician),
-            original, nonfinite)
-        cwd = Path(runtime.cwd)
-        self._results.update(
-            out_file=_save_like(denoised, img, cwd / "denoised.nii.gz"),
-            noise_image=_save_like(np.nan_to_num(original - denoised), img, cwd / "noise.nii.gz"),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+        img, finite = self._read(self.inputs.in_file)
+        _, cnn = self._read(self.inputs.cnn_file)
+        timings: dict[str, float] = {}
+        denoised = final_image(finite, cnn, _sigma_for(self.inputs)[1], fusion=self.inputs.fusion,
+                               guard=self.inputs.guard, rician=self.inputs.rician,
+                               timings=timings)
+        original = finite
+        nonfinite = np.zeros(finite.shape, dtype=bool)
+        if isdefined(self.inputs.nonfinite_file):
+            _, values = self._read(self.inputs.nonfinite_file)
+            nonfinite = ~np.isfinite(values)
+            original = np.where(nonfinite, values, finite)
+        denoised = output_image(denoised, original, nonfinite)
+        with np.errstate(invalid="ignore"):  # inf - inf at restored voxels: 0 in the residual
+            residual = np.nan_to_num(original - denoised)
+        return {"timings": timings,
+                "out_file": self._save(denoised, img, "denoised.nii.gz"),
+                "noise_image": self._save(residual, img, "noise.nii.gz")}
 
 
 class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     source_file = File(exists=True, mandatory=True, desc="raw BIDS image")
     bids_dir = Directory(exists=True, mandatory=True, desc="raw BIDS dataset root")
     source_metadata = traits.Dict(desc="sidecar metadata of the source (BIDS inheritance)")
-    noise_json = File(exists=True, mandatory=True)
-    experts_json = File(exists=True, mandatory=True)
-    model_json = File(exists=True, desc="noise model record (EstimateNoise)")
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    noise_source = traits.Str(mandatory=True, desc="estimated or user")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
+    weights_sha256 = traits.Dict(mandatory=True, desc="SHA-256 of the experts' weights")
+    selection = traits.Str(mandatory=True, desc="how the experts were chosen")
+    noise_model_record = traits.Dict(desc="the sidecar's NoiseModel (EstimateNoise)")
     pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
-    tuned_dir = Directory(desc="NS-N2N fine-tuned expert (its manifest holds the record)")
+    slice_pairs = traits.Dict(desc="the sidecar's SlicePairFineTuning (SlicePairFineTune)")
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
     rician = traits.Bool(True, usedefault=True)
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
-    estimate_s = traits.Float(0.0, usedefault=True, desc="seconds: mask, pair and estimate")
-    cnn_s = traits.Float(0.0, usedefault=True, desc="seconds: CNN experts with TTA")
-    rinlm_s = traits.Float(0.0, usedefault=True, desc="seconds: RI-NLM fusion and guard")
-    slice_pairs_s = traits.Float(0.0, usedefault=True, desc="seconds: NS-N2N fine-tuning")
-    denoised_file = File(exists=True, mandatory=True, desc="the denoised image (for its hash)")
+    estimate_timings = traits.Dict(desc="EstimateNoise's timings")
+    slice_pair_timings = traits.Dict(desc="SlicePairFineTune's timings")
+    cnn_timings = traits.Dict(desc="CNNDenoise's timings")
+    fusion_timings = traits.Dict(desc="FuseRINLM's timings")
+    denoised_file = File(exists=True, mandatory=True,
+                         desc="the denoised image (the record is remade when it changes)")
 
 
 class _ProvenanceOutputSpec(TraitedSpec):
@@ -410,7 +421,7 @@ class _ProvenanceOutputSpec(TraitedSpec):
 
 
 class DenoiseProvenance(SimpleInterface):
-    """Sidecar record of one denoised image (:meth:`DenoiseResult.provenance` layout).
+    """Sidecar record of one denoised image: :meth:`DenoiseResult.provenance` and BIDS fields.
 
     The source's own metadata is carried forward; ``Sources`` are BIDS URIs.
     """
@@ -424,34 +435,30 @@ class DenoiseProvenance(SimpleInterface):
         from ..denoise.pipeline import DenoiseResult
         from ..utils.bids import bids_uri
 
-        noise_record = json.loads(Path(self.inputs.noise_json).read_text())
-        source = noise_record.pop("Source")
-        experts = json.loads(Path(self.inputs.experts_json).read_text())
-        timings = {"estimate": self.inputs.estimate_s, "cnn": self.inputs.cnn_s,
-                   "rinlm": self.inputs.rinlm_s}
-        if isdefined(self.inputs.slice_pairs_s) and self.inputs.slice_pairs_s:
-            timings["slice_pairs"] = self.inputs.slice_pairs_s
-        slice_pairs = None
-        if self.inputs.pair_source == "neighbouring-slices":
-            manifest = json.loads((Path(self.inputs.tuned_dir) / "manifest.json").read_text())
-            slice_pairs = manifest["experts"][0]["slice_pairs"]
+        timings = {}
+        for stage in (self.inputs.estimate_timings, self.inputs.slice_pair_timings,
+                      self.inputs.cnn_timings, self.inputs.fusion_timings):
+            timings.update(stage if isdefined(stage) else {})
         timings["total"] = sum(timings.values())
         result = DenoiseResult(
             denoised=None,
-            noise=NoiseEstimate(**noise_record),
-            noise_source=source,
-            experts=[ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts["Experts"]],
-            weights_sha256={f"{e['NoiseLevelPercent']:g}": e["SHA256"] for e in experts["Experts"]},
+            noise=NoiseEstimate(**self.inputs.noise),
+            noise_source=self.inputs.noise_source,
+            experts=[ExpertChoice(**e) for e in self.inputs.experts],
+            weights_sha256=dict(self.inputs.weights_sha256),
             tta=self.inputs.tta,
             fusion=self.inputs.fusion,
             rician=self.inputs.rician,
             device=self.inputs.device,
             guard=self.inputs.guard,
             timings=timings,
-            noise_model=(json.loads(Path(self.inputs.model_json).read_text())
-                         if isdefined(self.inputs.model_json) else {"Model": "global"}),
+            expert_selection=self.inputs.selection,
+            noise_model=(dict(self.inputs.noise_model_record)
+                         if isdefined(self.inputs.noise_model_record) else {"Model": "global"}),
             pair_source=self.inputs.pair_source,
-            slice_pairs=slice_pairs,
+            slice_pairs=(dict(self.inputs.slice_pairs)
+                         if isdefined(self.inputs.slice_pairs) and self.inputs.slice_pairs
+                         else None),
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}
         metadata = {
@@ -466,7 +473,6 @@ class DenoiseProvenance(SimpleInterface):
             + (", flip test-time augmentation" if self.inputs.tta else "")
             + (", fused with RI-NLM" if self.inputs.fusion else "") + ").",
             **result.provenance(),
-            "ExpertSelection": experts["Selection"],
             "FineTuned": self.inputs.finetuned,
             "SourceSHA256": sha256_file(self.inputs.source_file),
         }
@@ -476,19 +482,20 @@ class DenoiseProvenance(SimpleInterface):
         return runtime
 
 
-class _FineTuneInputSpec(BaseInterfaceInputSpec):
+class _FineTuneInputSpec(_DenoiseStepInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
-    time_budget_s = traits.Float(600.0, usedefault=True, desc="training time budget")
+    time_budget_s = traits.Float(600.0, usedefault=True,
+                                 desc="time budget of all of fine-tuning (preparation included)")
+    max_steps = traits.Int(desc="Adam-step limit (default: none)")
     device = traits.Str("auto", usedefault=True)
-    omp_nthreads = traits.Int(1, usedefault=True)
 
 
 class _FineTuneOutputSpec(TraitedSpec):
     experts_dir = Directory(exists=True, desc="registry of the fine-tuned expert")
 
 
-class FineTune(SimpleInterface):
+class FineTune(DenoiseStep):
     """Self-supervised fine-tuning of the expert nearest the dataset's median noise level.
 
     Wraps :func:`bids_auton2n.train.finetune`, shared by all images of the run.
@@ -497,20 +504,19 @@ class FineTune(SimpleInterface):
     input_spec = _FineTuneInputSpec
     output_spec = _FineTuneOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.pipeline import contrast_from_filename
+    def _run_step(self):
         from ..train import TrainConfig, finetune
+        from ..utils.bids import contrast_from_filename
 
-        _limit_threads(self.inputs.omp_nthreads)
-        registry = _registry(self.inputs.experts_dir)
-        out_dir = Path(runtime.cwd) / "finetuned_experts"
+        out_dir = self._cwd / "finetuned_experts"
         finetune(
             [(f, contrast_from_filename(f)) for f in self.inputs.in_files],
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
-            registry=registry,
-            config=TrainConfig(level=0.0, device=self.inputs.device),
+            registry=self._registry(self.inputs.experts_dir),
+            config=TrainConfig(level=0.0, device=self.inputs.device,
+                               max_steps=self.inputs.max_steps
+                               if isdefined(self.inputs.max_steps) else None),
             progress=False,
         )
-        self._results["experts_dir"] = str(out_dir)
-        return runtime
+        return {"experts_dir": str(out_dir)}

@@ -1,4 +1,5 @@
-"""Reportlets of the per-subject report (summary fragments; figures come from niworkflows)."""
+"""Reportlets of the per-subject report: summary fragment and figures (thin wrappers of
+:mod:`bids_auton2n.reports`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
+    traits,
 )
 
 
@@ -32,14 +35,70 @@ def _pair_source_text(record: dict) -> str:
     if source != "neighbouring-slices":
         return f"{source} (the experts as shipped or fine-tuned on the dataset)"
     tuning = record.get("SlicePairFineTuning", {})
+    seconds = record.get("TimingsSeconds", {}).get("slice_pairs", 0)
+    matched = 100 * (tuning.get("MatchedFraction") or 0)
     return (f"neighbouring-slices: the expert was fine-tuned on this image's neighbouring "
             f"slices (NS-N2N, slice axis {tuning.get('SliceAxis')}, {tuning.get('Steps')} steps "
-            f"in {tuning.get('Seconds', 0):.0f} s, {100 * (tuning.get('MatchedFraction') or 0):.0f} % "
-            "of the pixels matched) and applied slice by slice")
+            f"in {seconds:.0f} s, {matched:.0f} % of the pixels matched) and applied slice by "
+            "slice")
+
+
+class _FiguresInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="noisy input image")
+    denoised_file = File(exists=True, mandatory=True, desc="denoised image")
+    noise_image = File(exists=True, mandatory=True, desc="residual: input minus denoised")
+    mask_file = File(exists=True, mandatory=True, desc="head mask (places the cuts)")
+    sigma = traits.Float(mandatory=True, desc="estimated noise std (scale of the residual)")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (drawn when given)")
+    noise_percent = traits.Float(desc="noise in percent of the reference tissue (map's scale)")
+
+
+class _FiguresOutputSpec(TraitedSpec):
+    before_after = File(exists=True, desc="noisy and denoised rows, then a flicker (SVG)")
+    residual = File(exists=True, desc="residual on +/- 3 sigma with a colour bar (SVG)")
+    noise_map = File(exists=True, desc="local noise sigma map (SVG), with sigma_map_file")
+
+
+class DenoisingFigures(SimpleInterface):
+    """Before/after and residual figures (:mod:`bids_auton2n.reports.figures`), drawn in
+    the closest RAS+ orientation of the image."""
+
+    input_spec = _FiguresInputSpec
+    output_spec = _FiguresOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nb
+        import numpy as np
+
+        from ..reports.figures import before_after_svg, noise_map_svg, residual_svg
+
+        def load(path):
+            img = nb.as_closest_canonical(nb.load(path))
+            return np.asarray(img.get_fdata(dtype=np.float32)).squeeze(), img.header.get_zooms()
+
+        noisy, zooms = load(self.inputs.in_file)
+        denoised, _ = load(self.inputs.denoised_file)
+        residual, _ = load(self.inputs.noise_image)
+        mask = load(self.inputs.mask_file)[0] > 0
+        zooms = zooms[:3]
+        out = Path(runtime.cwd)
+        (out / "before_after.svg").write_text(before_after_svg(noisy, denoised, mask, zooms))
+        (out / "residual.svg").write_text(residual_svg(residual, mask, self.inputs.sigma, zooms))
+        self._results.update(before_after=str(out / "before_after.svg"),
+                             residual=str(out / "residual.svg"))
+        if isdefined(self.inputs.sigma_map_file) and self.inputs.sigma_map_file:
+            sigma_map = load(self.inputs.sigma_map_file)[0]
+            reference = (100 * self.inputs.sigma / self.inputs.noise_percent
+                         if isdefined(self.inputs.noise_percent) and self.inputs.noise_percent > 0
+                         else 0.0)
+            (out / "noise_map.svg").write_text(noise_map_svg(sigma_map, mask, reference, zooms))
+            self._results["noise_map"] = str(out / "noise_map.svg")
+        return runtime
 
 
 class _SummaryInputSpec(BaseInterfaceInputSpec):
     provenance_json = File(exists=True, mandatory=True, desc="DenoiseProvenance output")
+    iqms_json = File(exists=True, desc="ComputeIQMs output (quality before and after)")
 
 
 class _SummaryOutputSpec(TraitedSpec):
@@ -64,8 +123,8 @@ class DenoiseSummary(SimpleInterface):
         )
         items = [
             ("Source", record["Sources"][0]),
-            ("Noise level", f"{noise['percent']:.2f} % of the {noise['reference_tissue']} "
-                            f"intensity (&sigma; = {noise['sigma']:.4g} image units, "
+            ("Noise level", f"{noise['Percent']:.2f} % of the {noise['ReferenceTissue']} "
+                            f"intensity (&sigma; = {noise['Sigma']:.4g} image units, "
                             f"{noise['Source']})"),
             ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
                           + (", fine-tuned on this dataset" if record["FineTuned"] else "")),
@@ -81,7 +140,13 @@ class DenoiseSummary(SimpleInterface):
             f"\t\t<li><strong>{escape(key)}:</strong> {value if key != 'Source' else escape(value)}</li>"
             for key, value in items
         )
+        html = (f'<h3 class="elem-title">Denoising summary</h3>\n\t<ul class="elem-desc">\n'
+                f"{rows}\n\t</ul>\n")
+        if isdefined(self.inputs.iqms_json):
+            from ..reports.group import iqms_html
+
+            html += iqms_html(json.loads(Path(self.inputs.iqms_json).read_text()))
         out_report = Path(runtime.cwd) / "summary.html"
-        out_report.write_text(f'<h3 class="elem-title">Denoising summary</h3>\n\t<ul class="elem-desc">\n{rows}\n\t</ul>\n')
+        out_report.write_text(html)
         self._results["out_report"] = str(out_report)
         return runtime

@@ -176,12 +176,12 @@ class SliceFinetuneResult:
     history: list = field(default_factory=list)
 
     def record(self, *, budget_s, max_steps, start_sha256) -> dict:
-        """JSON-able record for the sidecar."""
+        """JSON-able record for the sidecar (its seconds are in the sidecar's timings)."""
         first, best = self.history[0] if self.history else {}, next(
             (h for h in self.history if h["step"] == self.best_step), {})
         return {
             "Steps": self.steps, "BestStep": self.best_step, "Stopped": self.stopped,
-            "Seconds": round(self.seconds, 2), "BudgetSeconds": budget_s, "MaxSteps": max_steps,
+            "BudgetSeconds": budget_s, "MaxSteps": max_steps,
             "MatchedFraction": round(self.matched_fraction, 4),
             "MatchThresholdSigma": MATCH_THRESHOLD,
             "Losses": {"LambdaRC": LAMBDA_RC, "LambdaIC": LAMBDA_IC},

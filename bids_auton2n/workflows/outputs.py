@@ -113,7 +113,7 @@ def init_ds_reportlets_wf(*, output_dir: str, with_noise_map: bool = False,
     summary
         HTML fragment with noise estimate and experts (``desc-summary``).
     noise_map
-        Mosaic SVG of the local noise map (``desc-noisemap``), with ``with_noise_map``.
+        SVG of the local noise map (``desc-noisemap``), with ``with_noise_map``.
     """
     workflow = pe.Workflow(name=name)
     fields = ["before_after", "residual", "summary"] + (["noise_map"] if with_noise_map else [])
