@@ -20,8 +20,8 @@ This module holds the array algorithms; the training (losses, budget) is
 * :func:`match_mask`: ``|LPF(x_i) - LPF(x_{i+1})| <= MATCH_THRESHOLD * sigma``.  The paper
   sets its threshold by eye per noise level (0.01-0.05 on [0, 1] images at 5-9 % noise, i.e.
   0.2-0.6 sigma for its LPF); ours is a fixed multiple of the noise sigma (one value, or the
-  mean of the two slices' local sigma), measured on real scans, never on the benchmark
-  phantom (``docs/thick-slices.md``).
+  mean of the two slices' local sigma): 0.5, inside the paper's range.  It has not been
+  tuned on data yet (never to be tuned on the benchmark phantom).
 * :func:`slicewise_cnn_denoise`: an expert applied to each slice on its own, as NS-N2N's
   network is trained (a 3D network on a one-slice input with replicate padding is a 2D
   network), with the four in-plane flips as test-time augmentation.
