@@ -4,7 +4,7 @@ global estimate, and the noise model is chosen by the map's spread."""
 import numpy as np
 import pytest
 
-from bids_auton2n.cli.demo import _phantom
+from bids_auton2n.denoise.phantom import synthetic_head
 from bids_auton2n.denoise.noise import estimate_noise, head_mask, noise_pair
 from bids_auton2n.denoise.noisemap import (
     ADAPTIVE_SPREAD,
@@ -16,7 +16,7 @@ from bids_auton2n.denoise.noisemap import (
 
 def _noisy_head(sigma, seed=0, shape=(48, 64, 48)):
     rng = np.random.default_rng(seed)
-    clean = _phantom(shape, "T1w", rng).astype(np.float32)
+    clean = synthetic_head(shape, "T1w", rng).astype(np.float32)
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), shape)
     noisy = np.hypot(clean + sigma * rng.standard_normal(shape),
                      sigma * rng.standard_normal(shape)).astype(np.float32)
