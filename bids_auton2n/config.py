@@ -69,6 +69,10 @@ class WorkflowSettings:
     finetune_budget_s: float = 600.0
     finetune_steps: int | None = None
     write_noise_map: bool = False
+    noise_model: str = "auto"
+    pair_source: str = "auto"
+    slice_pair_budget_s: float = 300.0
+    slice_pair_steps: int | None = None
 
 
 @dataclass

@@ -13,7 +13,8 @@ from bids_auton2n.cli.parser import _build_parser, parse_args
 
 #: Options of the denoiser that both commands take.
 SHARED = ("--device", "--no-tta", "--no-fusion", "--no-guard", "--noise-level", "--expert",
-          "--blend-experts", "--omp-nthreads")
+          "--blend-experts", "--omp-nthreads", "--noise-model", "--pair-source",
+          "--slice-pair-budget", "--slice-pair-steps")
 
 
 def _actions(parser):

@@ -181,7 +181,7 @@ def test_participant_reports(app_run):
     for subject, n_images in (("01", 3), ("02", 2)):
         html = (out / f"sub-{subject}.html").read_text()
         figures = re.findall(r'(?:src|data)="\./(sub-[^"]+\.svg)"', html)
-        assert len(figures) == 2 * n_images  # before/after flicker + residual per image
+        assert len(figures) == 3 * n_images  # before/after flicker, residual, noise map
         assert all((out / f).is_file() for f in figures)
         assert html.count("Denoising summary") == n_images
         assert html.count("Quality measures") == n_images  # as on the group page

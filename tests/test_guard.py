@@ -12,11 +12,12 @@ def reference_limit_residual(noisy, denoised, sigma, max_rms, window):
     residual = noisy - np.asarray(denoised, np.float64)
     half = window // 2
     padded = np.pad(residual, half, mode="edge")
+    sigma = np.broadcast_to(np.asarray(sigma, np.float64), noisy.shape)
     out = np.empty_like(noisy)
     for z, y, x in np.ndindex(*noisy.shape):
         block = padded[z : z + window, y : y + window, x : x + window]
         rms = np.sqrt(np.mean(block**2))
-        scale = min(1.0, max_rms * sigma / rms) if rms > 0 else 1.0
+        scale = min(1.0, max_rms * sigma[z, y, x] / rms) if rms > 0 else 1.0
         out[z, y, x] = noisy[z, y, x] - scale * residual[z, y, x]
     return out
 
@@ -30,6 +31,21 @@ def test_matches_reference(window):
     expected = reference_limit_residual(noisy, denoised, 4.0, 1.5, window)
     np.testing.assert_allclose(limit_residual(noisy, denoised, 4.0, max_rms=1.5, window=window),
                                expected, rtol=0, atol=2e-4)
+
+
+def test_matches_reference_with_a_sigma_map():
+    rng = np.random.default_rng(2)
+    sigma = np.linspace(1.0, 8.0, 8)[None, None, :] * np.ones((7, 6, 1))
+    noisy = rng.normal(100, 5, (7, 6, 8)).astype(np.float32)
+    denoised = noisy - (sigma * rng.normal(0, 1, noisy.shape)).astype(np.float32)
+    denoised[2:5, 1:4, 3:6] -= 40
+    expected = reference_limit_residual(noisy, denoised, sigma, 1.5, 3)
+    result = limit_residual(noisy, denoised, sigma)
+    np.testing.assert_allclose(result, expected, rtol=0, atol=2e-4)
+    # With the map, the low-noise side is limited more than with the mean sigma.
+    uniform = limit_residual(noisy, denoised, float(sigma.mean()))
+    low = (slice(None), slice(None), slice(0, 3))
+    assert np.abs(noisy - result)[low].mean() < np.abs(noisy - uniform)[low].mean()
 
 
 def test_noise_only_residual_is_kept():
@@ -64,6 +80,8 @@ def test_zero_sigma_returns_input_and_constant_stays_constant():
     ({"sigma": -1.0}, "sigma"),
     ({"sigma": float("nan")}, "sigma"),
     ({"sigma": 1.0, "max_rms": 0.0}, "max_rms"),
+    ({"sigma": -np.ones((4, 4, 4))}, "every voxel"),
+    ({"sigma": np.ones((4, 4, 5))}, "sigma shape"),
 ])
 def test_bad_parameters(kwargs, message):
     x = np.ones((4, 4, 4), np.float32)

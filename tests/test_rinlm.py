@@ -25,7 +25,7 @@ def reference_ri_nlm(x, guide, sigma, search_radius=5, rician=True, mask=None):
     x = np.asarray(x, np.float64)
     g = np.asarray(guide, np.float64)
     mu = _reference_local_mean(g)
-    h = sigma / 3.0
+    sigma_map = np.broadcast_to(np.asarray(sigma, np.float64), x.shape)
     values = x**2 if rician else x
     output = x.copy()
     r = search_radius
@@ -33,6 +33,10 @@ def reference_ri_nlm(x, guide, sigma, search_radius=5, rician=True, mask=None):
     for z, y, i in np.ndindex(*x.shape):
         if mask is not None and not mask[z, y, i]:
             continue
+        sigma = sigma_map[z, y, i]
+        if sigma == 0:
+            continue
+        h = sigma / 3.0
         window = (
             slice(max(z - r, 0), min(z + r + 1, nz)),
             slice(max(y - r, 0), min(y + r + 1, ny)),
@@ -72,6 +76,28 @@ def test_matches_reference(rician, search_radius):
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * 4.0)
     # The filter must actually do something here, or the comparison would be vacuous.
     assert np.abs(result - noisy).mean() > 0.5
+
+
+@pytest.mark.parametrize("rician", [False, True])
+def test_matches_reference_with_a_sigma_map(rician):
+    # Noise rising across the volume: each voxel's weights and bias use its own sigma.
+    _, noisy, guide = _smooth_phantom((10, 13, 16), seed=11)
+    sigma = np.linspace(1.0, 8.0, 16)[None, None, :] * np.ones((10, 13, 1))
+    sigma[0, 0, 0] = 0.0  # a voxel without noise is returned as it is
+    expected = reference_ri_nlm(noisy, guide, sigma, 5, rician)
+    result = ri_nlm(noisy, guide, sigma, rician=rician)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * 8.0)
+    assert result[0, 0, 0] == noisy[0, 0, 0]
+    # A map is not one sigma: the low-noise side is filtered less than with the mean sigma.
+    uniform = ri_nlm(noisy, guide, float(sigma.mean()), rician=rician)
+    low = (slice(None), slice(None), slice(1, 4))
+    assert np.abs(result[low] - noisy[low]).mean() < 0.8 * np.abs(uniform[low] - noisy[low]).mean()
+
+
+def test_a_constant_sigma_map_gives_the_one_sigma_result():
+    _, noisy, guide = _smooth_phantom((8, 40, 12), seed=12)
+    np.testing.assert_array_equal(ri_nlm(noisy, guide, np.full(noisy.shape, 4.0)),
+                                  ri_nlm(noisy, guide, 4.0))
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 9), (6, 1, 5), (5, 6, 1)])
@@ -178,6 +204,8 @@ def _bad_inputs():
         ((good, good, -1.0), {}, "sigma must be finite and >= 0"),
         ((good, good, np.nan), {}, "sigma must be finite and >= 0"),
         ((good, good, "big"), {}, "sigma must be a number"),
+        ((good, good, np.ones((4, 5, 7))), {}, "sigma shape"),
+        ((good, good, -good), {}, "every voxel of the map"),
         ((good, good, 1.0), {"search_radius": -1}, "search_radius must be >= 0"),
         ((good, good, 1.0), {"search_radius": 2.5}, "search_radius must be an integer"),
         ((good, good, 1.0), {"mask": np.ones((4, 5), bool)}, "mask must be a 3D array"),
@@ -191,3 +219,16 @@ def _bad_inputs():
 def test_bad_input_raises_clear_error(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ri_nlm(*args, **kwargs)
+
+
+@pytest.mark.parametrize("sigma", [4.0, "map"])
+def test_in_plane_filters_each_plane_on_its_own(sigma):
+    _, noisy, guide = _smooth_phantom((5, 13, 16), seed=13)
+    if sigma == "map":
+        sigma = np.linspace(2.0, 6.0, 16)[None, None, :] * np.ones((5, 13, 1))
+    planes = np.concatenate([
+        ri_nlm(noisy[i:i + 1], guide[i:i + 1], sigma if np.ndim(sigma) == 0 else sigma[i:i + 1])
+        for i in range(5)])
+    np.testing.assert_allclose(ri_nlm(noisy, guide, sigma, in_plane=True), planes,
+                               rtol=1e-5, atol=1e-4)
+    assert np.abs(ri_nlm(noisy, guide, sigma) - planes).max() > 0.1  # 3D differs

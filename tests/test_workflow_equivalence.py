@@ -34,6 +34,10 @@ VARIANTS = {
     "--noise-level 4": {"noise_level": 4.0},
     "--blend-experts": {"blend": True},
     "--blend-experts --noise-level 4": {"blend": True, "noise_level": 4.0},
+    # (--noise-model global is the default's choice on this uniform-noise image: not a case)
+    "--noise-model adaptive": {"noise_model": "adaptive"},
+    "--pair-source neighbouring-slices --slice-pair-steps 2":
+        {"pair_source": "neighbouring-slices", "slice_pair_steps": 2},
 }
 SHAPE = (32, 36, 32)
 

@@ -126,6 +126,18 @@ FLAGS = {
                           lambda wf: _check_finetune(wf, budget=30.0)),
     "--finetune-steps": (["--finetune", "--finetune-steps", "7"],
                          lambda wf: _nodes(wf, "finetune")[0].inputs.max_steps == 7),
+    "--noise-model": (["--noise-model", "adaptive"],
+                      lambda wf: _inputs(wf, "estimate_noise", "noise_model")
+                      == ["adaptive"] * N_IMAGES),
+    "--pair-source": (["--pair-source", "neighbouring-slices"],
+                      lambda wf: _inputs(wf, "estimate_noise", "pair_source")
+                      == ["neighbouring-slices"] * N_IMAGES),
+    "--slice-pair-budget": (["--slice-pair-budget", "30"],
+                            lambda wf: _inputs(wf, "slice_pair_finetune", "budget_s")
+                            == [30.0] * N_IMAGES),
+    "--slice-pair-steps": (["--slice-pair-steps", "3"],
+                           lambda wf: _inputs(wf, "slice_pair_finetune", "max_steps")
+                           == [3] * N_IMAGES),
     "--write-noise-map": (["--write-noise-map"],
                           lambda wf: len(_nodes(wf, "ds_noise")) == N_IMAGES),
     "--experts-dir": (["--experts-dir", lambda tmp_path: str(tmp_path / "experts")],
@@ -230,6 +242,13 @@ def test_config_file_errors(tiny_bids, tmp_path):
     (["--noise-level", "4", "--blend-experts", "--finetune"],
      ["set by the user to 4 %", "blended", "fine-tuned"], ["was estimated"]),
     (["--expert", "7"], ["trained for 7 % noise was used (user choice)"], ["blended"]),
+    ([], ["A local noise map", "Where that map varied", "Each image with thick slices"], []),
+    (["--noise-model", "global", "--pair-source", "synthetic-patches"], [],
+     ["local noise map", "neighbouring slices"]),
+    (["--noise-model", "adaptive", "--pair-source", "neighbouring-slices"],
+     ["Each region was denoised by the experts of its local noise level",
+      "Each image was denoised by the selected expert, trained further on the image's own pairs "
+      "of neighbouring slices"], ["Where that map varied"]),
 ])
 def test_methods_text_follows_the_workflow(args, says, not_says, tiny_bids, layout, tmp_path):
     from importlib.metadata import version

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the noise estimate, experts, flags and timings as JSON")
     parser.add_argument("--noise-map", type=Path, metavar="OUT",
                         help="write input minus output (the removed noise)")
+    parser.add_argument("--sigma-map", type=Path, metavar="OUT",
+                        help="write the local noise level map (sigma, image units)")
     parser.add_argument("--estimate-only", action="store_true",
                         help="print the noise estimate as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -95,7 +97,7 @@ def run(argv: list[str] | None = None) -> int:
         problem = _missing(source)
         if problem:
             return _fail(problem, EX_NOINPUT)
-    for target in (opts.out_file, opts.sidecar, opts.noise_map):
+    for target in (opts.out_file, opts.sidecar, opts.noise_map, opts.sigma_map):
         problem = _unwritable(target)
         if problem:
             return _fail(problem, EX_CANTCREAT)
@@ -123,10 +125,11 @@ def run(argv: list[str] | None = None) -> int:
         registry = ExpertRegistry(opts.experts_dir) if opts.experts_dir else None
         result = denoise_file(
             opts.in_file, opts.out_file, contrast=contrast, mask_file=opts.mask,
-            noise_map=opts.noise_map, noise_level=opts.noise_level, expert=opts.expert,
-            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard, wiener=opts.wiener,
-            device=opts.device,
-            rician=opts.rician, registry=registry, progress=not opts.quiet,
+            noise_map=opts.noise_map, sigma_map=opts.sigma_map, noise_level=opts.noise_level,
+            expert=opts.expert, blend=opts.blend, tta=opts.tta, fusion=opts.fusion,
+            guard=opts.guard, wiener=opts.wiener, device=opts.device, rician=opts.rician, registry=registry,
+            progress=not opts.quiet, noise_model=opts.noise_model, pair_source=opts.pair_source,
+            slice_pair_budget_s=opts.slice_pair_budget, slice_pair_steps=opts.slice_pair_steps,
         )
     except FileNotFoundError as exc:
         return _fail(str(exc), EX_NOINPUT)

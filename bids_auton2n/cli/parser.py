@@ -110,6 +110,22 @@ def add_denoising_options(group) -> None:
     blend = group.add_argument("--blend-experts", dest="blend", action="store_true",
                                help="blend the two experts bracketing the noise level")
     _add_deprecated_alias(group, "--blend", blend)
+    group.add_argument("--noise-model", choices=("auto", "global", "adaptive"), default="auto",
+                       help="global: one noise level per image; adaptive: a local noise map "
+                       "routes each region to the experts of its level and gives RI-NLM and "
+                       "the guard their local sigma; auto: adaptive where the map says the "
+                       "noise varies across the head")
+    group.add_argument("--pair-source", choices=("auto", "synthetic-patches",
+                                                 "neighbouring-slices"), default="auto",
+                       help="neighbouring-slices: fine-tune the selected expert on the "
+                       "image's own neighbouring-slice pairs (NS-N2N) and apply it slice by "
+                       "slice; auto: for thick slices (slice spacing >= 2x in-plane)")
+    group.add_argument("--slice-pair-budget", type=_positive_float, default=300.0,
+                       metavar="SECONDS", help="time budget of the neighbouring-slice "
+                       "fine-tuning of one image, all of it")
+    group.add_argument("--slice-pair-steps", type=_positive_int, metavar="N",
+                       help="stop the neighbouring-slice fine-tuning after N Adam steps (the "
+                       "same result on any machine, within the time budget)")
 
 
 def add_threads_option(group, *, default_help: str) -> None:
@@ -190,7 +206,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="stop --finetune after N Adam steps (the same result on any "
                        "machine, within the time budget)")
     g_den.add_argument("--write-noise-map", action="store_true",
-                       help="also write the residual (input - denoised) as desc-noise")
+                       help="also write the local noise level map (sigma, image units) as "
+                       "desc-noise and the residual (input - denoised) as desc-residual")
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
 
     g_perf = parser.add_argument_group("Performance and execution")
@@ -311,6 +328,13 @@ def _fill_config(opts) -> None:
     settings.finetune_budget_s = opts.finetune_budget
     settings.finetune_steps = opts.finetune_steps
     settings.write_noise_map = opts.write_noise_map
+    settings.noise_model = opts.noise_model
+    settings.pair_source = opts.pair_source
+    settings.slice_pair_budget_s = opts.slice_pair_budget
+    settings.slice_pair_steps = opts.slice_pair_steps
+    if opts.noise_model == "adaptive" and opts.noise_level is not None:
+        raise BIDSAppError("--noise-model adaptive needs the noise estimate (a local map), "
+                           "not --noise-level", EXIT_USAGE)
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)
 

@@ -30,7 +30,7 @@ MAX_RESIDUAL_RMS = 1.5
 RESIDUAL_WINDOW = 3
 
 
-def limit_residual(noisy: np.ndarray, denoised: np.ndarray, sigma: float, *,
+def limit_residual(noisy: np.ndarray, denoised: np.ndarray, sigma, *,
                    max_rms: float = MAX_RESIDUAL_RMS, window: int = RESIDUAL_WINDOW) -> np.ndarray:
     """Scale the residual ``noisy - denoised`` down where it is locally larger than noise.
 
@@ -40,8 +40,10 @@ def limit_residual(noisy: np.ndarray, denoised: np.ndarray, sigma: float, *,
         Finite 3D input of the denoiser.
     denoised : numpy.ndarray
         Its output, same shape.
-    sigma : float
-        Noise standard deviation in image units (``>= 0``).
+    sigma : float or numpy.ndarray
+        Noise standard deviation in image units (``>= 0``): one value, or a map of the
+        volume's shape (spatially varying noise): each voxel's residual is then limited by
+        its own ``max_rms * sigma``.
     max_rms : float
         Largest allowed local RMS of the residual, in units of ``sigma``.
     window : int
@@ -56,23 +58,28 @@ def limit_residual(noisy: np.ndarray, denoised: np.ndarray, sigma: float, *,
     Raises
     ------
     ValueError
-        Non-3D or non-finite volumes, different shapes, negative or non-finite ``sigma``,
-        non-positive ``max_rms`` or ``window``.
+        Non-3D or non-finite volumes, different shapes, negative or non-finite ``sigma``
+        (in any voxel of a map), non-positive ``max_rms`` or ``window``.
     """
     noisy = real_volume(noisy, "limit_residual: noisy").astype(np.float32, copy=False)
     denoised = real_volume(denoised, "limit_residual: denoised").astype(np.float32, copy=False)
     if noisy.shape != denoised.shape:
         raise ValueError(f"limit_residual: shapes differ, {noisy.shape} and {denoised.shape}")
-    if not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"limit_residual: sigma must be finite and >= 0, got {sigma}")
+    if np.ndim(sigma) == 0:
+        if not (np.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"limit_residual: sigma must be finite and >= 0, got {sigma}")
+    else:
+        sigma = real_volume(sigma, "limit_residual", "sigma", shape=noisy.shape, finite=False)
+        if not (np.isfinite(sigma).all() and (sigma >= 0).all()):
+            raise ValueError("limit_residual: sigma must be finite and >= 0 in every voxel")
     if not (max_rms > 0 and window >= 1):
         raise ValueError(f"limit_residual: max_rms and window must be positive, got {max_rms}, {window}")
     residual = noisy - denoised
     # The filter's running sums can leave tiny negative means where the residual is ~0.
     local_rms = np.sqrt(np.maximum(
         ndi.uniform_filter(residual * residual, size=window, mode="nearest"), 0.0))
-    allowed = np.float32(max_rms * sigma)
+    allowed = np.broadcast_to(np.asarray(max_rms * sigma, dtype=np.float32), residual.shape)
     scale = np.ones_like(residual)
     over = local_rms > allowed
-    scale[over] = allowed / local_rms[over]
+    scale[over] = allowed[over] / local_rms[over]
     return noisy - scale * residual

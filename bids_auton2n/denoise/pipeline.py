@@ -31,11 +31,24 @@ from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
-from .noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
+from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
+from .noisemap import NoiseMap, choose_noise_model, local_noise_map, percent_map
+from .rician import expected_bias, rician_correct
 from .rinlm import ri_nlm
+from .routing import routed_cnn_denoise
+from .slices import from_slices_first, slice_axis, slicewise_cnn_denoise, to_slices_first
 from .wiener import BLOCK, GROUP_SIZE, SEARCH_RADIUS, STEP, collaborative_wiener
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
+
+#: Where the Noise2Noise training pairs of an image come from (sidecar ``PairSource``):
+#: the Auto-N2N synthetic pair of 3D patches (the shipped experts, as they are), the
+#: neighbouring slices of a thick-slice image (NS-N2N fine-tuning on the image itself), or
+#: repeated acquisitions of the image (Noise2Average / consensus N2N).
+PAIR_SOURCES = ("synthetic-patches", "neighbouring-slices", "repeats")
+#: ``pair_source`` choices of :func:`denoise_array`: ``auto`` picks neighbouring slices for
+#: a thick-slice volume (:func:`~.slices.slice_axis`), synthetic patches otherwise.
+PAIR_SOURCE_CHOICES = ("auto", "synthetic-patches", "neighbouring-slices")
 
 
 @dataclass
@@ -55,11 +68,18 @@ class DenoiseResult:
     wiener: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     expert_selection: str = "nearest"
+    noise_model: dict = field(default_factory=lambda: {"Model": "global"})
+    pair_source: str = "synthetic-patches"
+    slice_pairs: dict | None = None
+    noise_map: NoiseMap | None = None
 
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
             "NoiseEstimate": noise_sidecar(self.noise, self.noise_source),
+            "NoiseModel": self.noise_model,
+            "PairSource": self.pair_source,
+            **({"SlicePairFineTuning": self.slice_pairs} if self.slice_pairs else {}),
             "Experts": [
                 {"NoiseLevelPercent": c.level, "Weight": c.weight,
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
@@ -137,6 +157,11 @@ def denoise_array(
     rician: bool = True,
     registry: ExpertRegistry | None = None,
     progress: bool = False,
+    voxel_size=None,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
 ) -> DenoiseResult:
     """Denoise one 3D volume with the Auto-N2N mixture of experts.
 
@@ -171,6 +196,24 @@ def denoise_array(
         Where the expert weights come from (default: the experts shipped with the package).
     progress : bool
         Log each stage and show progress bars on long ones.
+    voxel_size : sequence of 3 float, optional
+        Voxel edges in mm (default 1 mm isotropic): the smoothing of the noise map and the
+        slice axis of thick-slice volumes.
+    noise_model : {"auto", "global", "adaptive"}
+        ``global``: one noise level for the image; ``adaptive``: the local noise map
+        (:mod:`~.noisemap`) routes each region to the experts of its level
+        (:mod:`~.routing`) and gives RI-NLM, the guard and the Rician correction their local
+        sigma; ``auto``: adaptive when the map's spread says the noise varies.
+    pair_source : {"auto", "synthetic-patches", "neighbouring-slices"}
+        ``neighbouring-slices``: fine-tune the selected expert on the image's own
+        neighbouring-slice pairs (NS-N2N, :mod:`bids_auton2n.train.nsn2n`) and apply it slice
+        by slice; ``auto``: for thick-slice volumes (:func:`~.slices.slice_axis`).
+    slice_pair_budget_s : float, optional
+        Wall-clock budget of that fine-tuning, all of it (default
+        :data:`bids_auton2n.train.nsn2n.BUDGET_S`; ``None`` with ``slice_pair_steps``: no
+        time limit).
+    slice_pair_steps : int, optional
+        Step limit of that fine-tuning.
 
     Returns
     -------
@@ -187,21 +230,29 @@ def denoise_array(
     if mask.shape != finite.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {finite.shape}")
 
+    voxel_size = (1.0, 1.0, 1.0) if voxel_size is None else tuple(float(z) for z in voxel_size)
+    source = resolve_pair_source(pair_source, voxel_size)
     if noise_level is None:
-        noise = estimate_array_noise(finite, contrast=contrast, mask=mask, timings=timings,
-                                     progress=progress)
+        noise, noise_map = estimate_noise_and_map(finite, contrast=contrast, mask=mask,
+                                                  voxel_size=voxel_size, timings=timings,
+                                                  progress=progress)
         noise_source = "estimated"
     else:
         noise = noise_for_level(finite, mask=mask, contrast=contrast, percent=noise_level)
-        noise_source = "user"
+        noise_source, noise_map = "user", None
+    model = choose_noise_model(noise_map, noise_model)
+    sigma = noise_map.sigma if model == "adaptive" else noise.sigma
 
     registry = registry or ExpertRegistry()
     choices = choose_experts(registry, noise.percent, expert=expert, blend=blend)
     torch_device = resolve_device(device)
-    with _stage("cnn", timings, progress):
-        cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
-                          mask=mask, progress=progress)
-    denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
+    cnn, used = denoise_cnn(
+        finite, noise, choices, registry, noise_model=model,
+        sigma_map=None if noise_map is None else noise_map.sigma,
+        pair_source=source, voxel_size=voxel_size, slice_pair_budget_s=slice_pair_budget_s,
+        slice_pair_steps=slice_pair_steps, tta=tta, device=torch_device, mask=mask,
+        timings=timings, progress=progress)
+    denoised = final_image(finite, cnn, sigma, fusion=fusion, guard=guard, rician=rician,
                            wiener=wiener, timings=timings, progress=progress)
     denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
@@ -209,8 +260,8 @@ def denoise_array(
         denoised=denoised,
         noise=noise,
         noise_source=noise_source,
-        experts=choices,
-        weights_sha256=expert_hashes(registry, choices),
+        experts=used.choices,
+        weights_sha256=used.sha256,
         tta=tta,
         fusion=fusion,
         rician=rician,
@@ -219,7 +270,201 @@ def denoise_array(
         wiener=wiener,
         timings=timings,
         expert_selection=expert_selection(expert, blend),
+        noise_model=noise_model_record(model, noise_model, noise_map, noise),
+        pair_source=source,
+        slice_pairs=used.slice_pairs,
+        noise_map=noise_map,
     )
+
+
+def resolve_pair_source(requested: str, voxel_size) -> str:
+    """The pair source for ``requested`` and the voxel size.
+
+    Parameters
+    ----------
+    requested : str
+        One of :data:`PAIR_SOURCE_CHOICES`; ``auto`` is ``neighbouring-slices`` for a
+        thick-slice volume (:func:`~.slices.slice_axis`), ``synthetic-patches`` otherwise.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm.
+    """
+    if requested not in PAIR_SOURCE_CHOICES:
+        raise ValueError(f"pair source must be one of {', '.join(PAIR_SOURCE_CHOICES)}, "
+                         f"got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "neighbouring-slices" if slice_axis(voxel_size) is not None else "synthetic-patches"
+
+
+def pair_slice_axis(voxel_size) -> int:
+    """Slice axis of the neighbouring-slice pairs: the thick-slice axis, else the axis of the
+    largest spacing (the last of equal ones).
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Voxel edges in mm.
+    """
+    axis = slice_axis(voxel_size)
+    if axis is None:
+        spacing = np.asarray(voxel_size, dtype=np.float64)
+        axis = int(len(spacing) - 1 - np.argmax(spacing[::-1]))
+    return axis
+
+
+def noise_model_record(model: str, requested: str, noise_map: NoiseMap | None,
+                       noise: NoiseEstimate) -> dict:
+    """Sidecar record of the noise model: which one ran, who chose it, the map's summary.
+
+    Parameters
+    ----------
+    model : {"global", "adaptive"}
+        The model that ran (:func:`~.noisemap.choose_noise_model`).
+    requested : {"auto", "global", "adaptive"}
+        What was asked (``auto``: the choice was the map's).
+    noise_map : NoiseMap or None
+        The local noise map (None with a user-given noise level).
+    noise : NoiseEstimate
+        Its reference intensity turns the map into percent.
+    """
+    record = {"Model": model, "Choice": "user" if requested != "auto" else "auto"}
+    if noise_map is not None:
+        record["NoiseMap"] = noise_map.summary(noise.reference_intensity)
+    return record
+
+
+@dataclass
+class ExpertsUsed:
+    """The experts the CNN stage ran (for the sidecar): choices, their hashes, NS-N2N record."""
+
+    choices: list[ExpertChoice]
+    sha256: dict[str, str]
+    slice_pairs: dict | None = None
+
+
+def denoise_cnn(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
+                registry: ExpertRegistry, *, noise_model: str, sigma_map: np.ndarray | None,
+                pair_source: str, voxel_size, tta: bool, device, mask: np.ndarray,
+                slice_pair_budget_s: float | None = None, slice_pair_steps: int | None = None,
+                slice_pair_state: dict | None = None, timings: dict | None = None,
+                progress: bool = False) -> tuple[np.ndarray, ExpertsUsed]:
+    """The CNN stage of every path, in image units (shared with the ``CNNDenoise`` node).
+
+    * ``neighbouring-slices``: the first of ``choices`` is fine-tuned on the image's
+      neighbouring-slice pairs (:func:`bids_auton2n.train.nsn2n.finetune_expert_on_slices`,
+      the local sigma with the adaptive model) unless ``slice_pair_state`` gives the weights
+      already tuned, and applied slice by slice;
+    * ``adaptive``: the experts are routed by the local level map
+      (:func:`~.routing.routed_cnn_denoise`);
+    * otherwise: ``choices`` everywhere (:func:`run_experts`).
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        The selected experts (:func:`choose_experts`).
+    registry : ExpertRegistry
+        Where their weights come from.
+    noise_model : {"global", "adaptive"}
+        The model chosen (:func:`~.noisemap.choose_noise_model`).
+    sigma_map : ndarray or None
+        Local noise sigma (image units), needed with ``adaptive``.
+    pair_source : {"synthetic-patches", "neighbouring-slices"}
+        Resolved by :func:`resolve_pair_source`.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm (the slice axis).
+    tta : bool
+        Flip test-time augmentation.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask.
+    slice_pair_budget_s, slice_pair_steps : float or int, optional
+        Limits of the NS-N2N fine-tuning (:func:`~bids_auton2n.train.nsn2n.finetune_on_slices`).
+    slice_pair_state : dict, optional
+        Weights already fine-tuned on the slices (the ``SlicePairFineTune`` node's).
+    timings : dict, optional
+        Receives the seconds of the stages ``"slice_pairs"`` and ``"cnn"``.
+    progress : bool
+        Log each stage and show progress bars.
+
+    Returns
+    -------
+    cnn : ndarray, float32
+        The CNN output in image units.
+    used : ExpertsUsed
+        The experts that ran, their hashes and the NS-N2N record.
+    """
+    timings = {} if timings is None else timings
+    if pair_source == "neighbouring-slices":
+        from ..train.nsn2n import finetune_expert_on_slices
+
+        axis = pair_slice_axis(voxel_size)
+        level = choices[0].level
+        sigma = sigma_map if noise_model == "adaptive" else noise.sigma
+        record = None
+        if slice_pair_state is None:
+            with _stage("slice_pairs", timings, progress):
+                slice_pair_state, record = finetune_expert_on_slices(
+                    finite, mask, sigma, noise, registry, level, axis=axis,
+                    budget_s=slice_pair_budget_s, max_steps=slice_pair_steps, device=device,
+                    progress=progress)
+        with _stage("cnn", timings, progress):
+            cnn = run_slicewise_expert(finite, noise, slice_pair_state, axis=axis, tta=tta,
+                                       device=device, mask=mask, progress=progress)
+        from ..train.trainer import state_sha256
+
+        return cnn, ExpertsUsed([ExpertChoice(level, 1.0)], {_level_key(level): state_sha256(
+            slice_pair_state)}, record)
+    with _stage("cnn", timings, progress):
+        if noise_model == "adaptive":
+            normalizer = IntensityNormalizer(noise.reference_intensity)
+            routed_output, routed = routed_cnn_denoise(
+                normalizer.forward(finite), percent_map(sigma_map, noise), registry, tta=tta,
+                device=device, mask=mask, progress=progress)
+            cnn = normalizer.inverse(routed_output)
+            choices = routed.choices
+        else:
+            cnn = run_experts(finite, noise, choices, registry, tta=tta, device=device,
+                              mask=mask, progress=progress)
+    return cnn, ExpertsUsed(choices, expert_hashes(registry, choices))
+
+
+def run_slicewise_expert(finite: np.ndarray, noise: NoiseEstimate, state_dict: dict, *, axis: int,
+                         tta: bool, device, mask: np.ndarray, progress: bool = False) -> np.ndarray:
+    """An expert's weights applied slice by slice along ``axis``, in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the network.
+    state_dict : dict
+        Weights of a :class:`~.network.ResidualDenoiser3D`.
+    axis : int
+        Slice axis.
+    tta : bool
+        Average the four in-plane flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (only its in-plane bounding rectangle is computed).
+    progress : bool
+        Show a progress bar.
+    """
+    from .network import ResidualDenoiser3D
+
+    model = ResidualDenoiser3D()
+    model.load_state_dict(state_dict, strict=True)
+    normalizer = IntensityNormalizer(noise.reference_intensity)
+    slices = to_slices_first(normalizer.forward(finite), axis)
+    output = slicewise_cnn_denoise(slices, model, tta=tta, device=device,
+                                   mask=to_slices_first(mask, axis), progress=progress)
+    return normalizer.inverse(from_slices_first(output, axis))
 
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
@@ -340,47 +585,59 @@ def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     ))
 
 
-def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: bool) -> np.ndarray:
+def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma, *, rician: bool,
+               cnn_part: np.ndarray | None = None) -> np.ndarray:
     """The paper's final image: the mean of the CNN output and RI-NLM guided by it.
 
     RI-NLM runs on the whole volume, not only in the head mask: where a mask misses tissue
     (e.g. dark CSF of a field of view cropped inside the head) a masked filter would return
-    the noisy input there and the mean would keep half of the noise.
+    the noisy input there and the mean would keep half of the noise.  ``cnn`` guides the
+    filter; ``cnn_part`` (default ``cnn``) is the CNN half of the mean (its Rician-corrected
+    version, see :func:`final_image`).  ``sigma``: one value or a map.
     """
     guided = ri_nlm(finite, cnn, sigma, rician=rician)
-    return 0.5 * (cnn + guided)
+    return 0.5 * ((cnn if cnn_part is None else cnn_part) + guided)
 
 
-def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
+def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, guard: bool,
                 rician: bool, wiener: bool = True, timings: dict | None = None,
                 progress: bool = False) -> np.ndarray:
     """From the CNN output to the pipeline's output: RI-NLM fusion, Wiener stage, guard.
 
     The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
     RI-NLM, so that structure the network removed does not steer the filter's weights either,
-    and again after each later step.  The collaborative Wiener stage
-    (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot and
-    re-estimates it from the noisy data.  Each step is optional; ``timings`` receives their
-    seconds under ``"rinlm"``, ``"wiener"`` and ``"guard"``.
+    and again after each later step.  With ``rician``, the CNN output, an estimate of the local
+    mean of the magnitude, is bias-corrected (:func:`~.rician.rician_correct`) as RI-NLM
+    corrects its own average, and the later guards measure the residual against the
+    bias-corrected input (what the Rician bias explains is not structure).  The collaborative
+    Wiener stage (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot
+    and re-estimates it from the noisy data (the block means kept from the pilot).  Each step
+    is optional; ``timings`` receives their seconds under ``"rinlm"``, ``"wiener"`` and
+    ``"guard"``.  ``sigma`` is one noise level or a map of the volume's shape (spatially
+    varying noise).
     """
     timings = {} if timings is None else timings
+    if guard:
+        with _stage("guard", timings, progress):
+            cnn = limit_residual(finite, cnn, sigma)
+    output = rician_correct(cnn, finite, sigma) if rician else cnn
 
     def guarded(image):
         if not guard:
             return image
         with _stage("guard", timings, progress):
-            return limit_residual(finite, image, sigma)
+            expected = finite - expected_bias(image, sigma) if rician else finite
+            return limit_residual(expected, image, sigma)
 
-    image = guarded(cnn)
     if fusion:
         with _stage("rinlm", timings, progress):
-            image = fuse_rinlm(finite, image, sigma, rician=rician)
-        image = guarded(image)
+            output = fuse_rinlm(finite, cnn, sigma, rician=rician, cnn_part=output)
+        output = guarded(output)
     if wiener:
         with _stage("wiener", timings, progress):
-            image = collaborative_wiener(finite, image, sigma)
-        image = guarded(image)
-    return image
+            output = collaborative_wiener(finite, output, sigma)
+        output = guarded(output)
+    return output
 
 
 def output_image(denoised: np.ndarray, original: np.ndarray,
@@ -406,6 +663,36 @@ def output_image(denoised: np.ndarray, original: np.ndarray,
         np.maximum(denoised, 0.0, out=denoised)
     denoised[nonfinite] = original[nonfinite]
     return denoised
+
+
+def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarray, voxel_size,
+                           timings: dict | None = None, progress: bool = False
+                           ) -> tuple[NoiseEstimate, NoiseMap]:
+    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    mask : ndarray of bool
+        Head mask.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm (the map's smoothing is in mm).
+    timings : dict, optional
+        Receives the seconds of ``"pairs"``, ``"estimate"`` and ``"noise_map"``.
+    progress : bool
+        Log each stage.
+    """
+    timings = {} if timings is None else timings
+    with _stage("pairs", timings, progress):
+        pair = noise_pair(finite, mask=mask)
+    with _stage("estimate", timings, progress):
+        noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
+    with _stage("noise_map", timings, progress):
+        noise_map = local_noise_map(finite, pair, mask, contrast=contrast, voxel_size=voxel_size)
+    return noise, noise_map
 
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,

@@ -5,9 +5,11 @@ The BIDS-App composes the denoising from these nodes in the order of
 ``denoise_array`` calls for its step:
 
 * :class:`EstimateNoise` reads, checks and sanitises the image (the only node that does), makes
-  the head mask, then ``estimate_array_noise`` or ``noise_for_level``;
+  the head mask, then ``estimate_noise_and_map`` or ``noise_for_level``, ``choose_noise_model``
+  and ``resolve_pair_source``;
 * :class:`SelectExperts`: ``choose_experts``;
-* :class:`CNNDenoise`: ``run_experts``;
+* :class:`SlicePairFineTune`: the NS-N2N fine-tuning of ``denoise_cnn`` (thick slices only);
+* :class:`CNNDenoise`: ``denoise_cnn`` (global, routed or slice-wise experts);
 * :class:`FuseRINLM`: ``final_image`` and ``output_image``;
 * :class:`DenoiseProvenance`: ``DenoiseResult.provenance`` (the sidecar).
 
@@ -39,6 +41,8 @@ from nipype.interfaces.base import (
 )
 
 from ..denoise import CONTRASTS
+from ..denoise.noisemap import NOISE_MODELS
+from ..denoise.pipeline import PAIR_SOURCE_CHOICES
 
 
 class _DenoiseStepInputSpec(BaseInterfaceInputSpec):
@@ -93,6 +97,10 @@ class _EstimateNoiseInputSpec(_DenoiseStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of in_file")
     noise_level = traits.Float(desc="user-given noise level (percent); skips the estimate")
+    noise_model = traits.Enum(*NOISE_MODELS, usedefault=True,
+                              desc="global, adaptive (local noise map) or auto (by its spread)")
+    pair_source = traits.Enum(*PAIR_SOURCE_CHOICES, usedefault=True,
+                              desc="N2N pairs: auto (neighbouring slices for thick slices)")
 
 
 class _EstimateNoiseOutputSpec(TraitedSpec):
@@ -106,6 +114,11 @@ class _EstimateNoiseOutputSpec(TraitedSpec):
     percent = traits.Float(desc="noise in percent of the reference tissue")
     sigma = traits.Float(desc="noise standard deviation in image units")
     timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (image units); not with a "
+                                            "given noise level")
+    noise_model = traits.Enum("global", "adaptive", desc="the noise model chosen")
+    noise_model_record = traits.Dict(desc="sidecar NoiseModel (model, choice, map summary)")
+    pair_source = traits.Str(desc="the pair source chosen (PAIR_SOURCES)")
 
 
 class EstimateNoise(DenoiseStep):
@@ -113,8 +126,10 @@ class EstimateNoise(DenoiseStep):
 
     :func:`~bids_auton2n.utils.io.read_volume` (refuses what cannot be denoised),
     :func:`~bids_auton2n.denoise.intensity.sanitize`, :func:`~bids_auton2n.denoise.noise.head_mask`,
-    then :func:`~bids_auton2n.denoise.pipeline.estimate_array_noise` or, with ``noise_level``,
-    :func:`~bids_auton2n.denoise.pipeline.noise_for_level`.
+    then :func:`~bids_auton2n.denoise.pipeline.estimate_noise_and_map` (noise level and local
+    noise map) or, with ``noise_level``, :func:`~bids_auton2n.denoise.pipeline.noise_for_level`;
+    then :func:`~bids_auton2n.denoise.noisemap.choose_noise_model` and
+    :func:`~bids_auton2n.denoise.pipeline.resolve_pair_source` (voxel size from the header).
     """
 
     input_spec = _EstimateNoiseInputSpec
@@ -123,26 +138,37 @@ class EstimateNoise(DenoiseStep):
     def _run_step(self):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
-        from ..denoise.pipeline import estimate_array_noise, noise_for_level
+        from ..denoise.noisemap import choose_noise_model
+        from ..denoise.pipeline import (
+            estimate_noise_and_map, noise_for_level, noise_model_record, resolve_pair_source,
+        )
         from ..utils.io import read_volume
 
         img, data = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(data)
         mask = head_mask(finite)
+        voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
         timings: dict[str, float] = {}
         if isdefined(self.inputs.noise_level):
             noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
                                     percent=self.inputs.noise_level)
-            source = "user"
+            source, noise_map = "user", None
         else:
-            noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask,
-                                         timings=timings)
+            noise, noise_map = estimate_noise_and_map(finite, contrast=self.inputs.contrast,
+                                                      mask=mask, voxel_size=voxel_size,
+                                                      timings=timings)
             source = "estimated"
+        model = choose_noise_model(noise_map, self.inputs.noise_model)
         outputs = {
             "finite_file": self._save(finite, img, "image.nii.gz"),
             "noise": asdict(noise), "noise_source": source, "percent": float(noise.percent),
-            "sigma": float(noise.sigma), "timings": timings,
+            "sigma": float(noise.sigma), "timings": timings, "noise_model": model,
+            "noise_model_record": noise_model_record(model, self.inputs.noise_model, noise_map,
+                                                     noise),
+            "pair_source": resolve_pair_source(self.inputs.pair_source, voxel_size),
         }
+        if noise_map is not None:
+            outputs["sigma_map_file"] = self._save(noise_map.sigma, img, "sigma.nii.gz")
         if nonfinite.any():
             outputs["nonfinite_file"] = self._save(np.where(nonfinite, data, 0), img,
                                                    "nonfinite.nii.gz")
@@ -184,10 +210,85 @@ class SelectExperts(DenoiseStep):
                 "selection": expert_selection(expert, self.inputs.blend)}
 
 
+def _sigma_for(inputs) -> tuple[np.ndarray | None, object]:
+    """The node's sigma map (or None) and the sigma of its noise model (map or one value)."""
+    sigma_map = None
+    if isdefined(inputs.sigma_map_file) and inputs.sigma_map_file:
+        sigma_map = DenoiseStep._read(inputs.sigma_map_file)[1]
+    return sigma_map, sigma_map if inputs.noise_model == "adaptive" else inputs.sigma
+
+
+class _SlicePairFineTuneInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
+    mask_file = File(exists=True, mandatory=True, desc="head mask")
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Enum("global", "adaptive", mandatory=True, desc="the noise model chosen")
+    pair_source = traits.Str(mandatory=True, desc="the node only works for neighbouring-slices")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (the first: the start)")
+    experts_dir = Directory(desc="expert registry (default: shipped experts)")
+    budget_s = traits.Float(desc="wall-clock budget of all the fine-tuning (seconds)")
+    max_steps = traits.Int(desc="step limit of the fine-tuning")
+    device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
+
+
+class _SlicePairFineTuneOutputSpec(TraitedSpec):
+    tuned_dir = Directory(desc="one-expert registry of the fine-tuned weights (NS-N2N only)")
+    record = traits.Dict(desc="the sidecar's SlicePairFineTuning (NS-N2N only)")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
+
+
+class SlicePairFineTune(DenoiseStep):
+    """NS-N2N fine-tuning of the selected expert on the image's neighbouring slices.
+
+    :func:`bids_auton2n.train.nsn2n.finetune_expert_on_slices`, as
+    :func:`~bids_auton2n.denoise.pipeline.denoise_cnn` calls it; the weights are saved as a
+    one-expert registry.  Does nothing (no output) when the pair source is not
+    ``neighbouring-slices``.
+    """
+
+    input_spec = _SlicePairFineTuneInputSpec
+    output_spec = _SlicePairFineTuneOutputSpec
+
+    def _run_step(self):
+        if self.inputs.pair_source != "neighbouring-slices":
+            return {"timings": {}}
+        from ..denoise.experts import ExpertChoice, write_manifest_entry
+        from ..denoise.inference import resolve_device
+        from ..denoise.noise import NoiseEstimate
+        from ..denoise.pipeline import pair_slice_axis
+        from ..train.nsn2n import finetune_expert_on_slices
+
+        img, finite = self._read(self.inputs.in_file)
+        mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
+        level = ExpertChoice(**self.inputs.experts[0]).level
+        start = time.perf_counter()
+        state, record = finetune_expert_on_slices(
+            finite, mask, _sigma_for(self.inputs)[1], NoiseEstimate(**self.inputs.noise),
+            self._registry(self.inputs.experts_dir), level,
+            axis=pair_slice_axis(img.header.get_zooms()[:3]),
+            budget_s=self.inputs.budget_s if isdefined(self.inputs.budget_s) else None,
+            max_steps=self.inputs.max_steps if isdefined(self.inputs.max_steps) else None,
+            device=resolve_device(self.inputs.device))
+        seconds = time.perf_counter() - start
+        tuned_dir = self._cwd / "slice_pair_expert"
+        write_manifest_entry(tuned_dir, level, state, {
+            "training_data": "the image's own neighbouring slices (NS-N2N)",
+            "command": "SlicePairFineTune", "revision": "see SoftwareVersion"})
+        return {"tuned_dir": str(tuned_dir), "record": record,
+                "timings": {"slice_pairs": seconds}}
+
+
 class _CNNDenoiseInputSpec(_DenoiseStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
     mask_file = File(exists=True, mandatory=True, desc="head mask")
     noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (routes the experts)")
+    noise_model = traits.Enum("global", "adaptive", usedefault=True, desc="the noise model chosen")
+    pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
+    tuned_dir = Directory(desc="the NS-N2N fine-tuned expert (SlicePairFineTune)")
     experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
     tta = traits.Bool(True, usedefault=True, desc="average the flips (test-time augmentation)")
@@ -196,12 +297,15 @@ class _CNNDenoiseInputSpec(_DenoiseStepInputSpec):
 
 class _CNNDenoiseOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="CNN output in image units")
+    experts = traits.List(traits.Dict, desc="the experts that ran (routed shares, tuned weights)")
+    weights_sha256 = traits.Dict(desc="SHA-256 of their weights, by level")
     device = traits.Str(desc="torch device that ran")
     timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
 class CNNDenoise(DenoiseStep):
-    """Mixture-of-experts CNN (:func:`~bids_auton2n.denoise.pipeline.run_experts`)."""
+    """The CNN stage: :func:`~bids_auton2n.denoise.pipeline.denoise_cnn` (the selected experts,
+    experts routed by the local noise map, or the NS-N2N fine-tuned expert slice by slice)."""
 
     input_spec = _CNNDenoiseInputSpec
     output_spec = _CNNDenoiseOutputSpec
@@ -210,17 +314,25 @@ class CNNDenoise(DenoiseStep):
         from ..denoise.experts import ExpertChoice
         from ..denoise.inference import resolve_device
         from ..denoise.noise import NoiseEstimate
-        from ..denoise.pipeline import run_experts
+        from ..denoise.pipeline import denoise_cnn
 
         img, finite = self._read(self.inputs.in_file)
         mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
         device = resolve_device(self.inputs.device)
-        start = time.perf_counter()
-        cnn = run_experts(finite, NoiseEstimate(**self.inputs.noise),
-                          [ExpertChoice(**e) for e in self.inputs.experts],
-                          self._registry(self.inputs.experts_dir), tta=self.inputs.tta,
-                          device=device, mask=mask)
-        return {"timings": {"cnn": time.perf_counter() - start}, "device": str(device),
+        state = None
+        if self.inputs.pair_source == "neighbouring-slices":
+            tuned = self._registry(self.inputs.tuned_dir)
+            state = tuned.load(tuned.levels[0], "cpu").state_dict()
+        timings: dict[str, float] = {}
+        cnn, used = denoise_cnn(
+            finite, NoiseEstimate(**self.inputs.noise),
+            [ExpertChoice(**e) for e in self.inputs.experts],
+            self._registry(self.inputs.experts_dir), noise_model=self.inputs.noise_model,
+            sigma_map=_sigma_for(self.inputs)[0], pair_source=self.inputs.pair_source,
+            voxel_size=img.header.get_zooms()[:3], slice_pair_state=state,
+            tta=self.inputs.tta, device=device, mask=mask, timings=timings)
+        return {"timings": timings, "device": str(device),
+                "experts": [asdict(c) for c in used.choices], "weights_sha256": used.sha256,
                 "out_file": self._save(cnn, img, "cnn.nii.gz")}
 
 
@@ -229,6 +341,8 @@ class _FuseRINLMInputSpec(_DenoiseStepInputSpec):
     nonfinite_file = File(exists=True, desc="EstimateNoise's nonfinite_file, if any")
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (used with the adaptive model)")
+    noise_model = traits.Enum("global", "adaptive", usedefault=True, desc="the noise model chosen")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
@@ -260,7 +374,7 @@ class FuseRINLM(DenoiseStep):
         img, finite = self._read(self.inputs.in_file)
         _, cnn = self._read(self.inputs.cnn_file)
         timings: dict[str, float] = {}
-        denoised = final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
+        denoised = final_image(finite, cnn, _sigma_for(self.inputs)[1], fusion=self.inputs.fusion,
                                guard=self.inputs.guard, rician=self.inputs.rician,
                                wiener=self.inputs.wiener, timings=timings)
         original = finite
@@ -286,6 +400,9 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
     weights_sha256 = traits.Dict(mandatory=True, desc="SHA-256 of the experts' weights")
     selection = traits.Str(mandatory=True, desc="how the experts were chosen")
+    noise_model_record = traits.Dict(desc="the sidecar's NoiseModel (EstimateNoise)")
+    pair_source = traits.Str("synthetic-patches", usedefault=True, desc="PAIR_SOURCES value")
+    slice_pairs = traits.Dict(desc="the sidecar's SlicePairFineTuning (SlicePairFineTune)")
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
@@ -294,6 +411,7 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
     estimate_timings = traits.Dict(desc="EstimateNoise's timings")
+    slice_pair_timings = traits.Dict(desc="SlicePairFineTune's timings")
     cnn_timings = traits.Dict(desc="CNNDenoise's timings")
     fusion_timings = traits.Dict(desc="FuseRINLM's timings")
     denoised_file = File(exists=True, mandatory=True,
@@ -321,8 +439,8 @@ class DenoiseProvenance(SimpleInterface):
         from ..utils.bids import bids_uri
 
         timings = {}
-        for stage in (self.inputs.estimate_timings, self.inputs.cnn_timings,
-                      self.inputs.fusion_timings):
+        for stage in (self.inputs.estimate_timings, self.inputs.slice_pair_timings,
+                      self.inputs.cnn_timings, self.inputs.fusion_timings):
             timings.update(stage if isdefined(stage) else {})
         timings["total"] = sum(timings.values())
         result = DenoiseResult(
@@ -339,6 +457,12 @@ class DenoiseProvenance(SimpleInterface):
             wiener=self.inputs.wiener,
             timings=timings,
             expert_selection=self.inputs.selection,
+            noise_model=(dict(self.inputs.noise_model_record)
+                         if isdefined(self.inputs.noise_model_record) else {"Model": "global"}),
+            pair_source=self.inputs.pair_source,
+            slice_pairs=(dict(self.inputs.slice_pairs)
+                         if isdefined(self.inputs.slice_pairs) and self.inputs.slice_pairs
+                         else None),
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}
         metadata = {
@@ -346,6 +470,10 @@ class DenoiseProvenance(SimpleInterface):
             "Sources": [bids_uri(self.inputs.source_file, self.inputs.bids_dir)],
             "SkullStripped": bool(carried.get("SkullStripped", False)),
             "Description": "Denoised with Auto-N2N (mixture of 3D residual CNN experts"
+            + (", fine-tuned on the image's neighbouring slices (NS-N2N)"
+               if self.inputs.pair_source == "neighbouring-slices" else "")
+            + (", routed by the local noise level" if result.noise_model["Model"] == "adaptive"
+               else "")
             + (", flip test-time augmentation" if self.inputs.tta else "")
             + (", fused with RI-NLM" if self.inputs.fusion else "")
             + (", collaborative Wiener stage" if self.inputs.wiener else "") + ").",

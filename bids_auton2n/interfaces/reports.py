@@ -17,17 +17,46 @@ from nipype.interfaces.base import (
 )
 
 
+def _noise_model_text(record: dict) -> str:
+    model = record.get("NoiseModel", {"Model": "global"})
+    text = ("adaptive: each region denoised by the experts of its local noise level; RI-NLM, "
+            "the guard and the Rician correction used the local sigma"
+            if model["Model"] == "adaptive" else "global: one noise level for the image")
+    noise_map = model.get("NoiseMap")
+    if noise_map:
+        pct = noise_map["PercentPercentiles"]
+        text += (f" &mdash; local noise P10/P50/P90 {pct['P10']:.2f} / {pct['P50']:.2f} / "
+                 f"{pct['P90']:.2f} %, spread {noise_map['Spread']:.2f}")
+    return text + f" ({model.get('Choice', 'auto')} choice)"
+
+
+def _pair_source_text(record: dict) -> str:
+    source = record.get("PairSource", "synthetic-patches")
+    if source != "neighbouring-slices":
+        return f"{source} (the experts as shipped or fine-tuned on the dataset)"
+    tuning = record.get("SlicePairFineTuning", {})
+    seconds = record.get("TimingsSeconds", {}).get("slice_pairs", 0)
+    matched = 100 * (tuning.get("MatchedFraction") or 0)
+    return (f"neighbouring-slices: the expert was fine-tuned on this image's neighbouring "
+            f"slices (NS-N2N, slice axis {tuning.get('SliceAxis')}, {tuning.get('Steps')} steps "
+            f"in {seconds:.0f} s, {matched:.0f} % of the pixels matched) and applied slice by "
+            "slice")
+
+
 class _FiguresInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy input image")
     denoised_file = File(exists=True, mandatory=True, desc="denoised image")
     noise_image = File(exists=True, mandatory=True, desc="residual: input minus denoised")
     mask_file = File(exists=True, mandatory=True, desc="head mask (places the cuts)")
     sigma = traits.Float(mandatory=True, desc="estimated noise std (scale of the residual)")
+    sigma_map_file = File(exists=True, desc="local noise sigma map (drawn when given)")
+    noise_percent = traits.Float(desc="noise in percent of the reference tissue (map's scale)")
 
 
 class _FiguresOutputSpec(TraitedSpec):
     before_after = File(exists=True, desc="noisy and denoised rows, then a flicker (SVG)")
     residual = File(exists=True, desc="residual on +/- 3 sigma with a colour bar (SVG)")
+    noise_map = File(exists=True, desc="local noise sigma map (SVG), with sigma_map_file")
 
 
 class DenoisingFigures(SimpleInterface):
@@ -41,7 +70,7 @@ class DenoisingFigures(SimpleInterface):
         import nibabel as nb
         import numpy as np
 
-        from ..reports.figures import before_after_svg, residual_svg
+        from ..reports.figures import before_after_svg, noise_map_svg, residual_svg
 
         def load(path):
             img = nb.as_closest_canonical(nb.load(path))
@@ -57,6 +86,13 @@ class DenoisingFigures(SimpleInterface):
         (out / "residual.svg").write_text(residual_svg(residual, mask, self.inputs.sigma, zooms))
         self._results.update(before_after=str(out / "before_after.svg"),
                              residual=str(out / "residual.svg"))
+        if isdefined(self.inputs.sigma_map_file) and self.inputs.sigma_map_file:
+            sigma_map = load(self.inputs.sigma_map_file)[0]
+            reference = (100 * self.inputs.sigma / self.inputs.noise_percent
+                         if isdefined(self.inputs.noise_percent) and self.inputs.noise_percent > 0
+                         else 0.0)
+            (out / "noise_map.svg").write_text(noise_map_svg(sigma_map, mask, reference, zooms))
+            self._results["noise_map"] = str(out / "noise_map.svg")
         return runtime
 
 
@@ -94,6 +130,8 @@ class DenoiseSummary(SimpleInterface):
                             f"{noise['Source']})"),
             ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
                           + (", fine-tuned on this dataset" if record["FineTuned"] else "")),
+            ("Noise model", _noise_model_text(record)),
+            ("Training pairs", _pair_source_text(record)),
             ("Test-time augmentation", f"flips ({len(TTA_FLIPS)} passes)"
              if record["TestTimeAugmentation"] else "off"),
             ("RI-NLM fusion", "on" if record["RINLMFusion"] else "off"),

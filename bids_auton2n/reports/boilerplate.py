@@ -23,6 +23,14 @@ REFERENCES = {
         "mixture of experts},\n  booktitle = {Medical Imaging with Deep Learning (MIDL), under "
         "review},\n  year = {2026}\n}",
     ),
+    "nsn2n": (
+        "Zhou L., Zhou Z., Huang X., Wang H., Zhang X., Li G. Neighboring Slice Noise2Noise: "
+        "self-supervised medical image denoising from single noisy image volume. 2025.",
+        "@misc{nsn2n,\n  author = {Zhou, Langrui and Zhou, Ziteng and Huang, Xinyu and Wang, "
+        "Huiru and Zhang, Xiangyu and Li, Guang},\n  title = {Neighboring Slice {Noise2Noise}: "
+        "self-supervised medical image denoising from single noisy image volume},\n"
+        "  year = {2025}\n}",
+    ),
     "manjon2012": (
         "Manjón J.V., Coupé P., Buades A., Collins D.L., Robles M. New methods for MRI denoising "
         "based on sparseness and self-similarity. Medical Image Analysis 16(1):18-27, 2012. "

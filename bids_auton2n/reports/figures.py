@@ -201,3 +201,35 @@ def residual_svg(residual: np.ndarray, mask: np.ndarray, sigma: float, zooms,
                     + _text(0, 0, "input \u2212 denoised (image units)", anchor="middle",
                             size=11) + "</g>")
     return _svg(label_x + 8, height, elements)
+
+
+def noise_map_svg(sigma: np.ndarray, mask: np.ndarray, reference: float, zooms,
+                  *, n_cuts: int = 4) -> str:
+    """The local noise level (sigma map) over the same cuts, on a viridis scale from 0.
+
+    Parameters
+    ----------
+    sigma : ndarray, 3D
+        RAS+ local noise sigma (image units).
+    mask : ndarray of bool
+        Places the cuts; the scale's top is the largest sigma inside it.
+    reference : float
+        Intensity of the reference tissue: the scale is also labelled in percent of it.
+    zooms : sequence of float
+        Voxel sizes (mm).
+    n_cuts : int
+        Cuts per view.
+    """
+    inside = sigma[mask] if mask.any() else sigma.ravel()
+    top = float(np.nanmax(inside)) or 1.0
+    rows = []
+    for view in VIEWS:
+        cuts = cut_positions(mask, view[1], n_cuts)
+        tiles = [(_png(np.where(_cut(mask, view[1], c), _cut(sigma, view[1], c), np.nan),
+                       0.0, top, "viridis"), _cut(sigma, view[1], c).shape) for c in cuts]
+        rows.append(("noise sigma", view, tiles))
+    elements, width, height = _grid(rows, zooms)
+    percent = f" = {100 * top / reference:.2g} % of the reference tissue" if reference > 0 else ""
+    elements.append(_text(4, height + 14, f"scale: 0 (dark) to {top:.3g} (yellow, image units"
+                                          f"{percent}), inside the head mask", size=12))
+    return _svg(width, height + 22, elements)

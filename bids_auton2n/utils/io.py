@@ -169,6 +169,7 @@ def denoise_file(
     contrast: str | None = None,
     mask_file: str | Path | None = None,
     noise_map: str | Path | None = None,
+    sigma_map: str | Path | None = None,
     **kwargs,
 ) -> DenoiseResult:
     """Denoise a NIfTI file and write the result (and optionally input − output).
@@ -185,18 +186,24 @@ def denoise_file(
         Head mask (default: estimated).
     noise_map : str or Path, optional
         Also write the residual, input − output (0 at non-finite voxels).
+    sigma_map : str or Path, optional
+        Also write the local noise map (sigma, image units) when the noise is estimated.
     **kwargs
-        The options of :func:`~bids_auton2n.denoise.pipeline.denoise_array`.
+        The options of :func:`~bids_auton2n.denoise.pipeline.denoise_array`; ``voxel_size``
+        defaults to the header's.
 
     Returns
     -------
     DenoiseResult
     """
     img, data, mask = read_inputs(in_file, mask_file)
+    kwargs.setdefault("voxel_size", img.header.get_zooms()[:3])
     result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
                            mask=mask, **kwargs)
     save_like(result.denoised, img, out_file)
     if noise_map is not None:
         with np.errstate(invalid="ignore"):  # inf - inf at restored voxels: 0 in the residual
             save_like(np.nan_to_num(data - result.denoised), img, noise_map)
+    if sigma_map is not None and result.noise_map is not None:
+        save_like(result.noise_map.sigma, img, sigma_map)
     return result

@@ -32,6 +32,7 @@ from ..interfaces.denoise import (
     FineTune,
     FuseRINLM,
     SelectExperts,
+    SlicePairFineTune,
 )
 from ..interfaces.qc import ComputeIQMs
 from ..interfaces.reports import DenoiseSummary, DenoisingFigures
@@ -107,6 +108,10 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             device=settings.device,
             finetune=settings.finetune,
             write_noise_map=settings.write_noise_map,
+            noise_model=settings.noise_model,
+            pair_source=settings.pair_source,
+            slice_pair_budget_s=settings.slice_pair_budget_s,
+            slice_pair_steps=settings.slice_pair_steps,
             omp_nthreads=config.nipype.omp_nthreads,
         )
         if finetune_node is not None:
@@ -187,6 +192,10 @@ def init_single_subject_wf(
     device: str = "auto",
     finetune: bool = False,
     write_noise_map: bool = False,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str | None = None,
 ):
@@ -206,9 +215,12 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, write_noise_map,
-    omp_nthreads
+    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, omp_nthreads
         See :func:`init_anat_denoise_wf`.
+    noise_model, pair_source, slice_pair_budget_s, slice_pair_steps
+        See :func:`init_anat_denoise_wf`.
+    write_noise_map : bool
+        Also write the local noise map (``desc-noise``) and the residual (``desc-residual``).
     name : str, optional
         Defaults to ``sub_<label>_wf``.
 
@@ -233,6 +245,10 @@ def init_single_subject_wf(
             blend=blend,
             device=device,
             finetune=finetune,
+            noise_model=noise_model,
+            pair_source=pair_source,
+            slice_pair_budget_s=slice_pair_budget_s,
+            slice_pair_steps=slice_pair_steps,
             omp_nthreads=omp_nthreads,
             name=image_workflow_name(anat_file),
         )
@@ -244,11 +260,12 @@ def init_single_subject_wf(
 
         ds_denoised_wf = init_ds_denoised_wf(
             output_dir=output_dir, write_noise_map=write_noise_map,
-            name=f"ds_{anat_wf.name}",
+            with_sigma_map=noise_level is None, name=f"ds_{anat_wf.name}",
         )
         ds_denoised_wf.inputs.inputnode.source_file = anat_file
         ds_reportlets_wf = init_ds_reportlets_wf(
-            output_dir=output_dir, name=f"ds_reportlets_{anat_wf.name}",
+            output_dir=output_dir, with_noise_map=noise_level is None,
+            name=f"ds_reportlets_{anat_wf.name}",
         )
         ds_reportlets_wf.inputs.inputnode.source_file = anat_file
         workflow.connect([
@@ -263,6 +280,12 @@ def init_single_subject_wf(
                 ("outputnode.summary_report", "inputnode.summary"),
             ]),
         ])  # fmt:skip
+        if noise_level is None:
+            workflow.connect([
+                (anat_wf, ds_denoised_wf, [("outputnode.sigma_map", "inputnode.sigma_map")]),
+                (anat_wf, ds_reportlets_wf, [("outputnode.noise_map_report",
+                                              "inputnode.noise_map")]),
+            ])  # fmt:skip
     if crashdump_dir:
         # Nipype reads the crash folder from each node's own config (as in fMRIPrep)
         workflow.config["execution"]["crashdump_dir"] = crashdump_dir
@@ -288,7 +311,7 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
 
     Outputs
     -------
-    out_file, noise_image, mask_file, sigma, out_json, metadata, noise_percent
+    out_file, noise_image, mask_file, sigma, out_json, metadata, noise_percent, sigma_map
         Those of :func:`init_denoise_wf`.
     out_report
         Before/after SVG: noisy and denoised rows over the same cuts, then a flicker.
@@ -297,12 +320,14 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
     summary_report
         HTML fragment: noise estimate, experts, options, quality measures before and
         after (those of the group table) and the structure removed, flagged when high.
+    noise_map_report
+        SVG of the local noise map (undefined with a user-given ``noise_level``).
     """
     workflow = Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[*DENOISE_OUTPUTS, "out_report", "residual_report",
-                                      "summary_report"]),
+                                      "summary_report", "noise_map_report"]),
         name="outputnode",
     )
     denoise_wf = init_denoise_wf(**denoise_options)
@@ -317,13 +342,16 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
         (denoise_wf, figures, [("outputnode.out_file", "denoised_file"),
                                ("outputnode.noise_image", "noise_image"),
                                ("outputnode.mask_file", "mask_file"),
-                               ("outputnode.sigma", "sigma")]),
+                               ("outputnode.sigma", "sigma"),
+                               ("outputnode.sigma_map", "sigma_map_file"),
+                               ("outputnode.noise_percent", "noise_percent")]),
         (inputnode, iqms, [("in_file", "source_file")]),
         (denoise_wf, iqms, [("outputnode.out_file", "denoised_file")]),
         (iqms, summary, [("out_json", "iqms_json")]),
         (denoise_wf, summary, [("outputnode.out_json", "provenance_json")]),
         (figures, outputnode, [("before_after", "out_report"),
-                               ("residual", "residual_report")]),
+                               ("residual", "residual_report"),
+                               ("noise_map", "noise_map_report")]),
         (summary, outputnode, [("out_report", "summary_report")]),
     ])  # fmt:skip
     return workflow
@@ -332,7 +360,7 @@ def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
 #: Inputs and outputs of :func:`init_denoise_wf`.
 DENOISE_INPUTS = ["in_file", "bids_dir", "source_metadata", "experts_dir"]
 DENOISE_OUTPUTS = ["out_file", "noise_image", "mask_file", "sigma", "out_json", "metadata",
-                   "noise_percent"]
+                   "noise_percent", "sigma_map"]
 
 
 def init_denoise_wf(
@@ -347,6 +375,10 @@ def init_denoise_wf(
     blend: bool = False,
     device: str = "auto",
     finetune: bool = False,
+    noise_model: str = "auto",
+    pair_source: str = "auto",
+    slice_pair_budget_s: float | None = None,
+    slice_pair_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str = "denoise_wf",
 ):
@@ -377,6 +409,17 @@ def init_denoise_wf(
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     finetune : bool
         ``inputnode.experts_dir`` comes from a fine-tuning node (recorded in the sidecar).
+    noise_model : {"auto", "global", "adaptive"}
+        One noise level, or the local noise map routing the experts and giving RI-NLM and
+        the guard their local sigma; ``auto`` decides by the map's spread.
+    pair_source : {"auto", "synthetic-patches", "neighbouring-slices"}
+        ``neighbouring-slices`` fine-tunes the selected expert on the image's neighbouring
+        slices (NS-N2N) and applies it slice by slice; ``auto`` does so for thick slices
+        (decided at run time from the header's voxel size).
+    slice_pair_budget_s : float, optional
+        Wall-clock budget of that fine-tuning (default 300 s).
+    slice_pair_steps : int, optional
+        Its step limit (machine-independent; for tests).
     omp_nthreads : int
         Threads per node (torch and numba).
     name : str
@@ -410,20 +453,30 @@ def init_denoise_wf(
         The sidecar's content.
     noise_percent
         Noise level in percent of the reference tissue.
+    sigma_map
+        Local noise sigma map (image units; undefined with ``noise_level``).
     """
     workflow = Workflow(name=name)
     workflow.__desc__ = _denoise_desc(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
-                                      noise_level=noise_level, expert=expert, blend=blend,
-                                      finetune=finetune)
+                                      noise_level=noise_level,
+                                      expert=expert, blend=blend, finetune=finetune,
+                                      noise_model=noise_model, pair_source=pair_source)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_OUTPUTS), name="outputnode")
-    estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads),
+    estimate = pe.Node(EstimateNoise(contrast=contrast, noise_model=noise_model,
+                                     pair_source=pair_source, omp_nthreads=omp_nthreads),
                        name="estimate_noise", n_procs=omp_nthreads)
     if noise_level is not None:
         estimate.inputs.noise_level = noise_level
     select = pe.Node(SelectExperts(blend=blend), name="select_experts")
     if expert is not None:
         select.inputs.expert = expert
+    slice_pairs = pe.Node(SlicePairFineTune(device=device, omp_nthreads=omp_nthreads),
+                          name="slice_pair_finetune", n_procs=omp_nthreads)
+    if slice_pair_budget_s is not None:
+        slice_pairs.inputs.budget_s = slice_pair_budget_s
+    if slice_pair_steps is not None:
+        slice_pairs.inputs.max_steps = slice_pair_steps
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
                   name="cnn_denoise", n_procs=omp_nthreads)
     fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads),
@@ -436,30 +489,44 @@ def init_denoise_wf(
         (inputnode, estimate, [("in_file", "in_file")]),
         (inputnode, select, [("experts_dir", "experts_dir")]),
         (estimate, select, [("percent", "percent")]),
+        (inputnode, slice_pairs, [("experts_dir", "experts_dir")]),
+        (estimate, slice_pairs, [("finite_file", "in_file"), ("mask_file", "mask_file"),
+                                 ("noise", "noise"), ("sigma", "sigma"),
+                                 ("sigma_map_file", "sigma_map_file"),
+                                 ("noise_model", "noise_model"), ("pair_source", "pair_source")]),
+        (select, slice_pairs, [("experts", "experts")]),
         (inputnode, cnn, [("experts_dir", "experts_dir")]),
         (estimate, cnn, [("finite_file", "in_file"), ("mask_file", "mask_file"),
-                         ("noise", "noise")]),
+                         ("noise", "noise"), ("sigma", "sigma"),
+                         ("sigma_map_file", "sigma_map_file"), ("noise_model", "noise_model"),
+                         ("pair_source", "pair_source")]),
         (select, cnn, [("experts", "experts")]),
+        (slice_pairs, cnn, [("tuned_dir", "tuned_dir")]),
         (estimate, fuse, [("finite_file", "in_file"), ("nonfinite_file", "nonfinite_file"),
-                          ("sigma", "sigma")]),
+                          ("sigma", "sigma"), ("sigma_map_file", "sigma_map_file"),
+                          ("noise_model", "noise_model")]),
         (cnn, fuse, [("out_file", "cnn_file")]),
         (inputnode, provenance, [("in_file", "source_file"), ("bids_dir", "bids_dir"),
                                  ("source_metadata", "source_metadata")]),
         (estimate, provenance, [("noise", "noise"), ("noise_source", "noise_source"),
-                                ("timings", "estimate_timings")]),
-        (select, provenance, [("experts", "experts"), ("weights_sha256", "weights_sha256"),
-                              ("selection", "selection")]),
-        (cnn, provenance, [("device", "device"), ("timings", "cnn_timings")]),
+                                ("timings", "estimate_timings"),
+                                ("noise_model_record", "noise_model_record"),
+                                ("pair_source", "pair_source")]),
+        (select, provenance, [("selection", "selection")]),
+        (slice_pairs, provenance, [("record", "slice_pairs"), ("timings", "slice_pair_timings")]),
+        (cnn, provenance, [("experts", "experts"), ("weights_sha256", "weights_sha256"),
+                           ("device", "device"), ("timings", "cnn_timings")]),
         (fuse, provenance, [("out_file", "denoised_file"), ("timings", "fusion_timings")]),
         (estimate, outputnode, [("percent", "noise_percent"), ("mask_file", "mask_file"),
-                                ("sigma", "sigma")]),
+                                ("sigma", "sigma"), ("sigma_map_file", "sigma_map")]),
         (fuse, outputnode, [("out_file", "out_file"), ("noise_image", "noise_image")]),
         (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
     ])  # fmt:skip
     return workflow
 
 
-def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, finetune) -> str:
+def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, finetune,
+                  noise_model="auto", pair_source="auto") -> str:
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
     from ..denoise.wiener import BLOCK, GROUP_SIZE
@@ -492,6 +559,26 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
     if finetune:
         text.append("Before denoising, the selected expert was fine-tuned self-supervisedly "
                     "on the images of this dataset (Auto-N2N synthetic pairs).")
+    if noise_level is None and noise_model != "global":
+        where = ("" if noise_model == "adaptive" else
+                 "Where that map varied across the head (spread of its 10th to 90th percentile "
+                 "above 30 % of its median), ")
+        local = " and ".join(stage for stage, used in (("RI-NLM", fusion),
+                                                       ("the do-no-harm guard", guard)) if used)
+        text.append("A local noise map was estimated from the same difference (robust local "
+                    "spread, smoothed over about 2 cm). " + where + ("each" if where else "Each")
+                    + " region was denoised by the experts of its local noise level (a weighted "
+                    "mix of the two nearest)"
+                    + (f", and {local} used the local noise level." if local else "."))
+    if pair_source != "synthetic-patches":
+        which = ("Each image" if pair_source == "neighbouring-slices" else
+                 "Each image with thick slices (slice spacing at least twice the in-plane "
+                 "spacing)")
+        text.append(f"{which} was denoised by the selected expert, trained further on the image's "
+                    "own pairs of neighbouring slices (Neighbouring-Slice Noise2Noise [@nsn2n]: "
+                    "reconstruction, regional-consistency and inter-slice-continuity losses, "
+                    "pixels weighted by a match mask of the low-pass filtered slices), applied "
+                    "slice by slice.")
     text.append(
         "The network was applied in sliding windows"
         + (", averaging its outputs over the identity and the flip of all three axes "

@@ -9,15 +9,18 @@ from ..interfaces.bids import DerivativesDataSink
 
 
 def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
-                        name: str = "ds_denoised_wf"):
-    """Save the denoised image (and optionally its residual) with its JSON sidecar.
+                        with_sigma_map: bool = True, name: str = "ds_denoised_wf"):
+    """Save the denoised image (and optionally its noise maps) with its JSON sidecar.
 
     Parameters
     ----------
     output_dir : str
         Root of the derivatives dataset.
     write_noise_map : bool
-        Also save input minus output as ``desc-noise``.
+        Also save the local noise sigma map as ``desc-noise`` (when ``with_sigma_map``) and
+        input minus output as ``desc-residual``.
+    with_sigma_map : bool
+        A noise map exists (the noise is estimated, not given): ``inputnode.sigma_map``.
     name : str
         Workflow name.
 
@@ -29,6 +32,8 @@ def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
         Denoised image.
     noise_image
         Residual image.
+    sigma_map
+        Local noise sigma map (image units).
     metadata
         Sidecar content (provenance, Sources, SkullStripped, carried metadata).
 
@@ -39,7 +44,8 @@ def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_file", "out_file", "noise_image", "metadata"]),
+        niu.IdentityInterface(fields=["source_file", "out_file", "noise_image", "sigma_map",
+                                      "metadata"]),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["denoised"]), name="outputnode")
@@ -54,27 +60,45 @@ def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
         (ds_denoised, outputnode, [("out_file", "denoised")]),
     ])  # fmt:skip
     if write_noise_map:
+        ds_residual = pe.Node(
+            DerivativesDataSink(
+                base_directory=output_dir, desc="residual", compress=True,
+                Description="Residual of the denoising: input minus denoised image.",
+            ),
+            name="ds_residual",
+            run_without_submitting=True,
+        )
+        workflow.connect([
+            (inputnode, ds_residual, [("source_file", "source_file"), ("noise_image", "in_file")]),
+        ])  # fmt:skip
+    if write_noise_map and with_sigma_map:
         ds_noise = pe.Node(
             DerivativesDataSink(
                 base_directory=output_dir, desc="noise", compress=True,
-                Description="Residual of the denoising: input minus denoised image.",
+                Description="Local noise level: the standard deviation of the noise at each "
+                "voxel (Gaussian sigma of the real and imaginary channels), image units, "
+                "estimated from the image and its synthetic Noise2Noise pair.",
+                Units="same as the input image",
             ),
             name="ds_noise",
             run_without_submitting=True,
         )
         workflow.connect([
-            (inputnode, ds_noise, [("source_file", "source_file"), ("noise_image", "in_file")]),
+            (inputnode, ds_noise, [("source_file", "source_file"), ("sigma_map", "in_file")]),
         ])  # fmt:skip
     return workflow
 
 
-def init_ds_reportlets_wf(*, output_dir: str, name: str = "ds_reportlets_wf"):
+def init_ds_reportlets_wf(*, output_dir: str, with_noise_map: bool = False,
+                          name: str = "ds_reportlets_wf"):
     """Save the reportlets of one image under ``sub-<label>/figures/``.
 
     Parameters
     ----------
     output_dir : str
         Root of the derivatives dataset (the report assembler reads figures there).
+    with_noise_map : bool
+        Also save the mosaic of the local noise map (``desc-noisemap``).
     name : str
         Workflow name.
 
@@ -88,11 +112,16 @@ def init_ds_reportlets_wf(*, output_dir: str, name: str = "ds_reportlets_wf"):
         Mosaic SVG of the residual (``desc-residual``).
     summary
         HTML fragment with noise estimate and experts (``desc-summary``).
+    noise_map
+        SVG of the local noise map (``desc-noisemap``), with ``with_noise_map``.
     """
     workflow = pe.Workflow(name=name)
-    fields = ["before_after", "residual", "summary"]
-    inputnode = pe.Node(niu.IdentityInterface(fields=["source_file", *fields]), name="inputnode")
-    descs = {"before_after": "denoising", "residual": "residual", "summary": "summary"}
+    fields = ["before_after", "residual", "summary"] + (["noise_map"] if with_noise_map else [])
+    inputnode = pe.Node(niu.IdentityInterface(fields=["source_file", "before_after", "residual",
+                                                      "summary", "noise_map"]),
+                        name="inputnode")
+    descs = {"before_after": "denoising", "residual": "residual", "summary": "summary",
+             "noise_map": "noisemap"}
     for field in fields:
         sink = pe.Node(
             DerivativesDataSink(base_directory=output_dir, desc=descs[field], datatype="figures"),

@@ -29,6 +29,8 @@ STUDIES = {
     "speed": ("speed", "whole-process seconds of ours, ANTs and DIPY; the fixed costs"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
+    "slices-and-varying-noise": ("slices_and_varying_noise",
+                                 "thick slices (NS-N2N), a noise ramp (routed experts), Rician bias"),
     "structure-threshold": ("structure_threshold",
                             "where the structure-removed measure flags an output"),
 }

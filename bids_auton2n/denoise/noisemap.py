@@ -1,0 +1,268 @@
+"""Local noise map: the noise sigma of every voxel, for spatially varying noise.
+
+Parallel imaging (g-factor), coil profiles and in-plane interpolation make the noise level of
+an MR image vary across the head (Manjón et al. 2010; Aja-Fernández et al. 2015).  The map is
+read from the same probe as the global estimate (:mod:`~bids_auton2n.denoise.noise`): the
+difference ``d = x - y`` between the image and its synthetic pair, whose spread is
+``sqrt(2) sigma`` where the noise is ``sigma``.
+
+Algorithm (:func:`local_noise_map`)
+-----------------------------------
+1. *Usable voxels*: inside the head mask eroded by one voxel; local (3x3x3) mean at least
+   :data:`~.noise.MIN_SNR` times the local noise (Rician noise is Gaussian there, the zero
+   or Rayleigh background, skull and dark CSF are left out); the flatter half of them
+   (gradient of the 1-voxel Gaussian-smoothed image in units of the local noise: ``d`` also
+   holds the anatomical mismatch of the substituted voxel, largest at edges); and
+   ``|d| <= TRUNCATION sqrt(2) sigma`` (the remaining mismatch outliers).
+2. *Local spread*: ``sigma(v)`` is the local mean of ``|d| / sqrt(2)`` over the usable
+   voxels, by first-order normalised convolution with a Gaussian of :data:`SMOOTHING_MM`
+   (a linear fit in each window: exact for a linearly varying level even at the edges of
+   the head), divided by ``E|Z|`` of a standard normal truncated at :data:`TRUNCATION`.  Steps 1-2 run
+   :data:`ITERATIONS` times, each with the previous map as the local noise (the first with
+   the global MAD).  Sums are accumulated on a grid of blocks of about
+   ``SMOOTHING_MM / 3`` mm and the map is interpolated back (linear), which costs little
+   even on 38 M-voxel volumes; where no usable voxel lies within reach of the Gaussian (far
+   background) the nearest value is repeated: the noise of an MR image varies smoothly.
+3. *Level*: the map's shape is scaled by the calibrated global estimator run on the image
+   and pair divided by that shape (whose noise is then uniform), so a uniform-noise image
+   gets a flat map at exactly the global estimate, and a varying one is calibrated the same
+   way everywhere.
+
+The *spread* of the map, ``(P90 - P10) / P50`` of sigma over the usable voxels, says whether
+the noise varies: :func:`choose_noise_model` picks the adaptive path (routed experts, RI-NLM
+and guard with the local sigma) above :data:`ADAPTIVE_SPREAD`, the global one below.
+
+References
+----------
+Manjón JV, Coupé P, Martí-Bonmatí L, Collins DL, Robles M (2010). Adaptive non-local means
+denoising of MR images with spatially varying noise levels. JMRI 31:192-203.
+Aja-Fernández S, Pieciak T, Vegas-Sánchez-Ferrero G (2015). Spatially variant noise
+estimation in MRI: a homomorphic approach. Med Image Anal 20:184-197.
+Knutsson H, Westin CF (1993). Normalized and differential convolution. CVPR 1993: 515-523.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy import stats
+
+from ._checks import real_volume
+from .noise import MIN_SNR, NoiseEstimate, estimate_noise
+
+__all__ = ["NoiseMap", "choose_noise_model", "local_noise_map", "NOISE_MODELS"]
+
+#: Gaussian sigma (mm) of the map's smoothing: coil and g-factor profiles vary over centimetres.
+SMOOTHING_MM = 8.0
+#: Outliers of ``d`` beyond this many (local) standard deviations are left out.
+TRUNCATION = 3.5
+#: Passes of steps 1-2 (usable voxels from the previous map).
+ITERATIONS = 2
+#: Share of the high-SNR voxels kept as flat (lowest gradient in units of the local noise).
+FLAT_SHARE = 0.5
+#: Spread ``(P90 - P10) / P50`` of the map above which the noise is taken as varying.
+ADAPTIVE_SPREAD = 0.3
+#: ``noise_model`` values: ``auto`` chooses between the other two by the map's spread.
+NOISE_MODELS = ("auto", "global", "adaptive")
+_MAD_TO_STD = 1.4826
+
+
+@dataclass(frozen=True)
+class NoiseMap:
+    """Local noise sigma of an image.
+
+    Attributes
+    ----------
+    sigma : numpy.ndarray
+        float32 map of the volume's shape, image units.
+    measured : numpy.ndarray of bool
+        The usable voxels the map was measured on (its values elsewhere are interpolated).
+    spread : float
+        ``(P90 - P10) / P50`` of ``sigma`` over ``measured``.
+    """
+
+    sigma: np.ndarray
+    measured: np.ndarray
+    spread: float
+
+    def percentiles(self) -> dict[str, float]:
+        """P10, P50 and P90 of sigma over the measured voxels (image units)."""
+        p10, p50, p90 = np.percentile(self.sigma[self.measured], (10, 50, 90))
+        return {"P10": float(p10), "P50": float(p50), "P90": float(p90)}
+
+    def summary(self, reference_intensity: float) -> dict:
+        """JSON-able record: percentiles in image units and percent, and the spread."""
+        pct = {key: value for key, value in self.percentiles().items()}
+        return {
+            "SigmaPercentiles": {k: round(v, 6) for k, v in pct.items()},
+            "PercentPercentiles": {k: round(100.0 * v / reference_intensity, 4)
+                                   for k, v in pct.items()},
+            "Spread": round(self.spread, 4),
+            "SmoothingMM": SMOOTHING_MM,
+        }
+
+
+def _block_factors(voxel_size) -> tuple[int, ...]:
+    return tuple(max(1, int(SMOOTHING_MM / (3.0 * float(z)))) for z in voxel_size)
+
+
+def _block_sum(volume: np.ndarray, factors) -> np.ndarray:
+    """Sums over blocks of ``factors`` voxels (the volume zero-padded to whole blocks)."""
+    padded_shape = [-(-n // f) * f for n, f in zip(volume.shape, factors)]
+    padded = np.zeros(padded_shape, np.float64)
+    padded[tuple(slice(0, n) for n in volume.shape)] = volume
+    shape = [n // f for n, f in zip(padded_shape, factors)]
+    return padded.reshape(shape[0], factors[0], shape[1], factors[1], shape[2],
+                          factors[2]).sum(axis=(1, 3, 5))
+
+
+def _spread_map(values: np.ndarray, usable: np.ndarray, shape, factors, voxel_size) -> np.ndarray:
+    """First-order normalised convolution of ``values`` over ``usable``, at full resolution.
+
+    In each Gaussian window a linear function of position is fitted (weighted least
+    squares) and evaluated at the window's centre: unlike the zeroth-order average, this is
+    exact for a noise level that varies linearly, also where the window reaches beyond the
+    usable voxels (the edges of the head), which would otherwise pull the map towards the
+    inside level.  Where the fit is ill-conditioned, or leaves
+    ``[1/2, 2]`` times the zeroth-order average (extrapolation far from the data), the average
+    is kept.
+    """
+    data = _block_sum(np.where(usable, values, 0.0), factors)
+    weight = _block_sum(usable.astype(np.float64), factors)
+    gaussian = [SMOOTHING_MM / (float(z) * f) for z, f in zip(voxel_size, factors)]
+
+    def smooth(volume):
+        return ndi.gaussian_filter(volume, gaussian, mode="constant")
+
+    # Coordinates in units of the Gaussian, centred: the moment matrix stays well scaled.
+    coordinates = [((np.arange(n) - 0.5 * (n - 1)) / g).reshape([-1 if a == axis else 1
+                                                                 for a in range(3)])
+                   for axis, (n, g) in enumerate(zip(weight.shape, gaussian))]
+    coordinates = [np.broadcast_to(c, weight.shape) for c in coordinates]
+    total = smooth(weight)
+    reached = total > 1e-3 * total.max()
+    zeroth = np.where(reached, smooth(data) / np.where(reached, total, 1.0), 0.0)
+    moments = np.empty(weight.shape + (4, 4))
+    right = np.empty(weight.shape + (4,))
+    basis = [None] + coordinates
+    for i in range(4):
+        wi = weight if i == 0 else weight * basis[i]
+        right[..., i] = smooth(data if i == 0 else data * basis[i])
+        for j in range(i, 4):
+            moments[..., i, j] = moments[..., j, i] = smooth(wi if j == 0 else wi * basis[j])
+    first = zeroth.copy()
+    solvable = reached.copy()
+    if reached.any():
+        solvable[reached] = np.linalg.cond(moments[reached]) < 1e8
+    if solvable.any():
+        coefficients = np.linalg.solve(moments[solvable], right[solvable][..., None])[..., 0]
+        position = np.stack([np.ones(solvable.sum())] + [c[solvable] for c in coordinates], -1)
+        fitted = (coefficients * position).sum(-1)
+        plain = zeroth[solvable]
+        first[solvable] = np.where((fitted >= 0.5 * plain) & (fitted <= 2.0 * plain), fitted, plain)
+    coarse = first
+    if not reached.all():
+        nearest = ndi.distance_transform_edt(~reached, return_distances=False, return_indices=True)
+        coarse = coarse[tuple(nearest)]
+    fine = ndi.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
+    return fine[tuple(slice(0, n) for n in shape)]
+
+
+def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-2 of the module docstring: the map's shape and the voxels it was measured on."""
+    inner = ndi.binary_erosion(mask)
+    if inner.sum() < 1000:
+        inner = mask
+    factors = _block_factors(voxel_size)
+    values = difference[inner]
+    start = _MAD_TO_STD * np.median(np.abs(values - np.median(values))) / np.sqrt(2.0)
+    if not start > 0:
+        raise ValueError("local_noise_map: the image and its pair do not differ (no noise)")
+    local = np.full(x.shape, start, np.float32)
+    local_mean = ndi.uniform_filter(x, size=3)
+    smoothed = ndi.gaussian_filter(x, 1.0)
+    gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))
+    # |d| / sqrt(2), whose mean is proportional to sigma: a noise level varying linearly in
+    # space is then a linear function that the first-order fit follows exactly.
+    magnitude = np.abs(difference, dtype=np.float64) / np.sqrt(2.0)
+    inside = stats.norm.cdf(TRUNCATION) - stats.norm.cdf(-TRUNCATION)
+    # E|Z| of a standard normal Z truncated to |Z| <= TRUNCATION.
+    mean_abs = 2.0 * (stats.norm.pdf(0.0) - stats.norm.pdf(TRUNCATION)) / inside
+    usable = inner
+    for _ in range(ITERATIONS):
+        high_snr = inner & (local_mean >= MIN_SNR * local)
+        if high_snr.sum() < 1000:
+            high_snr = inner
+        relative_gradient = gradient / local
+        flat = high_snr & (relative_gradient <= np.quantile(relative_gradient[high_snr], FLAT_SHARE))
+        usable = flat & (np.abs(difference) <= TRUNCATION * np.sqrt(2.0) * local)
+        if usable.sum() < 100:
+            raise ValueError("local_noise_map: too few usable voxels to map the noise")
+        local = (_spread_map(magnitude, usable, x.shape, factors, voxel_size)
+                 / mean_abs).astype(np.float32)
+        local = np.maximum(local, np.float32(1e-6 * start))
+    return local, usable
+
+
+def local_noise_map(x: np.ndarray, pair: np.ndarray, mask: np.ndarray, *, contrast: str = "T1w",
+                    voxel_size=(1.0, 1.0, 1.0)) -> NoiseMap:
+    """Noise sigma of every voxel of ``x`` (see the module docstring).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Finite 3D magnitude image.
+    pair : numpy.ndarray
+        Its synthetic pair for the noise estimate (:func:`~.noise.noise_pair`).
+    mask : numpy.ndarray of bool
+        Head mask.
+    contrast : str
+        Passed to the calibrated estimator that sets the map's level.
+    voxel_size : sequence of 3 float
+        Voxel edges in mm (the smoothing is in mm).
+
+    Returns
+    -------
+    NoiseMap
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, the pair equals the image, or too few usable voxels.
+    """
+    x = real_volume(x, "local_noise_map").astype(np.float32, copy=False)
+    pair = real_volume(pair, "local_noise_map", "pair", shape=x.shape).astype(np.float32, copy=False)
+    mask = real_volume(mask, "local_noise_map", "mask", shape=x.shape).astype(bool)
+    voxel_size = tuple(float(z) for z in voxel_size)
+    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise ValueError(f"local_noise_map: voxel_size must be 3 positive numbers, got {voxel_size}")
+    shape, usable = _local_spread(x, x - pair, mask, voxel_size)
+    level = estimate_noise(x / shape, contrast=contrast, mask=mask, pair=pair / shape).sigma
+    sigma = (level * shape).astype(np.float32)
+    p10, p50, p90 = np.percentile(sigma[usable], (10, 50, 90))
+    return NoiseMap(sigma=sigma, measured=usable, spread=float((p90 - p10) / p50) if p50 > 0 else 0.0)
+
+
+def choose_noise_model(noise_map: NoiseMap | None, requested: str = "auto") -> str:
+    """``"adaptive"`` or ``"global"``: the user's choice, else by the map's spread.
+
+    ``auto`` is adaptive when ``noise_map.spread > ADAPTIVE_SPREAD``; without a map (a
+    user-given noise level) the model is global.
+    """
+    if requested not in NOISE_MODELS:
+        raise ValueError(f"noise model must be one of {', '.join(NOISE_MODELS)}, got {requested!r}")
+    if requested != "auto":
+        if requested == "adaptive" and noise_map is None:
+            raise ValueError("the adaptive noise model needs a noise map (estimated noise, "
+                             "not a given noise level)")
+        return requested
+    if noise_map is None:
+        return "global"
+    return "adaptive" if noise_map.spread > ADAPTIVE_SPREAD else "global"
+
+
+def percent_map(sigma: np.ndarray, noise: NoiseEstimate) -> np.ndarray:
+    """A sigma map (image units) in percent of the reference tissue (the experts' levels)."""
+    return (100.0 * sigma / noise.reference_intensity).astype(np.float32)
