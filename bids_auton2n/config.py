@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .utils.repeats import DEFAULT_REPEAT_METHOD, REPEATS_BUDGET_S
+
 #: Anatomical BIDS suffixes the app denoises by default.
 DEFAULT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
 
@@ -63,6 +65,10 @@ class WorkflowSettings:
     finetune: bool = False
     finetune_budget_s: float = 600.0
     write_noise_map: bool = False
+    repeats: str = "auto"
+    repeats_across_sessions: bool = False
+    repeats_method: str = DEFAULT_REPEAT_METHOD
+    repeats_budget_s: float = REPEATS_BUDGET_S
 
 
 @dataclass

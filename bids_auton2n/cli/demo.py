@@ -2,7 +2,8 @@
 
 The dataset is synthetic (nested ellipsoids with CSF/GM/WM-like intensities, folded
 "cortex", Rician noise of a known level); it exists to show what the app writes, not to
-judge denoising quality.
+judge denoising quality. The runs of one image (``run-1``, ``run-2``) are repeats: the same
+phantom, the head moved a little (:data:`REPEAT_MOTION`) before the noise of each run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ DEMO_IMAGES = (
     ("02", "1", None, "T1w", 7.0),
     ("02", "2", None, "T2w", 5.0),
 )
+
+#: Rigid motion of the head between two runs of one image: rotation about the first axis
+#: (degrees) and shift (mm).
+REPEAT_MOTION = (3.0, (1.0, -0.8, 0.6))
 
 #: Mean intensity of background, scalp, skull, CSF, GM, WM by contrast (arbitrary units).
 _INTENSITIES = {
@@ -46,6 +51,25 @@ def _phantom(shape, contrast: str, rng: np.random.Generator) -> np.ndarray:
     return values[labels]
 
 
+def _moved(clean: np.ndarray, affine: np.ndarray, times: int) -> np.ndarray:
+    """``clean`` with the head moved ``times`` times by :data:`REPEAT_MOTION` (world mm)."""
+    from scipy import ndimage as ndi
+
+    if times == 0:
+        return clean
+    degrees, shift = REPEAT_MOTION
+    angle = np.radians(degrees * times)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
+                         [0, np.sin(angle), np.cos(angle)]])
+    centre = affine[:3, :3] @ ((np.asarray(clean.shape) - 1) / 2) + affine[:3, 3]
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre - rotation @ centre + times * np.asarray(shift)
+    # Each voxel of the moved head shows what was at motion^-1 of its position.
+    voxels = np.linalg.inv(affine) @ np.linalg.inv(motion) @ affine
+    return ndi.affine_transform(clean, voxels[:3, :3], voxels[:3, 3], order=1).astype(np.float32)
+
+
 def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGES,
                       seed: int = 0) -> Path:
     """Write a small valid BIDS dataset of noisy T1w/T2w images under ``root``.
@@ -58,7 +82,8 @@ def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGE
         Voxel grid of every image (1.2 mm isotropic, oblique-free RAS affine).
     images : sequence
         ``(subject, session, run, suffix, noise_percent)`` tuples; ``session``/``run``
-        may be ``None``.
+        may be ``None``. Images that differ only in ``run`` show one phantom, moved
+        between runs.
     seed : int
         Seeds the phantom folds and the noise.
     """
@@ -74,8 +99,14 @@ def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGE
     rng = np.random.default_rng(seed)
     affine = np.diag([1.2, 1.2, 1.2, 1.0])
     affine[:3, 3] = -0.6 * np.asarray(shape)
+    anatomy: dict[tuple, np.ndarray] = {}
+    earlier_runs: dict[tuple, int] = {}
     for subject, session, run, suffix, percent in images:
-        clean = _phantom(shape, suffix, rng)
+        key = (subject, session, suffix)
+        if key not in anatomy:
+            anatomy[key] = _phantom(shape, suffix, rng)
+        clean = _moved(anatomy[key], affine, earlier_runs.get(key, 0))
+        earlier_runs[key] = earlier_runs.get(key, 0) + 1
         reference = max(_INTENSITIES[suffix][3:])  # WM for T1w, CSF for T2w
         sigma = percent / 100.0 * reference
         noisy = np.sqrt((clean + rng.normal(0, sigma, shape)) ** 2

@@ -50,6 +50,9 @@ def _positive_float(value: str) -> float:
 
 def _build_parser() -> argparse.ArgumentParser:
     from ..config import DEFAULT_SUFFIXES
+    from ..utils.repeats import (
+        DEFAULT_REPEAT_METHOD, REPEAT_METHODS, REPEATS_BUDGET_S, REPEATS_MODES,
+    )
 
     parser = _Parser(
         prog="bids_auton2n",
@@ -129,6 +132,25 @@ def _build_parser() -> argparse.ArgumentParser:
                        "shared by all images of the run) before denoising")
     g_den.add_argument("--finetune-budget", type=_positive_float, default=600.0,
                        metavar="SECONDS", help="time budget of --finetune")
+    g_rep = parser.add_argument_group(
+        "Repeated acquisitions",
+        "Images of one subject and session with the same entities but run (or echo) are "
+        "repeats of one image: they are aligned rigidly to the first, the expert is "
+        "fine-tuned on them and the denoised runs are averaged on the first run's grid "
+        "(desc-denoised without the run entity). An implausible alignment falls back to "
+        "denoising each image on its own, with a warning in the report.")
+    g_rep.add_argument("--repeats", choices=REPEATS_MODES, default="auto",
+                       help="auto: combine repeated acquisitions; off: denoise every image on "
+                       "its own")
+    g_rep.add_argument("--repeats-across-sessions", action="store_true",
+                       help="also combine repeats from different sessions (anatomy can change "
+                       "between sessions)")
+    g_rep.add_argument("--repeats-method", choices=REPEAT_METHODS, default=DEFAULT_REPEAT_METHOD,
+                       help="fine-tuning on the aligned runs: consensus Noise2Noise (each run "
+                       "predicts the other) or n2a (Noise2Average: each run maps to the average, "
+                       "iterated)")
+    g_rep.add_argument("--repeats-budget", type=_positive_float, default=REPEATS_BUDGET_S,
+                       metavar="SECONDS", help="fine-tuning time budget per group of repeats")
     g_den.add_argument("--write-noise-map", action="store_true",
                        help="also write the residual (input - denoised) as desc-noise")
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
@@ -205,6 +227,10 @@ def parse_args(args=None) -> None:
     settings.finetune = opts.finetune
     settings.finetune_budget_s = opts.finetune_budget
     settings.write_noise_map = opts.write_noise_map
+    settings.repeats = opts.repeats
+    settings.repeats_across_sessions = opts.repeats_across_sessions
+    settings.repeats_method = opts.repeats_method
+    settings.repeats_budget_s = opts.repeats_budget
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)
 
