@@ -231,3 +231,67 @@ def test_noise2average_iterates_on_the_denoised_average(monkeypatch, scores, bes
     assert result.iterations == 2 and result.best_iteration == best
     assert result.stopped == stopped and result.state_dict is states[best - 1]
     assert [h["consensus_estimate"] for h in result.history] == list(scores)
+
+
+# ----------------------------------------------------------------------------- library path
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    """Fine-tuning bounded by steps, not time: the same weights on any machine."""
+    from dataclasses import replace
+
+    import bids_auton2n.train.repeats as repeats
+
+    monkeypatch.setattr(repeats, "FINETUNE_CONFIG", replace(
+        repeats.FINETUNE_CONFIG, patch_size=16, steps_per_epoch=2, max_epochs=1,
+        val_patches_per_volume=2, device="cpu"))
+
+
+def test_denoise_repeats_combines_the_aligned_runs(test_experts_dir, few_steps, one_torch_thread):
+    from bids_auton2n.denoise.experts import ExpertRegistry
+    from bids_auton2n.denoise.repeats import PAIR_SOURCE_REPEATS, denoise_repeats
+
+    runs, _ = _pair(noise=3.0)
+    result = denoise_repeats(runs, [AFFINE, AFFINE], budget_s=None, tta=False,
+                             registry=ExpertRegistry(test_experts_dir))
+    assert not result.fell_back and result.in_group == [True, True]
+    assert [d.shape for d in result.denoised] == [SHAPE, SHAPE]
+    assert result.combined.shape == SHAPE and np.isfinite(result.combined).all()
+    assert result.alignments[1].plausible and result.alignments[0].rotation_deg == 0
+    # identity experts (test fixture): the combined image is the fused, guarded mean of the
+    # aligned runs, so it is closer to the mean than to either run
+    aligned, covered = resample_to_reference(runs[1], AFFINE, result.alignments[1].matrix,
+                                             SHAPE, AFFINE)
+    inside = head_mask(runs[0]) & covered
+    mean = 0.5 * (runs[0] + aligned)
+    distance = [np.abs(result.combined - x)[inside].mean() for x in (mean, runs[0], aligned)]
+    assert distance[0] < min(distance[1:])
+    record = result.provenance(1)
+    assert record["PairSource"] == PAIR_SOURCE_REPEATS
+    assert record["Repeats"]["RunsCombined"] == 2 and record["Repeats"]["Fallback"] == []
+    assert record["Repeats"]["FineTuning"]["steps"] == 2
+    assert result.combined_provenance()["NoiseEstimate"]["sigma"] < record["NoiseEstimate"]["sigma"]
+    json.dumps(record)  # JSON-able (no NaN, no arrays)
+
+
+def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one_torch_thread):
+    from bids_auton2n.denoise.experts import ExpertRegistry
+    from bids_auton2n.denoise.pipeline import denoise_array
+    from bids_auton2n.denoise.repeats import PAIR_SOURCE_SYNTHETIC, denoise_repeats
+
+    (run1, _), _ = _pair()
+    rng = np.random.default_rng(5)
+    other = np.abs(_phantom(SHAPE, "T2w", rng)[::-1, ::-1] + rng.normal(0, 20, SHAPE))
+    registry = ExpertRegistry(test_experts_dir)
+    result = denoise_repeats([run1, other.astype(np.float32)], [AFFINE, AFFINE], budget_s=None,
+                             tta=False, registry=registry)
+    assert result.fell_back and result.combined is None and result.in_group == [False, False]
+    lines = result.fallback_reasons()
+    assert len(lines) == 1 and lines[0].startswith("run 2: ")
+    # each run got exactly the single-image path
+    np.testing.assert_array_equal(result.denoised[0], denoise_array(
+        run1, tta=False, registry=registry).denoised)
+    for index in (0, 1):
+        record = result.provenance(index)
+        assert record["PairSource"] == PAIR_SOURCE_SYNTHETIC
+        assert record["Repeats"]["RunsCombined"] == 0 and record["Repeats"]["Fallback"] == lines

@@ -1,7 +1,9 @@
 """``bids_auton2n-bench``: compare our denoiser with the tools users would pick instead.
 
 Full run (hours on a laptop CPU): ``python -m bids_auton2n.bench``; CI-sized smoke run:
-``python -m bids_auton2n.bench --quick``. See docs/benchmark.md.
+``python -m bids_auton2n.bench --quick``. Repeated acquisitions: ``bids_auton2n-bench repeats``
+and ``bids_auton2n-bench repeats-align`` (:mod:`bids_auton2n.bench.repeats`). See
+docs/benchmark.md and docs/repeats.md.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("repeats", "repeats-align"):  # repeated acquisitions
+        from . import repeats
+
+        return repeats.main(argv)
     args = parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
     config = BenchmarkConfig(

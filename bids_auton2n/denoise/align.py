@@ -88,6 +88,8 @@ class Alignment:
     reason : str
         Why the alignment is implausible ("" when plausible).
     seconds : float
+    start : str
+        Where the registration started (a key of :data:`STARTS`; "" for the reference).
     """
 
     matrix: np.ndarray
@@ -101,6 +103,7 @@ class Alignment:
     reason: str = ""
     seconds: float = 0.0
     method: str = field(default=METHOD)
+    start: str = ""
 
     def to_dict(self) -> dict:
         """JSON-able record for sidecars and reports."""
@@ -116,6 +119,7 @@ class Alignment:
             "Plausible": bool(self.plausible),
             "Reason": self.reason,
             "Seconds": round(float(self.seconds), 2),
+            "Start": self.start,
         }
 
     @classmethod
@@ -128,7 +132,7 @@ class Alignment:
             correlation=_nan_for_none(record["Correlation"]),
             correlation_header=_nan_for_none(record["CorrelationHeaderOnly"]),
             coverage=record["Coverage"], plausible=record["Plausible"], reason=record["Reason"],
-            seconds=record["Seconds"], method=record["Method"],
+            seconds=record["Seconds"], method=record["Method"], start=record["Start"],
         )
 
     @classmethod
@@ -169,11 +173,17 @@ def working_grid(data: np.ndarray, affine: np.ndarray,
     return averaged, new_affine
 
 
+#: Where ANTs starts from: the images' headers (the identity world map; repeats of one
+#: session are close to it), or ANTs' default, their centres of mass superimposed.
+STARTS = {"headers": "Identity", "centres of mass": None}
+
+
 def register_rigid(reference: np.ndarray, reference_affine: np.ndarray, moving: np.ndarray,
-                   moving_affine: np.ndarray) -> np.ndarray:
+                   moving_affine: np.ndarray, *, start: str = "headers") -> np.ndarray:
     """ANTs rigid registration of ``moving`` to ``reference``; the world map (see module doc).
 
-    Runs on :func:`working_grid` copies, single-threaded with a fixed seed (reproducible).
+    Runs on :func:`working_grid` copies, single-threaded with a fixed seed (reproducible),
+    from ``start`` (a key of :data:`STARTS`).
     """
     import ants
     import nitransforms as nt
@@ -186,7 +196,8 @@ def register_rigid(reference: np.ndarray, reference_affine: np.ndarray, moving: 
     previous_seed = ants.config._random_seed
     ants.config._random_seed = ANTS_SEED  # antspyx passes it as --random-seed
     try:
-        result = ants.registration(fixed, moved, type_of_transform="Rigid")
+        result = ants.registration(fixed, moved, type_of_transform="Rigid",
+                                   initial_transform=STARTS[start])
     finally:
         ants.config._random_seed = previous_seed
     transform_file = result["fwdtransforms"][0]
@@ -318,21 +329,32 @@ def align_run(reference: np.ndarray, reference_affine: np.ndarray, moving: np.nd
               moving_affine: np.ndarray, *, head: np.ndarray) -> Alignment:
     """Register ``moving`` to ``reference`` (:func:`register_rigid`) and check it.
 
-    A registration that raises is reported as an implausible alignment (the header's
-    identity), never as an error: the group then takes the single-image path.
+    The registration starts from the headers; when that alignment is implausible it is
+    repeated from the centres of mass (:data:`STARTS`), and the better correlated of the two
+    is returned. A registration that raises is reported as an implausible alignment (the
+    headers' identity), never as an error: the group then takes the single-image path.
     """
-    start = time.perf_counter()
-    try:
-        matrix = register_rigid(reference, reference_affine, moving, moving_affine)
-    except Exception as exc:  # ANTs raises RuntimeError and others on degenerate input
-        LOGGER.warning("rigid registration failed: %s", exc)
-        return Alignment(matrix=np.eye(4), plausible=False, correlation=float("nan"),
-                         reason=f"registration failed ({type(exc).__name__}: {exc})",
-                         seconds=time.perf_counter() - start)
-    alignment = alignment_check(reference, reference_affine, moving, moving_affine, matrix,
-                                head=head)
-    alignment.seconds = time.perf_counter() - start
-    return alignment
+    start_time = time.perf_counter()
+    best = None
+    for start in STARTS:
+        try:
+            matrix = register_rigid(reference, reference_affine, moving, moving_affine,
+                                    start=start)
+        except Exception as exc:  # ANTs raises RuntimeError and others on degenerate input
+            LOGGER.warning("rigid registration from the %s failed: %s", start, exc)
+            alignment = Alignment(matrix=np.eye(4), plausible=False, correlation=float("nan"),
+                                  reason=f"registration failed ({type(exc).__name__}: {exc})")
+        else:
+            alignment = alignment_check(reference, reference_affine, moving, moving_affine,
+                                        matrix, head=head)
+        alignment.start = start
+        if best is None or (np.nan_to_num(alignment.correlation, nan=-1.0)
+                            > np.nan_to_num(best.correlation, nan=-1.0)):
+            best = alignment
+        if best.plausible:
+            break
+    best.seconds = time.perf_counter() - start_time
+    return best
 
 
 def edge_mask(volume: np.ndarray, affine: np.ndarray, *, head: np.ndarray | None = None,

@@ -3,10 +3,15 @@
 When an image was acquired more than once (``run-1``/``run-2``, echoes), the second noisy
 realization does not have to be synthesized: :func:`denoise_repeats` aligns every run to
 the first (:mod:`.align`), fine-tunes the selected expert on the aligned runs
-(:mod:`bids_auton2n.train.repeats`: consensus Noise2Noise or Noise2Average), denoises every
-run in its own space with the fine-tuned network (then RI-NLM fusion and the do-no-harm
-guard, :func:`~.pipeline.final_image`, as for a single image) and averages the denoised
-runs on the first run's grid: the *combined* image.
+(:mod:`bids_auton2n.train.repeats`: consensus Noise2Noise or Noise2Average) and denoises
+every run in its own space with the fine-tuned network (then RI-NLM fusion and the
+do-no-harm guard, :func:`~.pipeline.final_image`, as for a single image).  The *combined*
+image, on the first run's grid, is the mean of the network's outputs for the runs (the
+papers' output) passed through the same final stage with the mean of the aligned runs as
+the noisy image: RI-NLM then averages the higher-SNR mean, and the guard bounds what was
+removed from it.  On a development object (a real training scan, not the benchmark
+phantom) at 5 % this gave 37.44 dB against 37.27 dB for the plain mean of the final
+per-run images.
 
 A run whose alignment is implausible (:func:`~.align.alignment_check`) is left out of the
 group and denoised on its own (:func:`~.pipeline.denoise_array`); when no run is left
@@ -62,6 +67,8 @@ class RepeatsResult:
     in_group : list of bool
         Whether each run was denoised with the group (False: left out, single path).
     noise : list of NoiseEstimate
+    average_noise : NoiseEstimate or None
+        Noise of the mean of the aligned runs (the combined image's input).
     method : str
         ``"consensus"`` or ``"n2a"``.
     expert : ExpertChoice
@@ -84,6 +91,7 @@ class RepeatsResult:
     in_group: list
     noise: list
     method: str
+    average_noise: NoiseEstimate | None = None
     expert: ExpertChoice | None = None
     expert_sha256: str | None = None
     expert_selection: str = "nearest"
@@ -130,8 +138,8 @@ class RepeatsResult:
                 "ExpertSelection": self.expert_selection, "Repeats": self.repeats_record()}
 
     def combined_provenance(self) -> dict:
-        """Sidecar record of the combined image (noise: that of the reference run)."""
-        return {**self._group_provenance(self.noise[0]), "PairSource": PAIR_SOURCE_REPEATS,
+        """Sidecar record of the combined image (noise: that of the mean of the runs)."""
+        return {**self._group_provenance(self.average_noise), "PairSource": PAIR_SOURCE_REPEATS,
                 "ExpertSelection": self.expert_selection, "Repeats": self.repeats_record()}
 
     def _group_provenance(self, noise: NoiseEstimate) -> dict:
@@ -178,6 +186,7 @@ def denoise_repeats(
     contrast: str = "T1w",
     method: str = DEFAULT_REPEAT_METHOD,
     budget_s: float | None = REPEATS_BUDGET_S,
+    max_steps: int | None = None,
     iterations: int = N2A_ITERATIONS,
     alignments: list[Alignment] | None = None,
     noise_level: float | None = None,
@@ -204,6 +213,9 @@ def denoise_repeats(
         Consensus Noise2Noise or Noise2Average fine-tuning.
     budget_s : float or None
         Wall-clock budget of the fine-tuning (``None``: no limit).
+    max_steps : int, optional
+        Adam steps of the fine-tuning (a bound that, unlike the time budget, does not
+        depend on the machine's speed).
     iterations : int
         Most Noise2Average iterations (they stop earlier when they no longer help).
     alignments : list of Alignment, optional
@@ -231,12 +243,13 @@ def denoise_repeats(
                                                                        progress=progress)
     return denoise_aligned_runs(
         runs, affines, alignments, contrast=contrast, method=method, budget_s=budget_s,
-        iterations=iterations, noise_level=noise_level, expert=expert, tta=tta,
+        max_steps=max_steps, iterations=iterations, noise_level=noise_level, expert=expert, tta=tta,
         fusion=fusion, guard=guard, device=device, rician=rician, registry=registry,
         seed=seed, progress=progress)
 
 
-def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_s, iterations,
+def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_s, max_steps,
+                         iterations,
                          noise_level, expert, tta, fusion, guard, device, rician, registry,
                          seed, progress) -> RepeatsResult:
     """:func:`denoise_repeats` once the runs are aligned (same parameters)."""
@@ -315,7 +328,8 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
     with _stage("finetune", timings, progress):
         if method == "consensus":
             trained = finetune_consensus(units, train_mask, init_state=start_model.state_dict(),
-                                         budget_s=budget_s, seed=seed, progress=progress)
+                                         budget_s=budget_s, max_steps=max_steps, seed=seed,
+                                         progress=progress)
             state = trained.state_dict
             summary = {key: value for key, value in trained.summary().items()
                        if key != "history"}
@@ -325,18 +339,20 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
             trained = finetune_noise2average(units, train_mask,
                                              init_state=start_model.state_dict(),
                                              predict=predict, budget_s=budget_s,
-                                             iterations=iterations, seed=seed,
-                                             progress=progress)
+                                             max_steps=max_steps, iterations=iterations,
+                                             seed=seed, progress=progress)
             state = trained.state_dict
             summary = trained.summary()
     summary["budget_s"] = budget_s
+    summary["max_steps"] = max_steps
     summary["noise_source"] = "estimated" if noise_level is None else "user"
     result.training = summary
     result.state_dict = state
     model = _network_model(state, torch_device)
 
-    # Every run of the group denoised in its own space with the fine-tuned network.
-    final_on_reference = []
+    # Every run of the group denoised in its own space with the fine-tuned network; the
+    # network's outputs also go onto the reference grid, for the combined image.
+    cnn_on_reference = []
     for position, index in enumerate(members):
         normalizer = normalizers[position]
         with _stage("cnn", timings, progress):
@@ -346,20 +362,31 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
         denoised = final_image(finite[index], cnn, noises[index].sigma, fusion=fusion,
                                guard=guard, rician=rician, timings=timings, progress=progress)
         result.denoised[index] = restore_nonfinite(denoised, runs[index], nonfinite[index])
-        if index == 0:
-            final_on_reference.append(denoised)
-        else:
+        if index != 0:
             with _stage("resample", timings, progress):
-                final_on_reference.append(resample_to_reference(
-                    denoised, affines[index], alignments[index].matrix, reference_shape,
-                    reference_affine)[0])
-    # In the reference's units: each run's intensities rescaled by the ratio of the
-    # reference tissue intensities.
+                cnn = resample_to_reference(cnn, affines[index], alignments[index].matrix,
+                                            reference_shape, reference_affine)[0]
+        cnn_on_reference.append(cnn)
+    # The combined image: the final stage (RI-NLM fusion, guard) of the single-image path
+    # applied to the mean of the aligned runs, guided by the mean of the network's outputs,
+    # with the noise of that mean; all in the reference's units (each run rescaled by the
+    # ratio of the reference tissue intensities).
     scales = [noises[0].reference_intensity / noises[index].reference_intensity
               for index in members]
-    stack = np.stack([scale * image for scale, image in zip(scales, final_on_reference)])
-    weights = np.stack(coverage).astype(np.float32)
-    combined = (stack * weights).sum(axis=0) / weights.sum(axis=0)
+    average = coverage_mean([s * a for s, a in zip(scales, aligned)], coverage)
+    guide = coverage_mean([s * c for s, c in zip(scales, cnn_on_reference)], coverage)
+    result.average_noise = estimate_array_noise(average, contrast=contrast, mask=heads[0],
+                                                timings=timings, progress=progress)
+    combined = final_image(average, guide, result.average_noise.sigma, fusion=fusion,
+                           guard=guard, rician=rician, timings=timings, progress=progress)
     result.combined = restore_nonfinite(combined, runs[0], nonfinite[0])
     timings["total"] = time.perf_counter() - start
     return result
+
+
+def coverage_mean(images: list[np.ndarray], coverage: list[np.ndarray]) -> np.ndarray:
+    """Voxel-wise mean of ``images`` over those whose ``coverage`` includes the voxel (the
+    first image, the reference, covers its whole grid)."""
+    stack = np.stack([np.asarray(image, np.float32) for image in images])
+    weights = np.stack(coverage).astype(np.float32)
+    return ((stack * weights).sum(axis=0) / np.maximum(weights.sum(axis=0), 1.0)).astype(np.float32)

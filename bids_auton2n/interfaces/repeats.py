@@ -236,11 +236,11 @@ def _description(run: dict, grouped: bool, n_runs: int) -> str:
         return ("Denoised on its own with Auto-N2N (synthetic pairs), not combined with the "
                 "other runs of this image: " + "; ".join(run["Repeats"]["Fallback"]) + ".")
     method = run["Repeats"]["Method"]
-    return (f"Denoised with Auto-N2N, the expert fine-tuned by {method} on the "
+    return (f"Denoised with Auto-N2N, its expert fine-tuned by {method} on the "
             f"{run['Repeats']['RunsCombined']} aligned repeated acquisitions of this image "
-            f"(of {n_runs})"
-            + (", flip test-time augmentation" if run["TestTimeAugmentation"] else "")
-            + (", fused with RI-NLM" if run["RINLMFusion"] else "") + ").")
+            f"({n_runs} runs in all)"
+            + ("; flip test-time augmentation" if run["TestTimeAugmentation"] else "")
+            + ("; fused with RI-NLM" if run["RINLMFusion"] else "") + ".")
 
 
 class _OptionalBeforeAfterInputSpec(BaseInterfaceInputSpec):
@@ -313,9 +313,9 @@ class RepeatsSummary(SimpleInterface):
             training = repeats["FineTuning"]
             path = (f"<p><strong>Path:</strong> repeats &mdash; {escape(repeats['Method'])} "
                     f"fine-tuning of the {repeats['StartExpert']['NoiseLevelPercent']:g} % expert "
-                    f"on {repeats['RunsCombined']} aligned runs "
-                    f"({escape(json.dumps(_training_line(training)))}); the combined image is the "
-                    "mean of the denoised runs on the grid of the first.</p>")
+                    f"on {repeats['RunsCombined']} aligned runs ({escape(_training_line(training))});"
+                    " the combined image is the mean of the denoised runs on the grid of the "
+                    "first.</p>")
         else:
             path = ("<p><strong>Path:</strong> single-image denoising of every run "
                     "(no combined image).</p>")
@@ -333,6 +333,14 @@ class RepeatsSummary(SimpleInterface):
         return runtime
 
 
-def _training_line(training: dict) -> dict:
-    keys = ("epochs", "steps", "iterations", "stopped", "train_seconds", "best_epoch")
-    return {key: training[key] for key in keys if key in training}
+def _training_line(training: dict) -> str:
+    """What the fine-tuning did, in words."""
+    stopped = training["stopped"].replace("_", " ")
+    if "iterations" in training:  # Noise2Average
+        return (f"{training['iterations']} iteration(s) run, iteration "
+                f"{training['best_iteration']} kept, {training['train_seconds']:.0f} s, "
+                f"stopped: {stopped}")
+    estimate = training["consensus_estimate"]
+    return (f"{training['steps']} steps in {training['train_seconds']:.0f} s, stopped: {stopped}; "
+            f"consensus estimate of the squared error {estimate['start']:.3g} with the expert, "
+            f"{estimate['best']:.3g} after")

@@ -52,7 +52,8 @@ LOGGER = logging.getLogger("bids_auton2n.train")
 #: than this fraction of it.
 N2A_TOLERANCE = 1e-3
 #: Settings of repeats fine-tuning other than the loss, level and budget.
-FINETUNE_CONFIG = TrainConfig(level=0.0, lr=1e-4, steps_per_epoch=20, patience=4,
+#: Two pairs per step: the consensus loss runs the network on both runs of a pair.
+FINETUNE_CONFIG = TrainConfig(level=0.0, lr=1e-4, batch_size=2, steps_per_epoch=20, patience=4,
                               val_patches_per_volume=8)
 
 
@@ -83,21 +84,24 @@ def consensus_estimate(model, validation: dict, device, batch_size: int) -> floa
     return evaluate(model, validation, get_loss("consensus"), device, batch_size)["val_loss"]
 
 
-def _config(config: TrainConfig | None, loss: str, budget_s: float | None, seed: int) -> TrainConfig:
+def _config(config: TrainConfig | None, loss: str, budget_s: float | None, seed: int,
+            max_steps: int | None = None) -> TrainConfig:
     return replace(config or FINETUNE_CONFIG, level=0.0, loss=loss, time_budget_s=budget_s,
-                   seed=seed)
+                   seed=seed, max_steps=max_steps)
 
 
 def finetune_consensus(runs: list[np.ndarray], mask: np.ndarray, *, init_state: dict,
-                       budget_s: float | None, config: TrainConfig | None = None, seed: int = 0,
+                       budget_s: float | None, max_steps: int | None = None,
+                       config: TrainConfig | None = None, seed: int = 0,
                        progress: bool = False) -> TrainResult:
     """Consensus Noise2Noise fine-tuning of ``init_state`` on aligned ``runs`` (network units).
 
+    ``budget_s`` (seconds) and ``max_steps`` (Adam steps) bound it; ``None``: no bound.
     Returns the :class:`TrainResult` of :func:`train_expert` (weights of the epoch with the
     lowest consensus estimate, epoch 0 being the starting expert).
     """
     sampler = PatchSampler(run_pairs(runs, mask), (config or FINETUNE_CONFIG).patch_size)
-    return train_expert(sampler, _config(config, "consensus", budget_s, seed),
+    return train_expert(sampler, _config(config, "consensus", budget_s, seed, max_steps),
                         init_state=init_state, progress=progress)
 
 
@@ -121,19 +125,19 @@ class Noise2AverageResult:
 
 def noise2average_targets(outputs: list[np.ndarray], coverage: list[np.ndarray] | None = None
                           ) -> np.ndarray:
-    """Mean of the runs (or of their denoised versions), where each run covers the grid."""
-    stack = np.stack([np.asarray(o, np.float32) for o in outputs])
+    """Mean of the runs (or of their denoised versions) where each covers the grid
+    (:func:`~bids_auton2n.denoise.repeats.coverage_mean`; all of it by default)."""
+    from ..denoise.repeats import coverage_mean
+
     if coverage is None:
-        return stack.mean(axis=0)
-    weights = np.stack([np.asarray(c, np.float32) for c in coverage])
-    total = weights.sum(axis=0)
-    return np.where(total > 0, (stack * weights).sum(axis=0) / np.maximum(total, 1), stack[0])
+        coverage = [np.ones(np.shape(outputs[0]), bool)] * len(outputs)
+    return coverage_mean(outputs, coverage)
 
 
 def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_state: dict,
                            predict, budget_s: float | None, iterations: int,
-                           config: TrainConfig | None = None, seed: int = 0,
-                           progress: bool = False) -> Noise2AverageResult:
+                           max_steps: int | None = None, config: TrainConfig | None = None,
+                           seed: int = 0, progress: bool = False) -> Noise2AverageResult:
     """Noise2Average fine-tuning of ``init_state`` on aligned ``runs`` (network units).
 
     Parameters
@@ -151,6 +155,8 @@ def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_sta
         Wall-clock budget of all iterations (training and predictions).
     iterations : int
         Most iterations; fewer when the consensus estimate stops falling.
+    max_steps : int, optional
+        Adam steps of all iterations together (each gets an equal share).
     config : TrainConfig, optional
         Settings other than loss, level and budget (default :data:`FINETUNE_CONFIG`).
 
@@ -183,8 +189,9 @@ def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_sta
         share = None if left is None else left / (iterations - iteration + 1)
         volumes = [replace(volume, pair=target) for volume in
                    run_pairs(runs, mask, pairs=[(i, 0) for i in range(len(runs))])]
+        steps = None if max_steps is None else max(1, max_steps // iterations)
         result = train_expert(PatchSampler(volumes, config.patch_size),
-                              _config(config, "l2", share, seed + iteration),
+                              _config(config, "l2", share, seed + iteration, steps),
                               init_state=state, progress=progress)
         state = result.state_dict
         model = ResidualDenoiser3D()

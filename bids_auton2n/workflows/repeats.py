@@ -83,6 +83,7 @@ def init_repeats_wf(
         HTML fragment: path taken, alignment figures, fine-tuning, warnings.
     """
     from nireports.interfaces.mosaic import PlotMosaic
+    from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
 
     if len(anat_files) < 2:
         raise ValueError(f"a repeat group has two or more runs, got {anat_files}")
@@ -123,7 +124,8 @@ def init_repeats_wf(
         name="combined_vs_run_report")
     summary = pe.Node(RepeatsSummary(in_files=anat_files), name="repeats_summary")
     run_report = pe.MapNode(
-        OptionalBeforeAfter(before_label="noisy", after_label="denoised"),
+        SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
+                             dismiss_affine=False, generate_report=True),
         iterfield=["before", "after"], name="before_after")
     run_report.inputs.before = anat_files
     residual = pe.MapNode(
@@ -146,14 +148,14 @@ def init_repeats_wf(
         (first_denoised, combined_vs_run, [("out", "before")]),
         (denoise, combined_vs_run, [("combined_file", "after")]),
         (provenance, summary, [("out_json", "provenance_json")]),
-        (denoise, run_report, [(("out_files", _as_lists), "after")]),
+        (denoise, run_report, [("out_files", "after")]),
         (denoise, residual, [("noise_images", "in_file")]),
         (provenance, run_summary, [("run_jsons", "provenance_json")]),
         (denoise, outputnode, [("out_files", "out_files"), ("noise_images", "noise_images"),
                                ("combined_file", "combined_file")]),
         (provenance, outputnode, [("metadata", "metadata"),
                                   ("combined_metadata", "combined_metadata")]),
-        (run_report, outputnode, [(("out_report", _flatten), "out_reports")]),
+        (run_report, outputnode, [("out_report", "out_reports")]),
         (residual, outputnode, [("out_file", "residual_reports")]),
         (run_summary, outputnode, [("out_report", "summary_reports")]),
         (alignment_report, outputnode, [("out_report", "alignment_report")]),
@@ -163,10 +165,3 @@ def init_repeats_wf(
     ])  # fmt:skip
     return workflow
 
-
-def _as_lists(files):
-    return [[f] for f in files]
-
-
-def _flatten(nested):
-    return [item for items in nested for item in items]
