@@ -123,7 +123,7 @@ def test_unrelated_images_are_an_implausible_alignment():
     (run1, _), _ = _pair()
     rng = np.random.default_rng(5)
     other = _phantom(SHAPE, "T2w", rng)[::-1, ::-1].copy()  # another image, upside down
-    other = np.abs(other + rng.normal(0, 20, SHAPE)).astype(np.float32)
+    other = np.abs(other + rng.normal(0, 3, SHAPE)).astype(np.float32)
     alignment = align_run(run1, AFFINE, other, AFFINE, head=head_mask(run1))
     assert not alignment.plausible
     assert "correlation" in alignment.reason or "rotation" in alignment.reason
@@ -252,14 +252,14 @@ def test_denoise_repeats_combines_the_aligned_runs(test_experts_dir, few_steps, 
     from bids_auton2n.denoise.repeats import PAIR_SOURCE_REPEATS, denoise_repeats
 
     runs, _ = _pair(noise=3.0)
-    result = denoise_repeats(runs, [AFFINE, AFFINE], budget_s=None, tta=False,
+    result = denoise_repeats(runs, [AFFINE, AFFINE], budget_s=None, tta=False, fusion=False,
                              registry=ExpertRegistry(test_experts_dir))
     assert not result.fell_back and result.in_group == [True, True]
     assert [d.shape for d in result.denoised] == [SHAPE, SHAPE]
     assert result.combined.shape == SHAPE and np.isfinite(result.combined).all()
     assert result.alignments[1].plausible and result.alignments[0].rotation_deg == 0
-    # identity experts (test fixture): the combined image is the fused, guarded mean of the
-    # aligned runs, so it is closer to the mean than to either run
+    # identity experts (test fixture), no fusion: the combined image is the guarded mean of
+    # the aligned runs, so it is closer to that mean than to either run
     aligned, covered = resample_to_reference(runs[1], AFFINE, result.alignments[1].matrix,
                                              SHAPE, AFFINE)
     inside = head_mask(runs[0]) & covered
@@ -281,16 +281,16 @@ def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one
 
     (run1, _), _ = _pair()
     rng = np.random.default_rng(5)
-    other = np.abs(_phantom(SHAPE, "T2w", rng)[::-1, ::-1] + rng.normal(0, 20, SHAPE))
+    other = np.abs(_phantom(SHAPE, "T2w", rng)[::-1, ::-1] + rng.normal(0, 3, SHAPE))
     registry = ExpertRegistry(test_experts_dir)
     result = denoise_repeats([run1, other.astype(np.float32)], [AFFINE, AFFINE], budget_s=None,
-                             tta=False, registry=registry)
+                             tta=False, fusion=False, registry=registry)
     assert result.fell_back and result.combined is None and result.in_group == [False, False]
     lines = result.fallback_reasons()
     assert len(lines) == 1 and lines[0].startswith("run 2: ")
     # each run got exactly the single-image path
     np.testing.assert_array_equal(result.denoised[0], denoise_array(
-        run1, tta=False, registry=registry).denoised)
+        run1, tta=False, fusion=False, registry=registry).denoised)
     for index in (0, 1):
         record = result.provenance(index)
         assert record["PairSource"] == PAIR_SOURCE_SYNTHETIC

@@ -59,6 +59,9 @@ def init_repeats_wf(
 
     Inputs
     ------
+    in_files
+        The runs (``anat_files``; given through the input node so that the workflow can be
+        built before the files exist, as the single-image workflow's ``in_file``).
     experts_dir
         Expert registry (left undefined: shipped experts; with ``--finetune`` the
         dataset's fine-tuned registry).
@@ -88,19 +91,22 @@ def init_repeats_wf(
     if len(anat_files) < 2:
         raise ValueError(f"a repeat group has two or more runs, got {anat_files}")
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["experts_dir", "source_metadata"]),
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_files", "experts_dir",
+                                                            "source_metadata"]),
                         name="inputnode")
+    inputnode.inputs.in_files = list(anat_files)
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "out_files", "noise_images", "metadata", "combined_file", "combined_metadata",
         "out_reports", "residual_reports", "summary_reports", "alignment_report",
         "combined_report", "combined_vs_run_report", "repeats_summary",
     ]), name="outputnode")
 
-    align = pe.Node(AlignRuns(in_files=anat_files), name="align_runs")
+    align = pe.Node(AlignRuns(), name="align_runs")
+    first_run = pe.Node(niu.Select(index=0), name="first_run")
     ds_transforms_wf = init_ds_transforms_wf(output_dir=output_dir, anat_files=anat_files,
                                              contrast=contrast)
     denoise = pe.Node(
-        DenoiseRepeats(in_files=anat_files, contrast=contrast, method=method, budget_s=budget_s,
+        DenoiseRepeats(contrast=contrast, method=method, budget_s=budget_s,
                        tta=tta, fusion=fusion, guard=guard, device=device,
                        omp_nthreads=omp_nthreads),
         name="denoise_repeats", n_procs=omp_nthreads)
@@ -108,26 +114,25 @@ def init_repeats_wf(
         denoise.inputs.noise_level = noise_level
     if expert is not None:
         denoise.inputs.expert = expert
-    provenance = pe.Node(RepeatsProvenance(in_files=anat_files, bids_dir=bids_dir,
+    provenance = pe.Node(RepeatsProvenance(bids_dir=bids_dir,
                                            output_dir=output_dir, finetuned=finetune),
                          name="provenance")
     alignment_report = pe.Node(
-        OptionalBeforeAfter(before=anat_files[0], before_label="run 1",
+        OptionalBeforeAfter(before_label="run 1",
                             after_label="run 2 aligned"),
         name="alignment_report")
     combined_report = pe.Node(
-        OptionalBeforeAfter(before=anat_files[0], before_label="run 1 noisy",
+        OptionalBeforeAfter(before_label="run 1 noisy",
                             after_label="combined"),
         name="combined_report")
     combined_vs_run = pe.Node(
         OptionalBeforeAfter(before_label="run 1 denoised alone", after_label="combined"),
         name="combined_vs_run_report")
-    summary = pe.Node(RepeatsSummary(in_files=anat_files), name="repeats_summary")
+    summary = pe.Node(RepeatsSummary(), name="repeats_summary")
     run_report = pe.MapNode(
         SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
                              dismiss_affine=False, generate_report=True),
         iterfield=["before", "after"], name="before_after")
-    run_report.inputs.before = anat_files
     residual = pe.MapNode(
         PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
                    cmap="Greys_r", out_file="residual.svg"),
@@ -136,7 +141,14 @@ def init_repeats_wf(
     first_denoised = pe.Node(niu.Select(index=0), name="first_denoised")
 
     workflow.connect([
-        (inputnode, denoise, [("experts_dir", "experts_dir")]),
+        (inputnode, align, [("in_files", "in_files")]),
+        (inputnode, denoise, [("in_files", "in_files"), ("experts_dir", "experts_dir")]),
+        (inputnode, provenance, [("in_files", "in_files")]),
+        (inputnode, summary, [("in_files", "in_files")]),
+        (inputnode, run_report, [("in_files", "before")]),
+        (inputnode, first_run, [("in_files", "inlist")]),
+        (first_run, alignment_report, [("out", "before")]),
+        (first_run, combined_report, [("out", "before")]),
         (inputnode, provenance, [("source_metadata", "source_metadata")]),
         (align, denoise, [("out_json", "alignments_json")]),
         (align, ds_transforms_wf, [("transforms", "inputnode.transforms")]),
