@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nb
 import numpy as np
 import pytest
 import torch
 
-from bids_auton2n.cli.demo import _moved, _phantom
+from bids_auton2n.cli.demo import _moved, template_head
 from bids_auton2n.denoise.align import (
     MAX_ROTATION_DEG, Alignment, align_run, alignment_check, read_transform,
     resample_to_reference, rotation_angle_deg, working_grid, write_transform,
 )
 from bids_auton2n.denoise.losses import apply_loss, consensus_loss, get_loss
 from bids_auton2n.denoise.noise import head_mask
-from bids_auton2n.train.data import PatchSampler
 from bids_auton2n.train.repeats import (
-    consensus_estimate, finetune_noise2average, noise2average_targets, run_pairs,
+    finetune_noise2average, noise2average_targets,
 )
 from bids_auton2n.utils.repeats import group_repeats
 
-SHAPE = (40, 48, 40)
+SHAPE = (41, 50, 41)  # the demo's ICBM152 head at 4 mm (on a 1.2 mm grid here: a small head)
 AFFINE = np.diag([1.2, 1.2, 1.2, 1.0])
 AFFINE[:3, 3] = -0.6 * np.asarray(SHAPE)
+
+
+def _phantom(contrast: str) -> np.ndarray:
+    """Clean head, reference tissue (WM for T1w, CSF for T2w) at 100."""
+    clean, reference = template_head(contrast, 4.0)
+    assert clean.shape == SHAPE
+    return clean * (100.0 / reference)
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -68,7 +73,7 @@ def test_image_without_the_varying_entity_is_not_grouped():
 
 def _pair(motion_times=1, seed=0, noise=2.0):
     rng = np.random.default_rng(seed)
-    clean = _phantom(SHAPE, "T1w", rng)
+    clean = _phantom("T1w")
     runs = [clean, _moved(clean, AFFINE, motion_times)]
     return [np.abs(r + rng.normal(0, noise, SHAPE)).astype(np.float32) for r in runs], clean
 
@@ -122,7 +127,7 @@ def test_rigid_alignment_recovers_the_motion_and_resamples(tmp_path):
 def test_unrelated_images_are_an_implausible_alignment():
     (run1, _), _ = _pair()
     rng = np.random.default_rng(5)
-    other = _phantom(SHAPE, "T2w", rng)[::-1, ::-1].copy()  # another image, upside down
+    other = _phantom("T2w")[::-1, ::-1].copy()  # another image, upside down
     other = np.abs(other + rng.normal(0, 3, SHAPE)).astype(np.float32)
     alignment = align_run(run1, AFFINE, other, AFFINE, head=head_mask(run1))
     assert not alignment.plausible
@@ -252,13 +257,13 @@ def test_denoise_repeats_combines_the_aligned_runs(test_experts_dir, few_steps, 
     from bids_auton2n.denoise.repeats import PAIR_SOURCE_REPEATS, denoise_repeats
 
     runs, _ = _pair(noise=3.0)
-    result = denoise_repeats(runs, [AFFINE, AFFINE], budget_s=None, tta=False, fusion=False,
+    result = denoise_repeats(runs, [AFFINE, AFFINE], budget_s=None, tta=False, fusion=False, wiener=False,
                              registry=ExpertRegistry(test_experts_dir))
     assert not result.fell_back and result.in_group == [True, True]
     assert [d.shape for d in result.denoised] == [SHAPE, SHAPE]
     assert result.combined.shape == SHAPE and np.isfinite(result.combined).all()
     assert result.alignments[1].plausible and result.alignments[0].rotation_deg == 0
-    # identity experts (test fixture), no fusion: the combined image is the guarded mean of
+    # identity experts (test fixture), no fusion, no Wiener stage: the combined image is the guarded mean of
     # the aligned runs, so it is closer to that mean than to either run
     aligned, covered = resample_to_reference(runs[1], AFFINE, result.alignments[1].matrix,
                                              SHAPE, AFFINE)
@@ -270,7 +275,7 @@ def test_denoise_repeats_combines_the_aligned_runs(test_experts_dir, few_steps, 
     assert record["PairSource"] == PAIR_SOURCE_REPEATS
     assert record["Repeats"]["RunsCombined"] == 2 and record["Repeats"]["Fallback"] == []
     assert record["Repeats"]["FineTuning"]["steps"] == 2
-    assert result.combined_provenance()["NoiseEstimate"]["sigma"] < record["NoiseEstimate"]["sigma"]
+    assert result.combined_provenance()["NoiseEstimate"]["Sigma"] < record["NoiseEstimate"]["Sigma"]
     json.dumps(record)  # JSON-able (no NaN, no arrays)
 
 
@@ -281,7 +286,7 @@ def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one
 
     (run1, _), _ = _pair()
     rng = np.random.default_rng(5)
-    other = np.abs(_phantom(SHAPE, "T2w", rng)[::-1, ::-1] + rng.normal(0, 3, SHAPE))
+    other = np.abs(_phantom("T2w")[::-1, ::-1] + rng.normal(0, 3, SHAPE))
     registry = ExpertRegistry(test_experts_dir)
     result = denoise_repeats([run1, other.astype(np.float32)], [AFFINE, AFFINE], budget_s=None,
                              tta=False, fusion=False, registry=registry)

@@ -105,7 +105,7 @@ def test_interfaces_compute_the_library_images(pair_files, tmp_path, test_expert
     import bids_auton2n.train.repeats as train_repeats
     from bids_auton2n.denoise.align import Alignment
     from bids_auton2n.denoise.experts import ExpertRegistry
-    from bids_auton2n.denoise.pipeline import read_volume
+    from bids_auton2n.utils.io import read_volume
     from bids_auton2n.denoise.repeats import denoise_repeats
     from bids_auton2n.interfaces.repeats import AlignRuns, DenoiseRepeats
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from bids_auton2n.cli.train import main as train_main
 from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file, write_manifest_entry
 from bids_auton2n.denoise.network import ResidualDenoiser3D
-from bids_auton2n.denoise.pipeline import InputImageError
+from bids_auton2n.utils.io import InputImageError
 from bids_auton2n.train import curriculum
 from bids_auton2n.train.curriculum import (
     eligible_volumes,
@@ -26,6 +25,7 @@ from bids_auton2n.train.data import (
     added_noise_std,
     parse_volume_spec,
     prepare_volume,
+    preprocess_scan,
     volume_from_arrays,
 )
 from bids_auton2n.train.trainer import TrainConfig, train_expert
@@ -165,12 +165,45 @@ def test_checkpoint_grown_from_other_starting_weights_is_refused(tmp_path):
                      checkpoint=checkpoint, progress=False)
 
 
+class StepClock:
+    """A clock that only moves when told: ``seconds_per_batch`` per training batch drawn
+    (wrap a sampler with :meth:`sampler`), so budgets are tested in steps, not in this
+    machine's speed."""
+
+    def __init__(self, seconds_per_batch: float = 1.0):
+        self.now = 0.0
+        self.seconds_per_batch = seconds_per_batch
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sampler(self, sampler):
+        draw = sampler.training_batch
+
+        def timed(*args, **kwargs):
+            self.now += self.seconds_per_batch
+            return draw(*args, **kwargs)
+
+        sampler.training_batch = timed
+        return sampler
+
+
 def test_time_budget_stops_training():
-    start = time.perf_counter()
-    result = train_expert(PatchSampler([toy_volume()], 12),
-                          tiny_config(max_epochs=10_000, time_budget_s=1.0), progress=False)
+    clock = StepClock(seconds_per_batch=0.25)
+    sampler = clock.sampler(PatchSampler([toy_volume()], 12))
+    result = train_expert(sampler, tiny_config(max_epochs=10_000, time_budget_s=1.0),
+                          progress=False, clock=clock)
     assert result.stopped == "time_budget"
-    assert time.perf_counter() - start < 8.0
+    assert result.steps == 4  # 4 batches of 0.25 s fill the 1 s budget
+
+
+def test_deadline_counts_what_came_before_training():
+    clock = StepClock()
+    clock.now = 10.0
+    sampler = clock.sampler(PatchSampler([toy_volume()], 12))
+    result = train_expert(sampler, tiny_config(max_epochs=10_000), progress=False,
+                          deadline=13.0, clock=clock)
+    assert result.stopped == "time_budget" and result.steps == 3
 
 
 def test_curriculum_initialises_each_level_from_the_previous(tmp_path, monkeypatch):
@@ -192,6 +225,16 @@ def test_curriculum_initialises_each_level_from_the_previous(tmp_path, monkeypat
     assert same_weights(calls[1][1], calls[0][2])
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["initialised_from"] for e in manifest["experts"]] == [None, 1.0]
+
+
+def test_curriculum_step_budget_is_shared_like_the_time(tmp_path):
+    """2:1:1 shares of 12 steps: 6, then 3 of the 6 left, then the last 3."""
+    results = train_curriculum([toy_volume()], out_dir=tmp_path / "experts",
+                               work_dir=tmp_path / "work", levels=(1, 3, 5), total_steps=12,
+                               base_config=tiny_config(max_epochs=100, patience=100),
+                               command="test", progress=False)
+    assert [r.steps for r in results] == [6, 3, 3]
+    assert all(r.stopped == "max_steps" for r in results)
 
 
 def test_manifest_records_hashes_and_provenance(tmp_path):
@@ -249,25 +292,56 @@ def work_dir_with_pairs(tmp_path, pairs):
     return work
 
 
-def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset):
+def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset, monkeypatch):
+    """The budget covers all of fine-tuning: preparing the bases (here 1.5 s per scan on an
+    injected clock) and training (1 s per Adam step)."""
     files, start, pairs = dataset
-    budget = 4.0
-    began = time.perf_counter()
-    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=budget, registry=start,
+    clock = StepClock()
+    real_load, real_sampler = curriculum.load_volumes, curriculum.PatchSampler
+
+    def timed_load(*args, **kwargs):
+        clock.now += 1.5
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(curriculum, "load_volumes", timed_load)
+    monkeypatch.setattr(curriculum, "PatchSampler",
+                        lambda *a, **k: clock.sampler(real_sampler(*a, **k)))
+    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=5.0, registry=start,
                    work_dir=work_dir_with_pairs(tmp_path, pairs),
                    config=tiny_config(level=0.0, max_epochs=10_000), command="test",
-                   progress=False)
-    assert time.perf_counter() - began < budget + 4.0
+                   progress=False, clock=clock)
     registry = ExpertRegistry(out)
     assert registry.levels == [3.0]
     entry = registry.entry(3.0)
     assert entry["stopped"] == "time_budget"
+    assert entry["steps"] == 2  # 5 s: 2 x 1.5 s of preparation, then 2 steps of 1 s
+    assert entry["total_seconds"] == 5.0
     assert entry["finetuned_from"]["sha256"] == start.sha256(3.0)
     assert [d["file"] for d in entry["training_data"]] == [f.name for f in files]
     # Default recipe: pairs of the denoised scans, noise added up to the expert's level.
     assert entry["finetune_recipe"]["base"] == "denoised"
     assert entry["settings"]["level"] == 3.0
     registry.load(3.0)
+
+
+def test_finetune_stops_preparing_scans_when_the_budget_is_spent(tmp_path, dataset,
+                                                                  monkeypatch):
+    files, start, pairs = dataset
+    clock = StepClock()
+    real_load = curriculum.load_volumes
+
+    def timed_load(*args, **kwargs):
+        clock.now += 4.0
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(curriculum, "load_volumes", timed_load)
+    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=3.0, registry=start,
+                   work_dir=work_dir_with_pairs(tmp_path, pairs),
+                   config=tiny_config(level=0.0, max_epochs=10_000), command="test",
+                   progress=False, clock=clock)
+    entry = ExpertRegistry(out).entry(3.0)
+    assert [d["file"] for d in entry["training_data"]] == [files[0].name]
+    assert entry["steps"] == 0 and entry["stopped"] == "time_budget"
 
 
 def test_finetune_epoch_budget(tmp_path, dataset):
@@ -324,8 +398,9 @@ def test_finetune_on_denoised_base_pairs_the_denoised_scan_and_records_it(tmp_pa
     assert record["scan_noise_percent"] == pytest.approx(denoised[0].noise.percent, abs=1e-3)
     assert record["intrinsic_noise_percent"] < record["scan_noise_percent"]
     # Rerun: the denoised base and its pairs come from the cache.
+    # (The noise estimates build no whole pair: pairs.pair_values_at, where they read.)
     load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
-    assert len(denoised) == 1 and len(paired) == 3
+    assert len(denoised) == 1 and len(paired) == 1
     # A recalibrated estimator runs the experts at another noise level: a new base.
     from bids_auton2n.denoise import noise as noise_module
     calibration = noise_module.load_calibration()
@@ -355,3 +430,37 @@ def test_curriculum_command_trains_on_denoised_bases_when_asked(tmp_path, datase
             assert records[0]["denoised_with"]["experts_sha256"] == {"3": start.sha256(3.0)}
         else:  # the curriculum's default recipe trains on the scans themselves
             assert all("base" not in r for r in records)
+
+
+def test_inplane_averaging_returns_the_native_grid_and_decorrelates_interpolated_noise():
+    rng = np.random.default_rng(0)
+    native = rng.standard_normal((6, 20, 30)).astype(np.float32)
+    # Reconstructed at twice the in-plane resolution: each native voxel repeated 2x2.
+    interpolated = np.repeat(np.repeat(native, 2, axis=1), 2, axis=2)
+    interpolated = np.pad(interpolated, ((0, 0), (0, 1), (0, 0)))  # an odd edge is dropped
+    averaged = preprocess_scan(interpolated, (1.0, 0.5, 0.5), "average-inplane-2x2")
+    np.testing.assert_allclose(averaged, native, atol=1e-6)
+    assert preprocess_scan(native, (1.0, 1.0, 1.0), "none") is native
+    with pytest.raises(ValueError, match="half"):
+        preprocess_scan(native, (1.0, 1.0, 1.0), "average-inplane-2x2")
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        preprocess_scan(native, (1.0, 0.5, 0.5), "blur")
+
+
+def test_preprocessed_scan_is_cached_and_recorded_apart(tmp_path):
+    clean, _ = toy_clean(0)
+    noisy = clean + 3.0 * np.random.default_rng(5).standard_normal(SHAPE)
+    image = nib.Nifti1Image(np.clip(noisy, 0, None).astype(np.float32),
+                            np.diag([1.0, 0.5, 0.5, 1.0]))
+    image.header.set_zooms((1.0, 0.5, 0.5))
+    path = tmp_path / "scan_T1w.nii.gz"
+    image.to_filename(path)
+    plain = prepare_volume(path, "T1w", work_dir=tmp_path / "work")
+    averaged = prepare_volume(path, "T1w", work_dir=tmp_path / "work",
+                              preprocess="average-inplane-2x2")
+    assert averaged.image.shape == (SHAPE[0], SHAPE[1] // 2, SHAPE[2] // 2)
+    assert plain.image.shape == SHAPE
+    assert averaged.record()["preprocessing"] == "average-inplane-2x2"
+    assert "preprocessing" not in plain.record()
+    assert averaged.sha256 == plain.sha256  # the file's hash; caches are keyed apart
+    assert len(list((tmp_path / "work" / "pairs").glob("*.npy"))) == 2

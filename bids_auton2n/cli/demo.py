@@ -1,9 +1,11 @@
-"""``bids_auton2n-demo``: generate a tiny BIDS dataset, run participant + group, show reports.
+"""``bids_auton2n-demo``: generate a small BIDS dataset, run participant + group, show reports.
 
-The dataset is synthetic (nested ellipsoids with CSF/GM/WM-like intensities, folded
-"cortex", Rician noise of a known level); it exists to show what the app writes, not to
-judge denoising quality. The runs of one image (``run-1``, ``run-2``) are repeats: the same
-phantom, the head moved a little (:data:`REPEAT_MOTION`) before the noise of each run.
+The dataset's images are the fuzzy ICBM152 2009a phantom (:mod:`bids_auton2n.denoise.phantom`:
+nilearn's packaged tissue maps, T1w or T2w contrast, a synthetic scalp), resampled to
+``voxel_mm`` and given Rician noise of a known level: it looks like a head, and it exists to
+show what the app writes. **Demo material only**: an average of 152 brains is never training
+or calibration data. The runs of one image (``run-1``, ``run-2``) are repeats: the same head,
+moved a little (:data:`REPEAT_MOTION`) before the noise of each run.
 """
 
 from __future__ import annotations
@@ -25,30 +27,28 @@ DEMO_IMAGES = (
     ("02", "2", None, "T2w", 5.0),
 )
 
+#: Voxel size (mm) of the demo's images; the tests' dataset uses 3 mm.
+DEMO_VOXEL_MM = 2.0
+
 #: Rigid motion of the head between two runs of one image: rotation about the first axis
 #: (degrees) and shift (mm).
 REPEAT_MOTION = (3.0, (1.0, -0.8, 0.6))
 
-#: Mean intensity of background, scalp, skull, CSF, GM, WM by contrast (arbitrary units).
-_INTENSITIES = {
-    "T1w": (0.0, 70.0, 10.0, 30.0, 65.0, 100.0),
-    "T2w": (0.0, 60.0, 10.0, 100.0, 60.0, 40.0),
-}
 
+def template_head(contrast: str, voxel_mm: float) -> tuple[np.ndarray, float]:
+    """The ICBM152 phantom's head, cropped to its extent and resampled to ``voxel_mm``.
 
-def _phantom(shape, contrast: str, rng: np.random.Generator) -> np.ndarray:
-    """Clean head-like volume: scalp, skull, CSF, folded GM ribbon, WM."""
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    radius = np.sqrt(sum((g / s) ** 2 for g, s in zip(grid, (0.9, 0.95, 0.85))))
-    angle = np.arctan2(grid[1], grid[0])
-    folds = 0.04 * np.sin(8 * angle + rng.uniform(0, np.pi)) * np.cos(6 * grid[2])
-    labels = np.zeros(shape, dtype=np.int8)
-    for label, outer in ((1, 1.0), (2, 0.92), (3, 0.85), (4, 0.80 + folds), (5, 0.58 + folds)):
-        labels[radius <= outer] = label
-    ventricles = np.sqrt((grid[0] / 0.12) ** 2 + (grid[1] / 0.3) ** 2 + (grid[2] / 0.2) ** 2)
-    labels[ventricles <= 1] = 3
-    values = np.asarray(_INTENSITIES[contrast], dtype=np.float32)
-    return values[labels]
+    Returns the clean volume and the intensity of its reference tissue (WM for T1w, CSF
+    for T2w), the unit of the noise percentages.
+    """
+    from scipy import ndimage
+
+    from ..denoise.phantom import icbm152_phantom
+
+    phantom = icbm152_phantom(contrast)
+    box = ndimage.find_objects(phantom.head_mask.astype(np.uint8))[0]
+    clean = ndimage.zoom(phantom.clean[box], 1.0 / voxel_mm, order=1)  # 1 mm source
+    return np.clip(clean, 0, None).astype(np.float32), phantom.reference_intensity
 
 
 def _moved(clean: np.ndarray, affine: np.ndarray, times: int) -> np.ndarray:
@@ -70,47 +70,46 @@ def _moved(clean: np.ndarray, affine: np.ndarray, times: int) -> np.ndarray:
     return ndi.affine_transform(clean, voxels[:3, :3], voxels[:3, 3], order=1).astype(np.float32)
 
 
-def make_demo_dataset(root: str | Path, *, shape=(40, 48, 40), images=DEMO_IMAGES,
-                      seed: int = 0) -> Path:
-    """Write a small valid BIDS dataset of noisy T1w/T2w images under ``root``.
+def make_demo_dataset(root: str | Path, *, voxel_mm: float = DEMO_VOXEL_MM,
+                      images=DEMO_IMAGES, seed: int = 0) -> Path:
+    """Write a small valid BIDS dataset of noisy T1w/T2w heads under ``root``.
 
     Parameters
     ----------
     root : path
         Dataset root (created).
-    shape : tuple of int
-        Voxel grid of every image (1.2 mm isotropic, oblique-free RAS affine).
+    voxel_mm : float
+        Isotropic voxel size of every image (2 mm: 82 x 100 x 82 voxels).
     images : sequence
         ``(subject, session, run, suffix, noise_percent)`` tuples; ``session``/``run``
-        may be ``None``. Images that differ only in ``run`` show one phantom, moved
-        between runs.
+        may be ``None``; ``suffix`` T1w or T2w. Images that differ only in ``run`` show
+        one head, moved between runs.
     seed : int
-        Seeds the phantom folds and the noise.
+        Seeds the noise.
     """
+    from ..denoise.phantom import add_rician_noise
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(
         {"Name": "bids-auton2n demo", "BIDSVersion": "1.9.0", "DatasetType": "raw",
          "License": "CC0"}, indent=2))
-    (root / "README").write_text("Synthetic phantoms generated by bids_auton2n-demo.\n")
+    (root / "README").write_text(
+        "Demo images generated by bids_auton2n-demo: the fuzzy ICBM152 2009a phantom "
+        "(nilearn's packaged tissue maps) with Rician noise. Demo material only.\n")
     subjects = sorted({image[0] for image in images})
     (root / "participants.tsv").write_text(
         "participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
-    rng = np.random.default_rng(seed)
-    affine = np.diag([1.2, 1.2, 1.2, 1.0])
-    affine[:3, 3] = -0.6 * np.asarray(shape)
-    anatomy: dict[tuple, np.ndarray] = {}
+    heads = {suffix: template_head(suffix, voxel_mm) for suffix in sorted({i[3] for i in images})}
     earlier_runs: dict[tuple, int] = {}
-    for subject, session, run, suffix, percent in images:
+    for index, (subject, session, run, suffix, percent) in enumerate(images):
+        clean, reference = heads[suffix]
+        affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+        affine[:3, 3] = -0.5 * voxel_mm * (np.asarray(clean.shape) - 1)
         key = (subject, session, suffix)
-        if key not in anatomy:
-            anatomy[key] = _phantom(shape, suffix, rng)
-        clean = _moved(anatomy[key], affine, earlier_runs.get(key, 0))
+        clean = _moved(clean, affine, earlier_runs.get(key, 0))
         earlier_runs[key] = earlier_runs.get(key, 0) + 1
-        reference = max(_INTENSITIES[suffix][3:])  # WM for T1w, CSF for T2w
-        sigma = percent / 100.0 * reference
-        noisy = np.sqrt((clean + rng.normal(0, sigma, shape)) ** 2
-                        + rng.normal(0, sigma, shape) ** 2)
+        noisy = add_rician_noise(clean, percent, reference, seed=seed + index)
         folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
         folder.mkdir(parents=True, exist_ok=True)
         entities = [f"sub-{subject}"] + ([f"ses-{session}"] if session else []) \
@@ -141,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tta", action="store_true", help="faster, skip flips TTA")
     opts = parser.parse_args(argv)
     folder = opts.folder.absolute()
+    print(f"Generating the demo BIDS dataset ({len(DEMO_IMAGES)} noisy ICBM152 heads, "
+          f"{DEMO_VOXEL_MM:g} mm) ...", flush=True)
     bids_dir = make_demo_dataset(folder / "bids")
     out_dir, work_dir = folder / "out", folder / "work"
     common = [str(bids_dir), str(out_dir)]

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-
-#: BSD sysexits codes, as the BIDS execution specification uses them.
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT = 64, 65, 66, 70, 73
+from ..denoise import CONTRASTS
+from ..utils.exit_codes import (
+    EXIT_CANTCREAT as EX_CANTCREAT,
+    EXIT_DATAERR as EX_DATAERR,
+    EXIT_NOINPUT as EX_NOINPUT,
+    EXIT_SOFTWARE as EX_SOFTWARE,
+    EXIT_USAGE as EX_USAGE,
+)
+from .parser import HelpFormatter, add_denoising_options, add_threads_option
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,33 +32,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bids_auton2n-denoise",
+        formatter_class=HelpFormatter,
         description="Denoise a 3D anatomical MRI (T1w, T2w, FLAIR, PDw) with the Auto-N2N mixture "
-                    "of experts fused with RI-NLM. The input header and affine are kept.",
+                    "of experts fused with RI-NLM. The output keeps the input's "
+                    "voxel grid, affine, voxel sizes and units, stored as float32; negative "
+                    "values are set to 0 where the input has none (magnitude images).",
     )
     parser.add_argument("in_file", type=Path, help="noisy 3D NIfTI image")
     parser.add_argument("out_file", type=Path, nargs="?",
                         help="denoised image to write (not needed with --estimate-only)")
-    parser.add_argument("--contrast", choices=("T1w", "T2w", "FLAIR", "PDw"),
+    parser.add_argument("--contrast", choices=CONTRASTS,
                         help="image contrast (default: the file's BIDS suffix, else T1w); "
                              "sets the reference tissue of the noise percentage")
-    parser.add_argument("--noise-level", type=float, metavar="PCT",
-                        help="noise in percent of the reference tissue (skips the estimate)")
-    parser.add_argument("--expert", type=float, metavar="LEVEL",
-                        help="use this expert (percent) instead of the nearest to the noise")
-    parser.add_argument("--blend", action="store_true",
-                        help="blend the two experts bracketing the noise level")
-    parser.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="skip test-time flip augmentation")
-    parser.add_argument("--no-fusion", dest="fusion", action="store_false",
-                        help="return the CNN output without RI-NLM fusion")
-    parser.add_argument("--no-guard", dest="guard", action="store_false",
-                        help="skip the do-no-harm guard (which gives back what was removed "
-                        "beyond what the estimated noise explains)")
+    add_denoising_options(parser)
     parser.add_argument("--gaussian", dest="rician", action="store_false",
                         help="treat noise as Gaussian (default: Rician magnitude data)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch and numba (default: all)")
+    add_threads_option(parser, default_help="all CPUs")
     parser.add_argument("--mask", type=Path, help="head mask (default: estimated)")
     parser.add_argument("--experts-dir", type=Path,
                         help="expert registry folder (e.g. from bids_auton2n-train --finetune)")
@@ -65,16 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--version", action="version", version=f"bids-auton2n {__version__}")
     return parser
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-    import torch
-
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _fail(message: str, code: int) -> int:
@@ -94,32 +79,43 @@ def _unwritable(path: Path | None) -> str | None:
     return None
 
 
+def _missing(path: Path | None) -> str | None:
+    """The one-line error of a missing input, worded as :func:`~bids_auton2n.utils.io.load_volume` does."""
+    return f"{path}: no such file" if path is not None and not path.exists() else None
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     if opts.out_file is None and not opts.estimate_only:
         parser.error("OUT is required unless --estimate-only is given")
-    logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    _set_threads(opts.threads)
-
-    # Imported late so --help and argument errors stay fast.
-    from ..denoise.experts import ExpertRegistry, ExpertWeightsError
-    from ..denoise.pipeline import (
-        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
-    )
-
+    # Arguments and paths are checked before the heavy imports (torch, numba, nibabel:
+    # seconds), so that a typo is reported at once.
+    for source in (opts.in_file, opts.mask):
+        problem = _missing(source)
+        if problem:
+            return _fail(problem, EX_NOINPUT)
     for target in (opts.out_file, opts.sidecar, opts.noise_map):
         problem = _unwritable(target)
         if problem:
             return _fail(problem, EX_CANTCREAT)
+    logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from ..utils.threads import set_threads
+
+    set_threads(opts.omp_nthreads)
+
+    from ..denoise.experts import ExpertRegistry, ExpertWeightsError
+    from ..denoise.pipeline import noise_sidecar
+    from ..utils.bids import contrast_from_filename
+    from ..utils.io import InputImageError, denoise_file, estimate_file_noise
 
     contrast = opts.contrast or contrast_from_filename(opts.in_file)
     try:
         if opts.estimate_only:
             noise = estimate_file_noise(opts.in_file, contrast=contrast, mask_file=opts.mask)
             record = {"Source": str(opts.in_file), "Contrast": contrast,
-                      "NoiseEstimate": noise.to_dict(), "SoftwareVersion": __version__}
+                      "NoiseEstimate": noise_sidecar(noise, "estimated"), "SoftwareVersion": __version__}
             print(json.dumps(record, indent=2))
             if opts.sidecar:
                 opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")
@@ -128,7 +124,7 @@ def run(argv: list[str] | None = None) -> int:
         result = denoise_file(
             opts.in_file, opts.out_file, contrast=contrast, mask_file=opts.mask,
             noise_map=opts.noise_map, noise_level=opts.noise_level, expert=opts.expert,
-            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard,
+            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard, wiener=opts.wiener,
             device=opts.device,
             rician=opts.rician, registry=registry, progress=not opts.quiet,
         )

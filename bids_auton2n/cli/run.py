@@ -10,12 +10,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..utils.bids import (
-    EXIT_CANTCREAT,
-    EXIT_FAILURE,
-    EXIT_NOINPUT,
-    BIDSAppError,
-)
+from ..utils.bids import BIDSAppError
+from ..utils.exit_codes import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_NOINPUT
 
 LOGGER = logging.getLogger("bids_auton2n")
 NIPYPE_LOGGERS = ("nipype.workflow", "nipype.interface", "nipype.utils")
@@ -118,7 +114,8 @@ def run_participant() -> int:
     from nipype import config as nipype_config
 
     from .. import config
-    from ..reports.core import generate_reports, previous_runs, write_boilerplate
+    from ..reports.boilerplate import write_boilerplate
+    from ..reports.core import generate_reports, previous_runs
     from ..utils.bids import (
         check_paths,
         collect_anatomicals,
@@ -129,12 +126,15 @@ def run_participant() -> int:
 
     execution = config.execution
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    print(f"bids_auton2n: participant level, {execution.bids_dir} -> {execution.output_dir}; "
+          "validating and indexing the dataset ...", file=sys.stderr, flush=True)
     if not execution.skip_bids_validation:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)
 
     if execution.reports_only:
-        subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
+        subjects = sorted(p.name.removeprefix("sub-")
+                          for p in execution.output_dir.glob("sub-*") if p.is_dir())
         if execution.participant_label:
             subjects = [s for s in subjects if s in execution.participant_label]
         earlier = previous_runs(execution.output_dir)
@@ -174,9 +174,16 @@ def run_participant() -> int:
     sources = sorted(f for files in subjects.values() for f in files)
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None
+    from .progress import ParticipantProgress
+
+    plugin = config.nipype.get_plugin()
+    print(f"bids_auton2n: denoising {len(sources)} image(s) of {len(subjects)} "
+          f"participant(s); work directory {execution.work_dir}", file=sys.stderr, flush=True)
     try:
-        with _worker_logging(execution.work_dir, execution.verbosity):
-            workflow.run(**config.nipype.get_plugin())
+        with _worker_logging(execution.work_dir, execution.verbosity), \
+                ParticipantProgress(subjects) as progress:
+            plugin["plugin_args"].setdefault("status_callback", progress)
+            workflow.run(**plugin)
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
         print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
@@ -193,7 +200,7 @@ def run_participant() -> int:
                                execution.run_uuid, workflow_names)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
         status_file.write_text(json.dumps(status, indent=2))
-        write_boilerplate(execution.output_dir, config.to_dict()["workflow"])
+        write_boilerplate(execution.output_dir, workflow)
         failures = {}
         for record in status:
             if record["status"] != "success":
@@ -215,14 +222,6 @@ def run_participant() -> int:
     return 0
 
 
-def derivative_path(source: str, bids_dir: Path, output_dir: Path, desc: str = "denoised") -> Path:
-    """Where the derivative of ``source`` lands (``desc`` is the last entity in BIDS)."""
-    relative = Path(source).absolute().relative_to(Path(bids_dir).absolute())
-    stem = relative.name.split(".")[0]
-    entities, suffix = stem.rsplit("_", 1)
-    return Path(output_dir) / relative.parent / f"{entities}_desc-{desc}_{suffix}.nii.gz"
-
-
 def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
                   workflow_names: dict | None = None) -> list[dict]:
     """Success/failure of every planned image, failures with the error from its crash file.
@@ -230,11 +229,12 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
     ``workflow_names`` maps a source to the workflow that denoises it when that is not its
     own (the workflow of its repeat group).
     """
+    from ..utils.bids import derivative_path, file_entities
     from ..workflows.base import image_workflow_name
 
     records = []
     for source in sources:
-        subject = Path(source).name.split("_")[0][4:]
+        subject = file_entities(source)["subject"]
         crash_dir = Path(output_dir) / f"sub-{subject}" / "log" / run_uuid
         marker = f".{(workflow_names or {}).get(source) or image_workflow_name(source)}."
         error = None
@@ -271,6 +271,8 @@ def run_group() -> int:
     from ..utils.bids import check_paths
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    print(f"bids_auton2n: group level over {execution.output_dir}: quality measures of every "
+          "denoised image, then the group report ...", file=sys.stderr, flush=True)
     with _worker_logging(execution.work_dir, execution.verbosity):
         tsv, html, n_failed = run_group_level(
             bids_dir=execution.bids_dir,

@@ -2,13 +2,13 @@
 
 Curriculum (the shipped experts)::
 
-    bids_auton2n-train --data-dir /work/shared/data --out bids_auton2n/data/experts \\
+    bids_auton2n-train --data-dir ../shared/data --out bids_auton2n/data/experts \\
         --work-dir /tmp/auton2n-train --total-budget-min 40
 
 Single model trained on all levels (ablation of the mixture of experts; one
 weight file registered at the lowest level), for exactly N Adam steps::
 
-    bids_auton2n-train --single-model --data-dir /work/shared/data --out single_registry \
+    bids_auton2n-train --single-model --data-dir ../shared/data --out single_registry \
         --work-dir /tmp/single-work --max-steps 2724 --patience 1000 --total-budget-min 0
 
 Fine-tuning on a dataset's own scans (writes a registry directory for ``--registry``
@@ -31,13 +31,15 @@ from pathlib import Path
 
 from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
 from ..denoise.inference import resolve_device
-from ..denoise.pipeline import CONTRASTS, InputImageError
+from ..denoise import CONTRASTS
 from ..train.curriculum import (
     CURRICULUM_BASE, FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune,
     load_volumes, train_curriculum, train_single_model,
 )
 from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
+from ..utils.io import InputImageError
+from ..utils.threads import set_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: BIDS suffix, else T1w)")
     source.add_argument("--data-dir", type=Path,
                         help="directory holding the project's training scans: "
-                             + ", ".join(f"{name} ({c})" for name, c in TRAINING_SCANS))
+                             + ", ".join(f"{name} ({c}{'' if p == 'none' else ', ' + p})"
+                                         for name, c, p in TRAINING_SCANS))
     source.add_argument("--max-noise-ratio", type=float, default=MAX_NOISE_RATIO,
                         help="a scan trains the p %% expert only if its own noise is <= this "
                              "times p (0: every scan trains every level)")
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     budget.add_argument("--max-steps", type=int,
                         help="Adam-step limit per model (the last epoch is cut short there)")
+    budget.add_argument("--total-steps", type=int,
+                        help="Adam steps of the whole curriculum, shared out between the levels "
+                             "as the time is (the same run on every machine)")
     budget.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     budget.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without a lower validation loss before stopping")
@@ -116,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--seed", type=int, default=0)
     net.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     net.add_argument("--threads", type=int,
-                     help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+                     help="CPU threads for torch and numba (default: theirs; 1 is faster on a busy "
+                          "machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -129,7 +136,8 @@ def main(argv=None) -> int:
     command = shlex.join([parser.prog, *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        resolve_device(args.device, threads=args.threads)
+        resolve_device(args.device)
+        set_threads(args.threads)
     except ValueError as error:
         parser.error(str(error))
     config = TrainConfig(
@@ -156,7 +164,8 @@ def main(argv=None) -> int:
             return 0
         specs = list(args.data)
         if args.data_dir is not None:
-            specs += [(args.data_dir / name, contrast) for name, contrast in TRAINING_SCANS]
+            specs += [(args.data_dir / name, contrast, preprocess)
+                      for name, contrast, preprocess in TRAINING_SCANS]
         if not specs:
             parser.error("give training scans with --data and/or --data-dir (or use --finetune)")
         if args.single_model and args.out is None:
@@ -179,6 +188,7 @@ def main(argv=None) -> int:
                 volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
                 total_budget_s=total_budget_s,
                 expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
+                total_steps=args.total_steps,
                 base_config=config, exclude_centre=args.exclude_centre,
                 max_noise_ratio=args.max_noise_ratio or None, command=command,
                 progress=not args.no_progress,

@@ -9,10 +9,11 @@ not resemble the reference (:data:`MIN_CORRELATION`), when the head moved more t
 scan plausibly does (:data:`MAX_ROTATION_DEG`, :data:`MAX_SHIFT_MM`), or when the moving
 run covers too little of the reference's head (:data:`MIN_COVERAGE`).
 
-Why ANTs and not DIPY's ``affine_registration``: on the ICBM152 benchmark phantom at 9 %
-Rician noise moved by a few degrees and millimetres both found the motion to 0.02 mm, but
-ANTs took 41-45 s where DIPY took 294-656 s on the same machine, in the same run
-(``bids_auton2n-bench repeats-align``; ``docs/repeats.md``).
+Why ANTs and not DIPY's ``affine_registration``: in one development run on the ICBM152
+benchmark phantom at 9 % Rician noise moved by a few degrees and millimetres both found the
+motion to 0.02 mm, but ANTs took 41-45 s where DIPY took 294-656 s on the same machine, in
+the same run (that run's table was not kept: ``bids_auton2n-bench repeats-align`` reruns it;
+``docs/repeats.md``).
 
 Conventions: volumes are in their own voxel order; a transform is the 4x4 matrix ``M`` in
 world (RAS, mm) coordinates that maps a point of the reference to the same anatomy in the

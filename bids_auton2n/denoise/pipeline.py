@@ -1,8 +1,10 @@
 """The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion → guard.
 
-Every caller (the single-image command, the Nipype interfaces, the benchmark) goes through
-:func:`denoise_array` or its file-level wrapper :func:`denoise_file`, so the steps and the
-provenance record are the same everywhere.
+Arrays in, arrays out. Every caller goes through :func:`denoise_array` (the single-image command
+through its file-level wrapper :func:`bids_auton2n.utils.io.denoise_file`, the benchmark directly)
+or, in the BIDS-App's Nipype nodes (:mod:`bids_auton2n.interfaces.denoise`), through the very
+functions it composes, so the steps and the provenance record are the same everywhere
+(``tests/test_workflow_equivalence.py`` checks the two give the same bytes).
 
 References
 ----------
@@ -20,27 +22,20 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .. import __version__
+from . import CONTRASTS
 from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
-from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
+from .noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
 from .rinlm import ri_nlm
+from .wiener import BLOCK, GROUP_SIZE, SEARCH_RADIUS, STEP, collaborative_wiener
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
-
-#: BIDS suffixes the app denoises; used to infer the contrast from a file name.
-CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
-
-
-class InputImageError(ValueError):
-    """An input image that cannot be denoised; the message names the file."""
 
 
 @dataclass
@@ -57,19 +52,25 @@ class DenoiseResult:
     rician: bool
     device: str
     guard: bool = True
+    wiener: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    expert_selection: str = "nearest"
 
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
-            "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "NoiseEstimate": noise_sidecar(self.noise, self.noise_source),
             "Experts": [
                 {"NoiseLevelPercent": c.level, "Weight": c.weight,
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
                 for c in self.experts
             ],
+            "ExpertSelection": self.expert_selection,
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
+            "CollaborativeWiener": ({"BlockSize": BLOCK, "GroupSize": GROUP_SIZE,
+                                     "SearchRadius": SEARCH_RADIUS, "Step": STEP}
+                                    if self.wiener else False),
             "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
                               else False),
             "RicianNoiseModel": self.rician,
@@ -82,6 +83,30 @@ class DenoiseResult:
 
 def _level_key(level: float) -> str:
     return f"{level:g}"
+
+
+def _camel_case(key: str) -> str:
+    """``reference_tissue`` -> ``ReferenceTissue``, ``n_voxels`` -> ``NumberOfVoxels``."""
+    if key.startswith("n_"):
+        key = "number_of" + key[1:]
+    return key.replace("_", " ").title().replace(" ", "")
+
+
+def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
+    """The ``NoiseEstimate`` entry of a sidecar, in the CamelCase of BIDS keys.
+
+    The one definition of those keys (``Sigma``, ``Percent``, ``ReferenceTissue``,
+    ``ReferenceIntensity``, ...: each field of :class:`~.noise.NoiseEstimate`), with
+    ``Source``: ``"estimated"`` or ``"user"``.
+
+    Parameters
+    ----------
+    noise : NoiseEstimate
+        The estimate (or the user's ``--noise-level``) the image was denoised with.
+    source : str
+        ``"estimated"`` or ``"user"``: where the noise level came from.
+    """
+    return {**{_camel_case(k): v for k, v in noise.to_dict().items()}, "Source": source}
 
 
 @contextmanager
@@ -107,6 +132,7 @@ def denoise_array(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     device: str = "auto",
     rician: bool = True,
     registry: ExpertRegistry | None = None,
@@ -135,6 +161,9 @@ def denoise_array(
     guard : bool
         Give back what the denoiser removed beyond what the noise explains
         (:func:`~.guard.limit_residual`), so clean images and edges are kept.
+    wiener : bool
+        Re-estimate the image from the noisy data by collaborative Wiener filtering with the
+        fused image as pilot (:func:`~.wiener.collaborative_wiener`).
     device : {"auto", "cpu", "cuda"}
     rician : bool
         Treat the data as Rician magnitude (bias-corrected RI-NLM); ``False`` for Gaussian.
@@ -173,27 +202,46 @@ def denoise_array(
         cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
                           mask=mask, progress=progress)
     denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
-                           timings=timings, progress=progress)
-    denoised = restore_nonfinite(denoised, x, nonfinite)
+                           wiener=wiener, timings=timings, progress=progress)
+    denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
         denoised=denoised,
         noise=noise,
         noise_source=noise_source,
         experts=choices,
-        weights_sha256={_level_key(c.level): registry.sha256(c.level) for c in choices},
+        weights_sha256=expert_hashes(registry, choices),
         tta=tta,
         fusion=fusion,
         rician=rician,
         device=str(torch_device),
         guard=guard,
+        wiener=wiener,
         timings=timings,
+        expert_selection=expert_selection(expert, blend),
     )
 
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
                     percent: float) -> NoiseEstimate:
-    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`."""
+    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0 (:func:`~.intensity.sanitize`).
+    mask : ndarray of bool
+        Head mask (the reference tissue is measured in it).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    percent : float
+        Noise level, percent of the reference tissue's intensity (>= 0).
+
+    Returns
+    -------
+    NoiseEstimate
+        ``raw_std`` is NaN (nothing was measured).
+    """
     if not np.isfinite(percent) or percent < 0:
         raise ValueError(f"noise level must be a non-negative percentage, got {percent}")
     reference = reference_intensity(finite, mask, contrast)
@@ -209,17 +257,81 @@ def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
 
 def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | None = None,
                    blend: bool = False) -> list[ExpertChoice]:
-    """The user's expert if given (it must be in the registry), else the registry's choice."""
+    """The user's expert if given (it must be in the registry), else the registry's choice.
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+        Where the experts come from.
+    percent : float
+        Noise level (percent of the reference tissue) the registry selects for.
+    expert : float, optional
+        Level of the expert to use instead of the selection.
+    blend : bool
+        Blend the two experts bracketing ``percent`` instead of taking the nearest.
+
+    Returns
+    -------
+    list of ExpertChoice
+        Levels and weights (summing to 1).
+    """
     if expert is None:
         return registry.select(percent, blend=blend)
     registry.entry(expert)  # fails clearly for a level the registry does not have
     return [ExpertChoice(level=float(expert), weight=1.0)]
 
 
+def expert_selection(expert: float | None, blend: bool) -> str:
+    """How :func:`choose_experts` chose: ``"user"`` (``expert`` given), ``"blend"`` or ``"nearest"``.
+
+    Parameters
+    ----------
+    expert, blend
+        The arguments of :func:`choose_experts`.
+    """
+    return "user" if expert is not None else "blend" if blend else "nearest"
+
+
+def expert_hashes(registry: ExpertRegistry, choices: list[ExpertChoice]) -> dict[str, str]:
+    """SHA-256 of the weights of each chosen expert, by level (``DenoiseResult.weights_sha256``).
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+    choices : list of ExpertChoice
+    """
+    return {_level_key(c.level): registry.sha256(c.level) for c in choices}
+
+
 def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
                 registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
                 progress: bool = False) -> np.ndarray:
-    """CNN mixture of experts in network units (reference tissue = 1), back in image units."""
+    """CNN mixture of experts in network units (reference tissue = 1), back in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        Experts and their weights.
+    registry : ExpertRegistry
+        Where their weights come from.
+    tta : bool
+        Average the identity and the three axis flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (the networks run on its bounding box).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray, float32
+        The mixture's output in image units.
+    """
     device = resolve_device(device)
     models = [(registry.load(c.level, device), c.weight) for c in choices]
     normalizer = IntensityNormalizer(noise.reference_intensity)
@@ -240,149 +352,86 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: boo
 
 
 def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
-                rician: bool, timings: dict | None = None, progress: bool = False) -> np.ndarray:
-    """From the CNN output to the pipeline's output: RI-NLM fusion and the do-no-harm guard.
+                rician: bool, wiener: bool = True, timings: dict | None = None,
+                progress: bool = False) -> np.ndarray:
+    """From the CNN output to the pipeline's output: RI-NLM fusion, Wiener stage, guard.
 
     The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
     RI-NLM, so that structure the network removed does not steer the filter's weights either,
-    and again to the fused image.  Each step is optional; ``timings`` receives their seconds
-    under ``"rinlm"`` and ``"guard"``.
+    and again after each later step.  The collaborative Wiener stage
+    (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot and
+    re-estimates it from the noisy data.  Each step is optional; ``timings`` receives their
+    seconds under ``"rinlm"``, ``"wiener"`` and ``"guard"``.
     """
     timings = {} if timings is None else timings
-    if guard:
+
+    def guarded(image):
+        if not guard:
+            return image
         with _stage("guard", timings, progress):
-            cnn = limit_residual(finite, cnn, sigma)
+            return limit_residual(finite, image, sigma)
+
+    image = guarded(cnn)
     if fusion:
         with _stage("rinlm", timings, progress):
-            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
-        if guard:
-            with _stage("guard", timings, progress):
-                cnn = limit_residual(finite, cnn, sigma)
-    return cnn
+            image = fuse_rinlm(finite, image, sigma, rician=rician)
+        image = guarded(image)
+    if wiener:
+        with _stage("wiener", timings, progress):
+            image = collaborative_wiener(finite, image, sigma)
+        image = guarded(image)
+    return image
 
 
-def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
-                      nonfinite: np.ndarray) -> np.ndarray:
-    """float32 output with the input's NaN/Inf voxels put back where they were."""
+def output_image(denoised: np.ndarray, original: np.ndarray,
+                 nonfinite: np.ndarray) -> np.ndarray:
+    """The pipeline's output as it is written, the last step of every path (library and workflow).
+
+    float32; no negative voxel where the input is a magnitude image (none of its finite voxels
+    is negative: the denoiser's negative values there are not signal, they are set to 0); the
+    input's NaN/Inf voxels put back where they were.
+
+    Parameters
+    ----------
+    denoised : ndarray
+        Output of :func:`final_image`.
+    original : ndarray
+        The input (its values are taken where ``nonfinite``; its sign decides the clipping).
+    nonfinite : ndarray of bool
+        Where the input was NaN or infinite (:func:`~.intensity.sanitize`).
+    """
     denoised = np.array(denoised, dtype=np.float32)
-    denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
+    original = np.asarray(original, dtype=np.float32)
+    if not np.any(original[~nonfinite] < 0):
+        np.maximum(denoised, 0.0, out=denoised)
+    denoised[nonfinite] = original[nonfinite]
     return denoised
 
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
                          timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
-    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
+    """Auto-N2N noise estimate: the calibrated std of x − y, y the synthetic pair.
+
+    The pair is searched only at the voxels the estimate reads (see
+    :func:`~.noise.raw_noise_statistic`).
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of the percentage.
+    mask : ndarray of bool
+        Head mask.
+    timings : dict, optional
+        Receives the seconds of the stage ``"estimate"``.
+    progress : bool
+        Log each stage.
+
+    Returns
+    -------
+    NoiseEstimate
+    """
     timings = {} if timings is None else timings
-    with _stage("pairs", timings, progress):
-        pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
-        return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
-
-
-def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
-    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``."""
-    stem = Path(path).name.split(".")[0]
-    suffix = stem.rsplit("_", 1)[-1]
-    return suffix if suffix in CONTRASTS else default
-
-
-def load_volume(path: str | Path) -> nib.Nifti1Image:
-    """Load a 3D NIfTI image, refusing what cannot be denoised.
-
-    A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
-    (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
-    multi-volume 4D image, and an image with no finite or no non-zero voxel.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: no such file")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputImageError(f"{path}: not a readable NIfTI image ({exc})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputImageError(f"{path}: not a NIfTI image ({type(img).__name__})")
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) == 4:
-        raise InputImageError(
-            f"{path}: 4D image with {shape[3]} volumes; select one first, e.g. "
-            f"`python -c \"import nibabel as nb; nb.load('{path.name}').slicer[..., 0]"
-            f".to_filename('vol0.nii.gz')\"`"
-        )
-    if len(img.shape) != 3 or min(img.shape) < 2:
-        raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputImageError(f"{path}: image data cannot be read ({exc})") from None
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise InputImageError(f"{path}: image has no finite voxel (all NaN/Inf)")
-    if not np.any(data[finite]):
-        raise InputImageError(f"{path}: image is all zeros")
-    return img
-
-
-def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms)."""
-    header = reference.header.copy()
-    header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
-    out.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    out.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    out.header.set_slope_inter(1.0, 0.0)
-    out.to_filename(str(out_file))
-
-
-def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32."""
-    img = load_volume(path)
-    return img, np.asarray(img.get_fdata(dtype=np.float32))
-
-
-def _read_inputs(in_file, mask_file):
-    img, data = read_volume(in_file)
-    mask = None
-    if mask_file is not None:
-        mask_img = load_volume(mask_file)
-        if mask_img.shape != img.shape:
-            raise InputImageError(
-                f"{mask_file}: mask shape {mask_img.shape} differs from image shape {img.shape}")
-        mask = np.asanyarray(mask_img.dataobj) > 0
-    return img, data, mask
-
-
-def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,
-                        mask_file: str | Path | None = None) -> NoiseEstimate:
-    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`)."""
-    _, data, mask = _read_inputs(in_file, mask_file)
-    finite, _ = sanitize(data)
-    if mask is None:
-        mask = head_mask(finite)
-    return estimate_array_noise(finite, contrast=contrast or contrast_from_filename(in_file),
-                                mask=mask)
-
-
-def denoise_file(
-    in_file: str | Path,
-    out_file: str | Path,
-    *,
-    contrast: str | None = None,
-    mask_file: str | Path | None = None,
-    noise_map: str | Path | None = None,
-    **kwargs,
-) -> DenoiseResult:
-    """Denoise a NIfTI file and write the result (and optionally input − output).
-
-    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none); the other
-    keyword arguments are those of :func:`denoise_array`.
-    """
-    img, data, mask = _read_inputs(in_file, mask_file)
-    result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
-                           mask=mask, **kwargs)
-    save_like(result.denoised, img, out_file)
-    if noise_map is not None:
-        save_like(np.nan_to_num(data - result.denoised), img, noise_map)
-    return result
+        return estimate_noise(finite, contrast=contrast, mask=mask)

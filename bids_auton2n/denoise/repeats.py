@@ -5,7 +5,8 @@ realization does not have to be synthesized: :func:`denoise_repeats` aligns ever
 the first (:mod:`.align`), fine-tunes the selected expert on the aligned runs
 (:mod:`bids_auton2n.train.repeats`: consensus Noise2Noise or Noise2Average) and denoises
 every run in its own space with the fine-tuned network (then RI-NLM fusion and the
-do-no-harm guard, :func:`~.pipeline.final_image`, as for a single image).  The *combined*
+collaborative Wiener stage and do-no-harm guard, :func:`~.pipeline.final_image`, as for a
+single image).  The *combined*
 image, on the first run's grid, is the mean of the network's outputs for the runs (the
 papers' output) passed through the same final stage with the mean of the aligned runs as
 the noisy image: RI-NLM then averages the higher-SNR mean, and the guard bounds what was
@@ -39,7 +40,7 @@ from .noise import NoiseEstimate, head_mask
 from ..utils.repeats import DEFAULT_REPEAT_METHOD, REPEAT_METHODS, REPEATS_BUDGET_S
 from .pipeline import (
     CONTRASTS, DenoiseResult, _stage, denoise_array, estimate_array_noise, final_image,
-    noise_for_level, restore_nonfinite,
+    noise_for_level, output_image,
 )
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
@@ -80,7 +81,7 @@ class RepeatsResult:
         The fine-tuned network's weights.
     singles : list of DenoiseResult or None
         The single-image results of the runs left out of the group.
-    tta, fusion, guard, rician : bool
+    tta, fusion, guard, wiener, rician : bool
     device : str
     timings : dict
     """
@@ -101,6 +102,7 @@ class RepeatsResult:
     tta: bool = True
     fusion: bool = True
     guard: bool = True
+    wiener: bool = True
     rician: bool = True
     device: str = "cpu"
     timings: dict = field(default_factory=dict)
@@ -147,7 +149,7 @@ class RepeatsResult:
             denoised=None, noise=noise, noise_source=self.training.get("noise_source", "estimated"),
             experts=[self.expert], weights_sha256={f"{self.expert.level:g}": self.expert_sha256},
             tta=self.tta, fusion=self.fusion, rician=self.rician, device=self.device,
-            guard=self.guard, timings=self.timings)
+            guard=self.guard, wiener=self.wiener, timings=self.timings)
         record = result.provenance()
         record["SoftwareVersion"] = __version__
         return record
@@ -194,6 +196,7 @@ def denoise_repeats(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     device: str = "auto",
     rician: bool = True,
     registry: ExpertRegistry | None = None,
@@ -224,7 +227,7 @@ def denoise_repeats(
         Noise (percent) of every run, instead of the estimates.
     expert : float, optional
         Expert level to start from instead of the nearest to the runs' median noise.
-    tta, fusion, guard, device, rician, registry, progress
+    tta, fusion, guard, wiener, device, rician, registry, progress
         As in :func:`~.pipeline.denoise_array`.
     seed : int
         Seeds the fine-tuning's random draws.
@@ -244,13 +247,14 @@ def denoise_repeats(
     return denoise_aligned_runs(
         runs, affines, alignments, contrast=contrast, method=method, budget_s=budget_s,
         max_steps=max_steps, iterations=iterations, noise_level=noise_level, expert=expert, tta=tta,
-        fusion=fusion, guard=guard, device=device, rician=rician, registry=registry,
-        seed=seed, progress=progress)
+        fusion=fusion, guard=guard, wiener=wiener, device=device, rician=rician,
+        registry=registry, seed=seed, progress=progress)
 
 
 def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_s, max_steps,
                          iterations,
-                         noise_level, expert, tta, fusion, guard, device, rician, registry,
+                         noise_level, expert, tta, fusion, guard, wiener, device, rician,
+                         registry,
                          seed, progress) -> RepeatsResult:
     """:func:`denoise_repeats` once the runs are aligned (same parameters)."""
     from ..train.repeats import finetune_consensus, finetune_noise2average
@@ -277,7 +281,7 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
         if not alignment.plausible:
             LOGGER.warning("run %d is denoised on its own, not with the group: %s", index,
                            alignment.reason)
-    common = dict(tta=tta, fusion=fusion, guard=guard, device=device, rician=rician,
+    common = dict(tta=tta, fusion=fusion, guard=guard, wiener=wiener, device=device, rician=rician,
                   registry=registry, progress=progress, contrast=contrast)
     singles = [None] * len(runs)
     members = [index for index, used in enumerate(in_group) if used]
@@ -291,7 +295,8 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
     result = RepeatsResult(denoised=[s.denoised if s is not None else None for s in singles],
                            combined=None, alignments=list(alignments), in_group=in_group,
                            noise=noises, method=method, singles=singles, tta=tta,
-                           fusion=fusion, guard=guard, rician=rician, device=str(torch_device),
+                           fusion=fusion, guard=guard, wiener=wiener, rician=rician,
+                           device=str(torch_device),
                            timings=timings, expert_selection="nearest" if expert is None else "user")
     if not members:
         timings["total"] = time.perf_counter() - start
@@ -360,14 +365,15 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
                                                  tta=tta, device=torch_device, mask=heads[index],
                                                  progress=progress))
         denoised = final_image(finite[index], cnn, noises[index].sigma, fusion=fusion,
-                               guard=guard, rician=rician, timings=timings, progress=progress)
-        result.denoised[index] = restore_nonfinite(denoised, runs[index], nonfinite[index])
+                               guard=guard, rician=rician, wiener=wiener, timings=timings,
+                               progress=progress)
+        result.denoised[index] = output_image(denoised, runs[index], nonfinite[index])
         if index != 0:
             with _stage("resample", timings, progress):
                 cnn = resample_to_reference(cnn, affines[index], alignments[index].matrix,
                                             reference_shape, reference_affine)[0]
         cnn_on_reference.append(cnn)
-    # The combined image: the final stage (RI-NLM fusion, guard) of the single-image path
+    # The combined image: the final stage (RI-NLM fusion, Wiener, guard) of the single-image path
     # applied to the mean of the aligned runs, guided by the mean of the network's outputs,
     # with the noise of that mean; all in the reference's units (each run rescaled by the
     # ratio of the reference tissue intensities).
@@ -378,8 +384,9 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
     result.average_noise = estimate_array_noise(average, contrast=contrast, mask=heads[0],
                                                 timings=timings, progress=progress)
     combined = final_image(average, guide, result.average_noise.sigma, fusion=fusion,
-                           guard=guard, rician=rician, timings=timings, progress=progress)
-    result.combined = restore_nonfinite(combined, runs[0], nonfinite[0])
+                           guard=guard, rician=rician, wiener=wiener, timings=timings,
+                           progress=progress)
+    result.combined = output_image(combined, runs[0], nonfinite[0])
     timings["total"] = time.perf_counter() - start
     return result
 

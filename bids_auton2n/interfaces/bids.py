@@ -3,7 +3,7 @@
 from nipype.interfaces.base import File, InputMultiObject, isdefined
 from niworkflows.interfaces.bids import DerivativesDataSink as _DerivativesDataSink
 
-from ..denoise.pipeline import CONTRASTS
+from ..denoise import CONTRASTS
 
 #: niworkflows' anatomical and figure path patterns, with ``PDw`` added (niworkflows
 #: lists the deprecated ``PD`` only) and the ``echo`` entity of multi-echo anatomical

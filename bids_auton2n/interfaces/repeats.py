@@ -25,18 +25,18 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..denoise.pipeline import CONTRASTS
-from .denoise import _limit_threads, _registry, _save_like
+from ..denoise import CONTRASTS
+from .denoise import DenoiseStep, _DenoiseStepInputSpec
 
 
 def _read_group(in_files):
-    from ..denoise.pipeline import read_volume
+    from ..utils.io import read_volume
 
     images, data = zip(*(read_volume(f) for f in in_files))
     return list(images), list(data)
 
 
-class _AlignRunsInputSpec(BaseInterfaceInputSpec):
+class _AlignRunsInputSpec(_DenoiseStepInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True,
                                 desc="runs of one image, the reference first")
 
@@ -49,13 +49,13 @@ class _AlignRunsOutputSpec(TraitedSpec):
     edges_file = File(exists=True, desc="strongest edges of the aligned second run (mask)")
 
 
-class AlignRuns(SimpleInterface):
+class AlignRuns(DenoiseStep):
     """Rigid alignment of every run to the first (:func:`~.repeats.align_runs`)."""
 
     input_spec = _AlignRunsInputSpec
     output_spec = _AlignRunsOutputSpec
 
-    def _run_interface(self, runtime):
+    def _run_step(self) -> dict:
         from ..denoise.align import edge_mask, resample_to_reference, write_transform
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
@@ -63,7 +63,7 @@ class AlignRuns(SimpleInterface):
 
         images, data = _read_group(self.inputs.in_files)
         alignments = align_runs(data, [img.affine for img in images])
-        cwd = Path(runtime.cwd)
+        cwd = self._cwd
         transforms = [str(write_transform(a.matrix, cwd / f"run{i + 1:02d}_to_reference_xfm.txt"))
                       for i, a in enumerate(alignments)]
         out_json = cwd / "alignments.json"
@@ -73,27 +73,26 @@ class AlignRuns(SimpleInterface):
         edges = edge_mask(aligned, images[0].affine, head=head_mask(sanitize(data[0])[0]) & covered)
         edges_file = cwd / "run02_edges.nii.gz"
         nb.Nifti1Image(edges.astype(np.uint8), images[0].affine).to_filename(str(edges_file))
-        self._results.update(
-            transforms=transforms, out_json=str(out_json), edges_file=str(edges_file),
-            aligned_file=_save_like(aligned, images[0], cwd / "run02_on_reference.nii.gz"))
-        return runtime
+        return dict(transforms=transforms, out_json=str(out_json), edges_file=str(edges_file),
+                    aligned_file=self._save(aligned, images[0], "run02_on_reference.nii.gz"))
 
 
-class _DenoiseRepeatsInputSpec(BaseInterfaceInputSpec):
+class _DenoiseRepeatsInputSpec(_DenoiseStepInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True,
                                 desc="runs of one image, the reference first")
     alignments_json = File(exists=True, mandatory=True, desc="AlignRuns out_json")
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of the runs")
     method = traits.Enum("consensus", "n2a", usedefault=True, desc="fine-tuning method")
     budget_s = traits.Float(600.0, usedefault=True, desc="fine-tuning time budget (seconds)")
+    max_steps = traits.Int(desc="most Adam steps of the fine-tuning (default: the budget only)")
     noise_level = traits.Float(desc="user-given noise level (percent) of every run")
     expert = traits.Float(desc="expert level to start from")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
     tta = traits.Bool(True, usedefault=True)
     fusion = traits.Bool(True, usedefault=True)
     guard = traits.Bool(True, usedefault=True)
+    wiener = traits.Bool(True, usedefault=True)
     device = traits.Str("auto", usedefault=True)
-    omp_nthreads = traits.Int(1, usedefault=True)
 
 
 class _DenoiseRepeatsOutputSpec(TraitedSpec):
@@ -105,44 +104,43 @@ class _DenoiseRepeatsOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="provenance of every run and of the combined image")
 
 
-class DenoiseRepeats(SimpleInterface):
+class DenoiseRepeats(DenoiseStep):
     """Fine-tune on the aligned runs and denoise them (:func:`~.repeats.denoise_repeats`)."""
 
     input_spec = _DenoiseRepeatsInputSpec
     output_spec = _DenoiseRepeatsOutputSpec
 
-    def _run_interface(self, runtime):
+    def _run_step(self) -> dict:
         from ..denoise.align import Alignment
         from ..denoise.repeats import denoise_repeats
 
-        _limit_threads(self.inputs.omp_nthreads)
         images, data = _read_group(self.inputs.in_files)
         records = json.loads(Path(self.inputs.alignments_json).read_text())
         result = denoise_repeats(
             data, [img.affine for img in images], contrast=self.inputs.contrast,
             method=self.inputs.method, budget_s=self.inputs.budget_s,
+            max_steps=self.inputs.max_steps if isdefined(self.inputs.max_steps) else None,
             alignments=[Alignment.from_dict(r) for r in records],
             noise_level=self.inputs.noise_level if isdefined(self.inputs.noise_level) else None,
             expert=self.inputs.expert if isdefined(self.inputs.expert) else None,
             tta=self.inputs.tta, fusion=self.inputs.fusion, guard=self.inputs.guard,
-            device=self.inputs.device, registry=_registry(self.inputs.experts_dir))
-        cwd = Path(runtime.cwd)
+            wiener=self.inputs.wiener, device=self.inputs.device,
+            registry=self._registry(self.inputs.experts_dir))
         out_files, noise_images = [], []
         for index, (img, original, denoised) in enumerate(zip(images, data, result.denoised)):
-            out_files.append(_save_like(denoised, img, cwd / f"run{index + 1:02d}_denoised.nii.gz"))
-            noise_images.append(_save_like(np.nan_to_num(original - denoised), img,
-                                           cwd / f"run{index + 1:02d}_noise.nii.gz"))
+            out_files.append(self._save(denoised, img, f"run{index + 1:02d}_denoised.nii.gz"))
+            noise_images.append(self._save(np.nan_to_num(original - denoised), img,
+                                           f"run{index + 1:02d}_noise.nii.gz"))
         combined = [] if result.fell_back else [
-            _save_like(result.combined, images[0], cwd / "combined.nii.gz")]
-        out_json = cwd / "repeats.json"
+            self._save(result.combined, images[0], "combined.nii.gz")]
+        out_json = self._cwd / "repeats.json"
         out_json.write_text(json.dumps({
             "runs": [result.provenance(i) for i in range(len(data))],
             "in_group": result.in_group,
             "combined": None if result.fell_back else result.combined_provenance(),
         }, indent=2, default=float))
-        self._results.update(out_files=out_files, noise_images=noise_images,
-                             combined_file=combined, out_json=str(out_json))
-        return runtime
+        return dict(out_files=out_files, noise_images=noise_images, combined_file=combined,
+                    out_json=str(out_json))
 
 
 class _RepeatsProvenanceInputSpec(BaseInterfaceInputSpec):

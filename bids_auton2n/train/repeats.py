@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
-import torch
 
 from ..denoise.inference import resolve_device
 from ..denoise.losses import get_loss

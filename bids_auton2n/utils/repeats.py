@@ -5,7 +5,7 @@ when asked, ``session``) are repeats of one image: a second ``run`` of a T1w, th
 a multi-echo MPRAGE. Such a group is denoised together (:mod:`bids_auton2n.denoise.repeats`);
 a group of one takes the single-image path.
 
-Entities are parsed with pybids (``bids.layout.parse_file_entities``).
+Entities are parsed with pybids (:func:`~bids_auton2n.utils.bids.file_entities`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from .bids import file_entities
 
 LOGGER = logging.getLogger("bids_auton2n")
 
@@ -55,12 +57,6 @@ class RepeatGroup:
         return len(self.files) > 1
 
 
-def _entities(path: str) -> dict:
-    from bids.layout import parse_file_entities
-
-    return parse_file_entities(str(Path(path).absolute()))
-
-
 def _order(entities: dict) -> tuple:
     def number(value):
         try:
@@ -95,7 +91,7 @@ def group_repeats(files, *, across_sessions: bool = False) -> list[RepeatGroup]:
     ignored = REPEAT_ENTITIES + (("session",) if across_sessions else ())
     keyed: dict[tuple, list[tuple[dict, str]]] = {}
     for path in files:
-        entities = _entities(path)
+        entities = file_entities(path)
         key = tuple(sorted((k, str(v)) for k, v in entities.items() if k not in ignored))
         keyed.setdefault(key, []).append((entities, str(path)))
     groups = []

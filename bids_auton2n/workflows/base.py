@@ -1,7 +1,8 @@
 """Nipype workflows of the participant level.
 
 ``init_auton2n_wf`` (reads :mod:`bids_auton2n.config`) → one ``init_single_subject_wf`` per
-participant → one ``init_anat_denoise_wf`` per anatomical image:
+participant → one ``init_anat_denoise_wf`` per anatomical image, which is the denoiser
+(``init_denoise_wf``) followed by its reportlets:
 
     estimate noise → select expert(s) → CNN experts (+ flip TTA) → RI-NLM fusion
     → provenance → derivatives + reportlets
@@ -12,6 +13,10 @@ the images' median noise (it estimates the noise itself) and its registry serves
 With ``--repeats auto`` (the default) the repeated acquisitions of one image (same entities
 but ``run``/``echo``, :func:`~bids_auton2n.utils.repeats.group_repeats`) go through one
 ``init_repeats_wf`` instead (:mod:`bids_auton2n.workflows.repeats`).
+
+The workflows are niworkflows' ``LiterateWorkflow``: each ``__desc__`` describes what it does
+with the options it was built with, and :func:`bids_auton2n.reports.boilerplate.write_boilerplate`
+collects them into the run's methods text (``logs/CITATION.md``), as fMRIPrep does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ..interfaces.denoise import (
     CNNDenoise,
@@ -31,7 +37,9 @@ from ..interfaces.denoise import (
     FuseRINLM,
     SelectExperts,
 )
-from ..interfaces.reports import DenoiseSummary
+from ..interfaces.qc import ComputeIQMs
+from ..interfaces.reports import DenoiseSummary, DenoisingFigures
+from ..utils.bids import file_entities
 from .outputs import (
     init_ds_combined_wf,
     init_ds_denoised_wf,
@@ -53,7 +61,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
 
     Returns
     -------
-    nipype.pipeline.engine.Workflow
+    niworkflows.engine.workflows.LiterateWorkflow
         ``auton2n_wf``, with ``base_dir`` set to the work directory.
     """
     from .. import config
@@ -68,8 +76,9 @@ def init_auton2n_wf(*, layout=None, subjects=None):
         suffixes=execution.suffixes,
         bids_filters=execution.bids_filters,
     )
-    workflow = pe.Workflow(name="auton2n_wf")
+    workflow = Workflow(name="auton2n_wf")
     workflow.base_dir = str(execution.work_dir)
+    workflow.__desc__, workflow.__postdesc__ = _software_desc()
 
     finetune_node = None
     if settings.finetune:
@@ -81,6 +90,8 @@ def init_auton2n_wf(*, layout=None, subjects=None):
         )
         if execution.experts_dir:
             finetune_node.inputs.experts_dir = str(execution.experts_dir)
+        if settings.finetune_steps is not None:
+            finetune_node.inputs.max_steps = settings.finetune_steps
         all_files = [f for files in subjects.values() for f in files]
         finetune_node.inputs.in_files = all_files
 
@@ -92,12 +103,13 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             bids_dir=str(execution.bids_dir),
             output_dir=str(execution.output_dir),
             crashdump_dir=str(
-                Path(execution.output_dir) / f"sub-{subject_id}" / "log" / execution.run_uuid
+                execution.output_dir / f"sub-{subject_id}" / "log" / execution.run_uuid
             ),
             experts_dir=str(execution.experts_dir) if execution.experts_dir else None,
             tta=settings.tta,
             fusion=settings.fusion,
             guard=settings.guard,
+            wiener=settings.wiener,
             noise_level=settings.noise_level,
             expert=settings.expert,
             blend=settings.blend,
@@ -108,6 +120,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             repeats_across_sessions=settings.repeats_across_sessions,
             repeats_method=settings.repeats_method,
             repeats_budget_s=settings.repeats_budget_s,
+            repeats_steps=settings.repeats_steps,
             omp_nthreads=config.nipype.omp_nthreads,
         )
         if finetune_node is not None:
@@ -123,6 +136,31 @@ def init_auton2n_wf(*, layout=None, subjects=None):
     return workflow
 
 
+def _software_desc() -> tuple[str, str]:
+    """Methods text of the software (``__desc__``) and of its libraries (``__postdesc__``)."""
+    from importlib.metadata import version
+
+    from .. import __version__
+
+    desc = (f"Anatomical images were denoised with *bids-auton2n* {__version__} [@bids_auton2n], "
+            "a BIDS-App [@bidsapps] implementing Auto-N2N [@auton2n], which runs on *Nipype* "
+            f"{version('nipype')} [@nipype].\n\n")
+    postdesc = (
+        f"The networks ran with *PyTorch* {version('torch')} [@pytorch] and the sliding-window "
+        f"inference of *MONAI* {version('monai')} [@monai]; the synthetic pairs and RI-NLM are "
+        f"*Numba* {version('numba')} [@numba] kernels; images were read and written with "
+        f"*NiBabel* {version('nibabel')} [@nibabel] and the dataset was indexed with *PyBIDS* "
+        f"{version('pybids')} [@pybids]. Denoised images keep the voxel grid, affine and header "
+        "of their source.\n\n"
+        "### Copyright waiver\n\n"
+        "The above boilerplate text was automatically generated by bids-auton2n from the "
+        "workflow that ran, with the express intention that users should copy and paste it "
+        "into their manuscripts *unchanged*. It is released under the "
+        "[CC0](https://creativecommons.org/publicdomain/zero/1.0/) license.\n\n"
+    )
+    return desc, postdesc
+
+
 def _sidecar(layout, path: str) -> dict:
     """Metadata of ``path`` after BIDS inheritance (JSON-able values only)."""
     return {k: v for k, v in layout.get_metadata(path).items()
@@ -130,19 +168,36 @@ def _sidecar(layout, path: str) -> dict:
 
 
 def image_workflow_name(path: str) -> str:
-    """Nipype-safe, unique-per-subject name of the workflow of one image."""
-    stem = Path(path).name.split(".")[0]
-    stem = re.sub(r"^sub-[a-zA-Z0-9]+_", "", stem)
+    """Nipype-safe, unique-per-subject name of the workflow of one image.
+
+    The file name without its extension and ``sub-<label>_``, e.g. ``anat_ses_1_T1w_wf``.
+
+    Parameters
+    ----------
+    path : str
+        The image.
+    """
+    entities = file_entities(path)
+    name = Path(path).name
+    stem = name[: len(name) - len(entities.get("extension", ""))]
+    stem = stem.removeprefix(f"sub-{entities['subject']}_") if "subject" in entities else stem
     return "anat_" + re.sub(r"[^a-zA-Z0-9]", "_", stem) + "_wf"
 
 
 def repeats_workflow_name(group) -> str:
     """Nipype-safe, unique-per-subject name of the workflow of a repeat group: the first
-    run's name without the entities that vary in the group, e.g. ``repeats_ses_1_T1w_wf``."""
-    stem = Path(group.reference).name.split(".")[0]
-    varying = {_FILE_KEYS[name] for name in group.varying}
-    tokens = [t for t in stem.split("_")[1:] if t.split("-")[0] not in varying]
-    return "repeats_" + re.sub(r"[^a-zA-Z0-9]", "_", "_".join(tokens)) + "_wf"
+    run's name without the entities that vary in the group, e.g. ``repeats_ses_1_T1w_wf``.
+
+    Parameters
+    ----------
+    group : bids_auton2n.utils.repeats.RepeatGroup
+        A group of two or more runs.
+    """
+    entities = file_entities(group.reference)
+    stem = image_workflow_name(group.reference).removeprefix("anat_")
+    for name in group.varying:
+        stem = stem.replace(f"{_FILE_KEYS[name]}_{entities[name]}_", "", 1)
+    return "repeats_" + stem
 
 
 #: File-name keys of the entities a repeat group may vary in.
@@ -150,7 +205,17 @@ _FILE_KEYS = {"run": "run", "echo": "echo", "session": "ses"}
 
 
 def subject_groups(anat_files, *, repeats: str = "auto", across_sessions: bool = False):
-    """The repeat groups of one subject's images (every image alone with ``repeats="off"``)."""
+    """The repeat groups of one subject's images (every image alone with ``repeats="off"``).
+
+    Parameters
+    ----------
+    anat_files : list of str
+        The subject's images.
+    repeats : {"auto", "off"}
+        ``--repeats``.
+    across_sessions : bool
+        ``--repeats-across-sessions``.
+    """
     from ..utils.repeats import RepeatGroup, group_repeats
 
     if repeats == "off":
@@ -160,7 +225,13 @@ def subject_groups(anat_files, *, repeats: str = "auto", across_sessions: bool =
 
 def denoise_workflow_names(anat_files, *, repeats: str = "auto",
                            across_sessions: bool = False) -> dict[str, str]:
-    """Name of the workflow that denoises each image (its own, or its repeat group's)."""
+    """Name of the workflow that denoises each image (its own, or its repeat group's).
+
+    Parameters
+    ----------
+    anat_files, repeats, across_sessions
+        As in :func:`subject_groups`.
+    """
     names = {}
     for group in subject_groups(anat_files, repeats=repeats, across_sessions=across_sessions):
         for path in group.files:
@@ -181,6 +252,7 @@ def init_single_subject_wf(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -191,6 +263,7 @@ def init_single_subject_wf(
     repeats_across_sessions: bool = False,
     repeats_method: str = "consensus",
     repeats_budget_s: float = 600.0,
+    repeats_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str | None = None,
 ):
@@ -210,7 +283,8 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads
+    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, write_noise_map,
+    omp_nthreads
         See :func:`init_anat_denoise_wf`.
     repeats : {"auto", "off"}
         ``auto``: repeated acquisitions of one image are denoised together
@@ -221,6 +295,8 @@ def init_single_subject_wf(
         Fine-tuning on the aligned runs.
     repeats_budget_s : float
         Its time budget per group (seconds).
+    repeats_steps : int, optional
+        Its most Adam steps per group.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
 
@@ -232,7 +308,7 @@ def init_single_subject_wf(
     -------
     None: derivatives and reportlets are written by the sinks.
     """
-    workflow = pe.Workflow(name=name or f"sub_{subject_id}_wf")
+    workflow = Workflow(name=name or f"sub_{subject_id}_wf")
     singles = []
     for group in subject_groups(anat_files, repeats=repeats, across_sessions=repeats_across_sessions):
         if not group.is_repeat:
@@ -241,16 +317,16 @@ def init_single_subject_wf(
         _connect_repeats(
             workflow, group, source_metadata=source_metadata, bids_dir=bids_dir,
             output_dir=output_dir, experts_dir=experts_dir, tta=tta, fusion=fusion, guard=guard,
-            noise_level=noise_level, expert=expert, device=device, finetune=finetune,
+            wiener=wiener, noise_level=noise_level, expert=expert, device=device, finetune=finetune,
             write_noise_map=write_noise_map, method=repeats_method, budget_s=repeats_budget_s,
-            omp_nthreads=omp_nthreads)
+            max_steps=repeats_steps, omp_nthreads=omp_nthreads)
     for anat_file in singles:
-        suffix = Path(anat_file).name.split(".")[0].rsplit("_", 1)[-1]
         anat_wf = init_anat_denoise_wf(
-            contrast=suffix,
+            contrast=file_entities(anat_file)["suffix"],
             tta=tta,
             fusion=fusion,
             guard=guard,
+            wiener=wiener,
             noise_level=noise_level,
             expert=expert,
             blend=blend,
@@ -260,11 +336,10 @@ def init_single_subject_wf(
             name=image_workflow_name(anat_file),
         )
         anat_wf.inputs.inputnode.in_file = anat_file
+        anat_wf.inputs.inputnode.bids_dir = bids_dir
+        anat_wf.inputs.inputnode.source_metadata = source_metadata.get(anat_file, {})
         if experts_dir and not finetune:
             anat_wf.inputs.inputnode.experts_dir = experts_dir
-        provenance = anat_wf.get_node("provenance")
-        provenance.inputs.bids_dir = bids_dir
-        provenance.inputs.source_metadata = source_metadata.get(anat_file, {})
 
         ds_denoised_wf = init_ds_denoised_wf(
             output_dir=output_dir, write_noise_map=write_noise_map,
@@ -296,18 +371,18 @@ def init_single_subject_wf(
 
 
 def _connect_repeats(workflow, group, *, source_metadata, bids_dir, output_dir, experts_dir,
-                     tta, fusion, guard, noise_level, expert, device, finetune, write_noise_map,
-                     method, budget_s, omp_nthreads):
+                     tta, fusion, guard, wiener, noise_level, expert, device, finetune,
+                     write_noise_map, method, budget_s, max_steps, omp_nthreads):
     """Add a repeat group's workflow and its sinks to a subject's ``workflow``."""
     from .repeats import init_repeats_wf
 
     files = list(group.files)
-    suffix = Path(files[0]).name.split(".")[0].rsplit("_", 1)[-1]
     repeats_wf = init_repeats_wf(
-        anat_files=files, contrast=suffix, output_dir=output_dir, bids_dir=bids_dir,
-        method=method, budget_s=budget_s, tta=tta, fusion=fusion, guard=guard,
-        noise_level=noise_level, expert=expert, device=device, finetune=finetune,
-        omp_nthreads=omp_nthreads, name=repeats_workflow_name(group))
+        anat_files=files, contrast=file_entities(files[0])["suffix"], output_dir=output_dir,
+        bids_dir=bids_dir, method=method, budget_s=budget_s, max_steps=max_steps, tta=tta,
+        fusion=fusion, guard=guard, wiener=wiener, noise_level=noise_level, expert=expert,
+        device=device, finetune=finetune, omp_nthreads=omp_nthreads,
+        name=repeats_workflow_name(group))
     repeats_wf.inputs.inputnode.source_metadata = [source_metadata.get(f, {}) for f in files]
     if experts_dir and not finetune:
         repeats_wf.inputs.inputnode.experts_dir = experts_dir
@@ -347,21 +422,89 @@ def _connect_repeats(workflow, group, *, source_metadata, bids_dir, output_dir, 
     ])  # fmt:skip
 
 
-def init_anat_denoise_wf(
+def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):
+    """Denoise one anatomical image and make its reportlets.
+
+    Parameters
+    ----------
+    name : str
+        Workflow name.
+    **denoise_options
+        The options of :func:`init_denoise_wf` (``contrast``, ``tta``, ``fusion``, ...).
+
+    Inputs
+    ------
+    in_file, bids_dir, source_metadata, experts_dir
+        Those of :func:`init_denoise_wf`.
+
+    Outputs
+    -------
+    out_file, noise_image, mask_file, sigma, out_json, metadata, noise_percent
+        Those of :func:`init_denoise_wf`.
+    out_report
+        Before/after SVG: noisy and denoised rows over the same cuts, then a flicker.
+    residual_report
+        SVG of the residual on +/- 3 sigma, with a colour bar.
+    summary_report
+        HTML fragment: noise estimate, experts, options, quality measures before and
+        after (those of the group table) and the structure removed, flagged when high.
+    """
+    workflow = Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=[*DENOISE_OUTPUTS, "out_report", "residual_report",
+                                      "summary_report"]),
+        name="outputnode",
+    )
+    denoise_wf = init_denoise_wf(**denoise_options)
+    figures = pe.Node(DenoisingFigures(), name="figures")
+    summary = pe.Node(DenoiseSummary(), name="summary")
+    iqms = pe.Node(ComputeIQMs(contrast=denoise_options["contrast"]), name="iqms")
+
+    workflow.connect([
+        (inputnode, denoise_wf, [(f, f"inputnode.{f}") for f in DENOISE_INPUTS]),
+        (denoise_wf, outputnode, [(f"outputnode.{f}", f) for f in DENOISE_OUTPUTS]),
+        (inputnode, figures, [("in_file", "in_file")]),
+        (denoise_wf, figures, [("outputnode.out_file", "denoised_file"),
+                               ("outputnode.noise_image", "noise_image"),
+                               ("outputnode.mask_file", "mask_file"),
+                               ("outputnode.sigma", "sigma")]),
+        (inputnode, iqms, [("in_file", "source_file")]),
+        (denoise_wf, iqms, [("outputnode.out_file", "denoised_file")]),
+        (iqms, summary, [("out_json", "iqms_json")]),
+        (denoise_wf, summary, [("outputnode.out_json", "provenance_json")]),
+        (figures, outputnode, [("before_after", "out_report"),
+                               ("residual", "residual_report")]),
+        (summary, outputnode, [("out_report", "summary_report")]),
+    ])  # fmt:skip
+    return workflow
+
+
+#: Inputs and outputs of :func:`init_denoise_wf`.
+DENOISE_INPUTS = ["in_file", "bids_dir", "source_metadata", "experts_dir"]
+DENOISE_OUTPUTS = ["out_file", "noise_image", "mask_file", "sigma", "out_json", "metadata",
+                   "noise_percent"]
+
+
+def init_denoise_wf(
     *,
     contrast: str,
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
     device: str = "auto",
     finetune: bool = False,
     omp_nthreads: int = 1,
-    name: str = "anat_denoise_wf",
+    name: str = "denoise_wf",
 ):
-    """Denoise one anatomical image (the app's denoiser, QSIPrep-style output contract).
+    """The app's denoiser: :func:`~bids_auton2n.denoise.pipeline.denoise_array` as Nipype nodes.
+
+    estimate noise → select expert(s) → CNN experts (+ flip TTA) → RI-NLM fusion and guard
+    → provenance (QSIPrep-style output contract: ``out_file``, ``noise_image`` and the record).
 
     Parameters
     ----------
@@ -373,6 +516,8 @@ def init_anat_denoise_wf(
         Average the CNN output with RI-NLM guided by it.
     guard : bool
         Give back what was removed beyond what the noise explains (do-no-harm guard).
+    wiener : bool
+        Collaborative Wiener stage with the fused image as pilot.
     noise_level : float, optional
         Noise level (percent) to use instead of the estimate.
     expert : float, optional
@@ -392,39 +537,37 @@ def init_anat_denoise_wf(
     ------
     in_file
         Raw anatomical image.
+    bids_dir
+        Root of the raw dataset (``Sources`` of the sidecar are BIDS URIs relative to it).
+    source_metadata
+        Sidecar metadata of ``in_file`` (carried into the derivative's sidecar).
     experts_dir
         Expert registry directory (left undefined: shipped experts).
 
     Outputs
     -------
     out_file
-        Denoised image (input affine and header).
+        Denoised image (float32, voxel grid and affine of the input; see
+        :data:`~bids_auton2n.utils.io.KEPT_FROM_SOURCE`).
     noise_image
         Input minus denoised.
-    out_report
-        Before/after flicker SVG (nireports ``SimpleBeforeAfterRPT``, ex-niworkflows).
-    residual_report
-        Mosaic SVG of the residual.
-    summary_report
-        HTML fragment: noise estimate, experts, options.
+    mask_file
+        Head mask the noise was estimated in.
+    sigma
+        Noise standard deviation in image units (estimated, or from ``noise_level``).
     out_json
         Provenance record (also as ``metadata`` dict for the sidecar).
+    metadata
+        The sidecar's content.
     noise_percent
-        Noise level in percent (feeds the optional fine-tuning node).
+        Noise level in percent of the reference tissue.
     """
-    from nireports.interfaces.mosaic import PlotMosaic
-    from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
-
-    workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "experts_dir"]),
-                        name="inputnode")
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=[
-            "out_file", "noise_image", "out_report", "residual_report", "summary_report",
-            "out_json", "metadata", "noise_percent",
-        ]),
-        name="outputnode",
-    )
+    workflow = Workflow(name=name)
+    workflow.__desc__ = _denoise_desc(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
+                                      noise_level=noise_level, expert=expert, blend=blend,
+                                      finetune=finetune)
+    inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_OUTPUTS), name="outputnode")
     estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads),
                        name="estimate_noise", n_procs=omp_nthreads)
     if noise_level is not None:
@@ -434,46 +577,98 @@ def init_anat_denoise_wf(
         select.inputs.expert = expert
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
                   name="cnn_denoise", n_procs=omp_nthreads)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, omp_nthreads=omp_nthreads),
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads),
                    name="rinlm_fusion", n_procs=omp_nthreads)
-    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, finetuned=finetune),
+    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
+                                           finetuned=finetune),
                          name="provenance")
-    before_after = pe.Node(
-        SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
-                             dismiss_affine=False, generate_report=True),
-        name="before_after",
-    )
-    residual = pe.Node(
-        PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
-                   cmap="Greys_r", out_file="residual.svg"),
-        name="residual_mosaic",
-    )
-    summary = pe.Node(DenoiseSummary(), name="summary")
 
     workflow.connect([
         (inputnode, estimate, [("in_file", "in_file")]),
         (inputnode, select, [("experts_dir", "experts_dir")]),
         (estimate, select, [("percent", "percent")]),
-        (inputnode, cnn, [("in_file", "in_file"), ("experts_dir", "experts_dir")]),
-        (estimate, cnn, [("mask_file", "mask_file"), ("out_json", "noise_json")]),
-        (select, cnn, [("out_json", "experts_json")]),
-        (inputnode, fuse, [("in_file", "in_file")]),
-        (estimate, fuse, [("sigma", "sigma")]),
+        (inputnode, cnn, [("experts_dir", "experts_dir")]),
+        (estimate, cnn, [("finite_file", "in_file"), ("mask_file", "mask_file"),
+                         ("noise", "noise")]),
+        (select, cnn, [("experts", "experts")]),
+        (estimate, fuse, [("finite_file", "in_file"), ("nonfinite_file", "nonfinite_file"),
+                          ("sigma", "sigma")]),
         (cnn, fuse, [("out_file", "cnn_file")]),
-        (inputnode, provenance, [("in_file", "source_file")]),
-        (estimate, provenance, [("out_json", "noise_json"), ("runtime_s", "estimate_s")]),
-        (select, provenance, [("out_json", "experts_json")]),
-        (cnn, provenance, [("device", "device"), ("runtime_s", "cnn_s")]),
-        (fuse, provenance, [("out_file", "denoised_file"), ("runtime_s", "rinlm_s")]),
-        (inputnode, before_after, [("in_file", "before")]),
-        (fuse, before_after, [("out_file", "after")]),
-        (fuse, residual, [("noise_image", "in_file")]),
-        (provenance, summary, [("out_json", "provenance_json")]),
-        (estimate, outputnode, [("percent", "noise_percent")]),
+        (inputnode, provenance, [("in_file", "source_file"), ("bids_dir", "bids_dir"),
+                                 ("source_metadata", "source_metadata")]),
+        (estimate, provenance, [("noise", "noise"), ("noise_source", "noise_source"),
+                                ("timings", "estimate_timings")]),
+        (select, provenance, [("experts", "experts"), ("weights_sha256", "weights_sha256"),
+                              ("selection", "selection")]),
+        (cnn, provenance, [("device", "device"), ("timings", "cnn_timings")]),
+        (fuse, provenance, [("out_file", "denoised_file"), ("timings", "fusion_timings")]),
+        (estimate, outputnode, [("percent", "noise_percent"), ("mask_file", "mask_file"),
+                                ("sigma", "sigma")]),
         (fuse, outputnode, [("out_file", "out_file"), ("noise_image", "noise_image")]),
-        (before_after, outputnode, [("out_report", "out_report")]),
-        (residual, outputnode, [("out_file", "residual_report")]),
-        (summary, outputnode, [("out_report", "summary_report")]),
         (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
     ])  # fmt:skip
     return workflow
+
+
+def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, finetune) -> str:
+    """Methods text of :func:`init_denoise_wf` built with these options."""
+    from ..denoise.guard import MAX_RESIDUAL_RMS
+    from ..denoise.wiener import BLOCK, GROUP_SIZE
+    from ..utils.io import KEPT_FROM_SOURCE
+
+    if noise_level is not None:
+        noise = f"The noise level was set by the user to {noise_level:g} %"
+    else:
+        noise = (
+            "The noise level of each image was estimated from the difference between the "
+            "image and a synthetic second realization built by non-local patch matching "
+            "(Auto-N2N [@auton2n]), as a standard deviation in image units and as a percentage "
+            "of the intensity of the reference tissue (white matter for T1w and FLAIR, "
+            "cerebrospinal fluid for T2w and PDw)"
+        )
+    if expert is not None:
+        experts = f"the expert trained for {expert:g} % noise was used (user choice)"
+    elif blend:
+        experts = ("the two experts whose training noise levels bracket the estimate were "
+                   "blended with linear weights")
+    else:
+        experts = "the expert whose training noise level is nearest to the estimate was used"
+    text = [
+        f"{noise}.",
+        "Auto-N2N trains 3D residual convolutional networks (5 residual blocks of two "
+        "3x3x3 convolutions with 16 filters, after a fixed high-pass layer) without clean "
+        "references, on synthetic noisy pairs, one expert per noise level (1, 3, 5, 7 and "
+        f"9 %); {experts}.",
+    ]
+    if finetune:
+        text.append("Before denoising, the selected expert was fine-tuned self-supervisedly "
+                    "on the images of this dataset (Auto-N2N synthetic pairs).")
+    text.append(
+        "The network was applied in sliding windows"
+        + (", averaging its outputs over the identity and the flip of all three axes "
+           "(test-time augmentation)" if tta else ", without test-time augmentation")
+        + "."
+    )
+    if fusion:
+        text.append("The network output was then averaged with a rotationally invariant "
+                    "non-local means filter (RI-NLM [@manjon2012]) of the noisy image guided by "
+                    "it, with a Rician noise model.")
+    else:
+        text.append("No RI-NLM fusion was applied (network output only).")
+    if wiener:
+        text.append("The image was then re-estimated from the noisy data by a collaborative "
+                    "Wiener filter, the second step of BM4D [@maggioni2013], with that image as "
+                    f"its pilot: blocks of {BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by "
+                    f"similarity in the pilot ({GROUP_SIZE} per group), and each coefficient of "
+                    "their 3D discrete cosine and group transforms was scaled by the Wiener gain "
+                    "the pilot gives it; block means were kept from the pilot.")
+    if guard:
+        text.append("Wherever the removed residual (input minus output) had a local RMS "
+                    f"(3x3x3 voxels) above {MAX_RESIDUAL_RMS:g} times the estimated noise "
+                    "standard deviation, it was scaled down to that level and the rest given "
+                    "back to the image (do-no-harm guard: what noise cannot explain is structure "
+                    "[@buades2005]), for the network output before it guided RI-NLM and after "
+                    "every later step.")
+    text.append(f"Denoised images keep the {KEPT_FROM_SOURCE}. Where a source has no negative "
+                "voxel (a magnitude image), negative output values are set to 0.")
+    return " ".join(text) + "\n\n"

@@ -9,25 +9,26 @@ from pathlib import Path
 from nipype.pipeline import engine as pe
 
 from ..interfaces.qc import ComputeIQMs
+from ..utils.bids import file_entities
 
 #: Columns of ``group_denoising.tsv`` in order.
 COLUMNS = (
     "subject", "session", "acquisition", "reconstruction", "run", "suffix", "source",
     "status", "noise_percent", "noise_sigma", "noise_source", "expert", "pair_source", "repeats",
     "snr_before", "snr_after", "cnr_before", "cnr_after", "cjv_before", "cjv_after",
-    "fwhm_before", "fwhm_after", "runtime_s", "outlier", "error",
+    "fwhm_before", "fwhm_after", "structure_removed", "runtime_s", "outlier", "error",
 )
 
-_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
-             "reconstruction": "rec", "run": "run"}
+#: Entities of the source name that are columns of the table; ``subject`` and ``session``
+#: keep their BIDS prefix (``sub-01``, ``ses-1``), as in ``participants.tsv`` and ``sessions.tsv``.
+_ENTITIES = ("subject", "session", "acquisition", "reconstruction", "run", "suffix")
 
 
 def _entities(source: str) -> dict:
-    name = Path(source).name.split(".")[0]
-    found = {key: (re.search(rf"(?:^|_){short}-([a-zA-Z0-9]+)", name) or [None, None])[1]
-             for key, short in _ENTITIES.items()}
-    found["suffix"] = name.rsplit("_", 1)[-1]
-    return found
+    found = file_entities(source)
+    prefixes = {"subject": "sub-", "session": "ses-"}
+    return {key: None if found.get(key) is None
+            else prefixes.get(key, "") + str(found[key]) for key in _ENTITIES}
 
 
 def _repeats_note(sidecar: dict) -> str | None:
@@ -74,7 +75,21 @@ def init_group_wf(*, images: list[dict], work_dir: str, name: str = "auton2n_gro
 
 def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                     participant_label=(), plugin=None) -> tuple[Path, Path, int]:
-    """Compute the group table and report; returns (tsv, html, number of failed images)."""
+    """Compute the group table and report; returns (tsv, html, number of failed images).
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Raw dataset root.
+    output_dir : Path
+        Derivatives root of the participant level (its status logs list the images).
+    work_dir : Path
+        Nipype's working folder (the IQM nodes run under ``group/``).
+    participant_label : sequence of str
+        Participants to include; empty: all.
+    plugin : dict, optional
+        Nipype plugin name and arguments (:meth:`~bids_auton2n.config.NipypeSettings.get_plugin`).
+    """
     import pandas as pd
 
     from ..reports.core import read_status
@@ -95,7 +110,7 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                 derivative.name.replace(".nii.gz", ".json")).read_text())
             noise = sidecar["NoiseEstimate"]
             row.update(
-                noise_percent=noise["percent"], noise_sigma=noise["sigma"],
+                noise_percent=noise["Percent"], noise_sigma=noise["Sigma"],
                 noise_source=noise["Source"],
                 expert="+".join(f"{e['NoiseLevelPercent']:g}" for e in sidecar["Experts"]),
                 runtime_s=sidecar["TimingsSeconds"]["total"],
@@ -142,8 +157,11 @@ OUTLIER_Z = 3.5
 
 
 def _outlier_reasons(table, robust_z) -> list[str]:
-    """Why each row is flagged: failure, or robust |z| > 3.5 within its suffix."""
+    """Why each row is flagged: failure, robust |z| > 3.5 within its suffix, or structure
+    removed above :data:`~bids_auton2n.reports.iqms.STRUCTURE_REMOVED_FLAG`."""
     import numpy as np
+
+    from ..reports.iqms import STRUCTURE_REMOVED_FLAG
 
     reasons = [[] for _ in range(len(table))]
     for index, status in enumerate(table["status"]):
@@ -154,6 +172,9 @@ def _outlier_reasons(table, robust_z) -> list[str]:
         "snr_gain": table["snr_after"] / table["snr_before"],
         "fwhm_increase": table["fwhm_after"] / table["fwhm_before"],
     }
+    for index, value in enumerate(table["structure_removed"].to_numpy(dtype=float)):
+        if value > STRUCTURE_REMOVED_FLAG:
+            reasons[index].append(f"structure_removed ({value:.2f} > {STRUCTURE_REMOVED_FLAG:g})")
     for suffix in table["suffix"].dropna().unique():
         rows = np.flatnonzero((table["suffix"] == suffix).to_numpy())
         for label, values in checks.items():
@@ -161,4 +182,4 @@ def _outlier_reasons(table, robust_z) -> list[str]:
             for row, score in zip(rows, z):
                 if np.isfinite(score) and abs(score) > OUTLIER_Z:
                     reasons[row].append(f"{label} (z={score:+.1f})")
-    return [";".join(r) if r else "" for r in reasons]
+    return [";".join(r) if r else None for r in reasons]  # None: written n/a

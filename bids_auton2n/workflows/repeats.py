@@ -30,9 +30,11 @@ def init_repeats_wf(
     bids_dir: str,
     method: str = "consensus",
     budget_s: float = 600.0,
+    max_steps: int | None = None,
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     device: str = "auto",
@@ -53,8 +55,10 @@ def init_repeats_wf(
         Fine-tuning on the aligned runs.
     budget_s : float
         Fine-tuning time budget (seconds).
-    tta, fusion, guard, noise_level, expert, device, finetune, omp_nthreads
-        See :func:`~bids_auton2n.workflows.base.init_anat_denoise_wf`.
+    max_steps : int, optional
+        Most Adam steps of the fine-tuning.
+    tta, fusion, guard, wiener, noise_level, expert, device, finetune, omp_nthreads
+        See :func:`~bids_auton2n.workflows.base.init_denoise_wf`.
     name : str
 
     Inputs
@@ -107,16 +111,18 @@ def init_repeats_wf(
                                              contrast=contrast)
     denoise = pe.Node(
         DenoiseRepeats(contrast=contrast, method=method, budget_s=budget_s,
-                       tta=tta, fusion=fusion, guard=guard, device=device,
+                       tta=tta, fusion=fusion, guard=guard, wiener=wiener, device=device,
                        omp_nthreads=omp_nthreads),
         name="denoise_repeats", n_procs=omp_nthreads)
+    if max_steps is not None:
+        denoise.inputs.max_steps = max_steps
     if noise_level is not None:
         denoise.inputs.noise_level = noise_level
     if expert is not None:
         denoise.inputs.expert = expert
     provenance = pe.Node(RepeatsProvenance(bids_dir=bids_dir,
                                            output_dir=output_dir, finetuned=finetune),
-                         name="provenance")
+                         name="repeats_provenance")
     alignment_report = pe.Node(
         OptionalBeforeAfter(before_label="run 1",
                             after_label="run 2 aligned"),

@@ -1,6 +1,6 @@
-"""Benchmark of repeated acquisitions (``bids_auton2n-bench repeats`` and ``repeats-align``).
+"""Benchmark of repeated acquisitions (``bids_auton2n-bench repeats``).
 
-``repeats``: every method on the same pairs, in one run, one after the other in this process
+Every method on the same pairs, in one run, one after the other in this process
 (``--threads`` threads), writing ``results.json`` and ``results.md`` as rows complete:
 
 * **Phantom pairs** at each ``--levels`` (default 5 and 9 %): two independent Rician
@@ -22,10 +22,8 @@
   benchmark phantom's, carried onto session 1 by an ANTs affine registration of the phantom
   (benchmark material used as a measuring tool only).
 
-``repeats-align``: DIPY's ``affine_registration`` (rigid pipeline, its default pyramid)
-against ANTs ``registration(type_of_transform="Rigid")`` on phantom pairs at 9 % moved by
-random rigid motions (``--trials``, up to ``--max-degrees`` / ``--max-mm``): error of the
-recovered motion (mm, over the brain) and wall time, in the same run.
+The choice of ANTs is measured by ``bids_auton2n-bench repeats-align``
+(:mod:`bids_auton2n.bench.studies.repeats_align`).
 """
 
 from __future__ import annotations
@@ -39,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from ..harness import DEFAULT_DATA_DIR
+from ._common import command_line, write_keeping_notes
 
 #: Rigid motion of the second phantom run: rotations about x, y, z (degrees) and shift (mm),
 #: about the centre of the phantom's grid.
@@ -70,7 +71,7 @@ def move_head(clean: np.ndarray, affine: np.ndarray, motion: np.ndarray) -> np.n
 
 def phantom_pair(level: float, crop_shape=DEFAULT_CROP, motion=PHANTOM_MOTION):
     """Clean phantom, motion, the two noisy runs (cropped) and the phantom's metadata."""
-    from ..denoise.phantom import add_rician_noise, crop, icbm152_phantom
+    from ...denoise.phantom import add_rician_noise, crop, icbm152_phantom
 
     phantom = icbm152_phantom("T1w")
     centre = phantom.affine[:3, :3] @ ((np.asarray(phantom.clean.shape) - 1) / 2) + phantom.affine[:3, 3]
@@ -88,7 +89,7 @@ def phantom_pair(level: float, crop_shape=DEFAULT_CROP, motion=PHANTOM_MOTION):
 
 
 def _score(phantom, image) -> dict:
-    from . import metrics
+    from .. import metrics
 
     peak = float(phantom.clean[phantom.head_mask].max())
     return {"psnr": metrics.psnr(phantom.clean, image, phantom.head_mask, peak),
@@ -103,9 +104,9 @@ def _timed(function):
 
 def run_phantom_level(level: float, config, log=print) -> list[dict]:
     """Every row of one noise level (see the module docstring)."""
-    from ..denoise.align import resample_to_reference
-    from ..denoise.pipeline import denoise_array
-    from ..denoise.repeats import align_runs, coverage_mean, denoise_repeats
+    from ...denoise.align import resample_to_reference
+    from ...denoise.pipeline import denoise_array
+    from ...denoise.repeats import align_runs, coverage_mean, denoise_repeats
 
     phantom, motion, runs, clean_runs, seed = phantom_pair(level, config.crop)
     affine = phantom.affine
@@ -164,7 +165,7 @@ def _block_average_in_plane(path: Path):
     """The scan with its finer-than-1 mm axes block-averaged (the registration's grid)."""
     import nibabel as nib
 
-    from ..denoise.align import working_grid
+    from ...denoise.align import working_grid
 
     image = nib.load(str(path))
     return working_grid(np.asarray(image.get_fdata(dtype=np.float32)), image.affine)
@@ -175,7 +176,7 @@ def _brain_mask(reference: np.ndarray, affine: np.ndarray) -> np.ndarray:
     import ants
     import nibabel as nib
 
-    from ..denoise.phantom import icbm152_phantom
+    from ...denoise.phantom import icbm152_phantom
 
     phantom = icbm152_phantom("T1w")
     images = []
@@ -192,7 +193,7 @@ def _brain_mask(reference: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def agreement(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> dict:
     """Agreement of two aligned images inside ``brain``: correlation, tissue Dice, sharpness."""
-    from . import metrics
+    from .. import metrics
 
     labels_a = metrics.kmeans_tissues(a, brain, "T1w")
     labels_b = metrics.kmeans_tissues(b, brain, "T1w")
@@ -205,9 +206,9 @@ def agreement(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> dict:
 
 def run_uih(config, log=print) -> list[dict]:
     """Alignment and session agreement of the UIH scan-rescan pair (module docstring)."""
-    from ..denoise.align import resample_to_reference
-    from ..denoise.pipeline import denoise_array
-    from ..denoise.repeats import align_runs, denoise_repeats
+    from ...denoise.align import resample_to_reference
+    from ...denoise.pipeline import denoise_array
+    from ...denoise.repeats import align_runs, denoise_repeats
 
     paths = [config.data_dir / name for name in UIH_FILES]
     if not all(p.is_file() for p in paths):
@@ -292,74 +293,7 @@ def write_report(record: dict, out_dir: Path) -> list[Path]:
                       f"(headers only {a['CorrelationHeaderOnly']:.3f}), plausible "
                       f"{a['Plausible']}, {a['Seconds']:.0f} s."]
     md_file = out_dir / "results.md"
-    md_file.write_text("\n".join(lines) + "\n")
-    return [json_file, md_file]
-
-
-def align_comparison(config, log=print) -> list[dict]:
-    """DIPY against ANTs rigid registration on moved phantom pairs (module docstring)."""
-    from ..denoise.align import register_rigid
-    from ..denoise.phantom import add_rician_noise, icbm152_phantom
-
-    phantom = icbm152_phantom("T1w")
-    affine = phantom.affine
-    centre = affine[:3, :3] @ ((np.asarray(phantom.clean.shape) - 1) / 2) + affine[:3, 3]
-    points = np.argwhere(phantom.brain_mask)[::20] @ affine[:3, :3].T + affine[:3, 3]
-    rng = np.random.default_rng(7)
-    rows = []
-
-    def dipy_rigid(fixed, moving):
-        from dipy.align import affine_registration
-
-        _, matrix = affine_registration(moving, fixed, moving_affine=affine, static_affine=affine,
-                                        pipeline=["center_of_mass", "translation", "rigid"])
-        return matrix
-
-    def ants_rigid(fixed, moving):
-        return register_rigid(fixed, affine, moving, affine)
-
-    libraries = {"dipy": dipy_rigid, "ants": ants_rigid}
-    for trial in range(config.trials):
-        degrees = rng.uniform(-config.max_degrees, config.max_degrees, 3)
-        shift = rng.uniform(-config.max_mm, config.max_mm, 3)
-        motion = rigid_motion(degrees, shift, centre)
-        runs = [add_rician_noise(phantom.clean, config.level, phantom.reference_intensity, 50 + trial),
-                add_rician_noise(move_head(phantom.clean, affine, motion), config.level,
-                                 phantom.reference_intensity, 90 + trial)]
-        for name in config.libraries:
-            try:
-                matrix, seconds = _timed(lambda: libraries[name](*runs))
-            except Exception as exc:  # a library that fails is a row, not a stopped run
-                rows.append({"trial": trial, "library": name, "error": str(exc)})
-                continue
-            error = points @ (matrix - motion)[:3, :3].T + (matrix - motion)[:3, 3]
-            lengths = np.sqrt((error ** 2).sum(axis=1))
-            rows.append({"trial": trial, "library": name, "degrees": degrees.round(2).tolist(),
-                         "shift_mm": shift.round(2).tolist(), "error_mm_mean": float(lengths.mean()),
-                         "error_mm_max": float(lengths.max()), "seconds": round(seconds, 1)})
-            log(f"[bench repeats-align] trial {trial} {name:<5} error {lengths.mean():.3f} mm "
-                f"(max {lengths.max():.3f}) {seconds:.0f} s")
-    return rows
-
-
-def write_align_report(record: dict, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_file = out_dir / "results.json"
-    json_file.write_text(json.dumps(record, indent=1, default=float))
-    lines = ["# Rigid alignment: DIPY affine_registration vs ANTs registration (Rigid)", "",
-             f"Command: `{record['config']['command']}`  ",
-             f"Machine: {record['machine']['cpu']}, load average at start "
-             f"{record['machine']['load_average_1_5_15']}", "",
-             "| trial | motion (deg / mm) | library | error mean / max (mm) | seconds |",
-             "|---|---|---|---|---|"]
-    for r in record["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['trial']} | | {r['library']} | failed: {r['error']} | |")
-        else:
-            lines.append(f"| {r['trial']} | {r['degrees']} / {r['shift_mm']} | {r['library']} | "
-                         f"{r['error_mm_mean']:.3f} / {r['error_mm_max']:.3f} | {r['seconds']:.0f} |")
-    md_file = out_dir / "results.md"
-    md_file.write_text("\n".join(lines) + "\n")
+    write_keeping_notes(md_file, "\n".join(lines) + "\n")
     return [json_file, md_file]
 
 
@@ -368,53 +302,39 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from ..utils.repeats import REPEAT_METHODS, REPEATS_BUDGET_S
+    from ...utils.repeats import REPEAT_METHODS, REPEATS_BUDGET_S
 
     p = argparse.ArgumentParser(prog="bids_auton2n-bench repeats", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("repeats", help="phantom pairs and the UIH scan-rescan pair")
-    bench.add_argument("--out", type=Path, default=Path("benchmarks/results/repeats"))
-    bench.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)),
-                       default=DEFAULT_LEVELS)
-    bench.add_argument("--crop", type=int, nargs=3, default=DEFAULT_CROP, metavar=("X", "Y", "Z"))
-    bench.add_argument("--methods", type=_csv, default=REPEAT_METHODS)
-    bench.add_argument("--budget", type=float, default=REPEATS_BUDGET_S,
-                       help="fine-tuning time budget per pair (seconds; 0: none)")
-    bench.add_argument("--max-steps", type=int, help="fine-tuning Adam steps per pair")
-    bench.add_argument("--uih", choices=("avg2", "none"), default="avg2")
-    bench.add_argument("--no-phantom", action="store_true")
-    bench.add_argument("--data-dir", type=Path, default=Path("/work/shared/data"))
-    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    align = sub.add_parser("repeats-align", help="DIPY against ANTs rigid registration")
-    align.add_argument("--out", type=Path, default=Path("benchmarks/results/repeats_align"))
-    align.add_argument("--trials", type=int, default=3)
-    align.add_argument("--level", type=float, default=9.0)
-    align.add_argument("--max-degrees", type=float, default=8.0)
-    align.add_argument("--max-mm", type=float, default=8.0)
-    align.add_argument("--libraries", type=_csv, default=("ants", "dipy"))
-    align.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/repeats"))
+    p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)),
+                   default=DEFAULT_LEVELS, help="noise levels, %% of white matter (comma list)")
+    p.add_argument("--crop", type=int, nargs=3, default=DEFAULT_CROP, metavar=("X", "Y", "Z"),
+                   help="phantom crop (voxels; the same window for both runs)")
+    p.add_argument("--methods", type=_csv, default=REPEAT_METHODS,
+                   help="repeats methods to run (comma list)")
+    p.add_argument("--budget", type=float, default=REPEATS_BUDGET_S,
+                   help="fine-tuning time budget per pair (seconds; 0: none)")
+    p.add_argument("--max-steps", type=int, help="fine-tuning Adam steps per pair")
+    p.add_argument("--uih", choices=("avg2", "none"), default="avg2",
+                   help="the UIH scan-rescan pair (2x2 in-plane averages) or none")
+    p.add_argument("--no-phantom", action="store_true", help="skip the phantom pairs")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="folder of the real scans (the UIH pair)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     return p
 
 
 def main(argv) -> int:
-    import shlex
-
     import torch
 
-    from .report import machine_record
+    from ..report import machine_record
 
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     record = {"machine": machine_record(args.threads), "rows": [],
-              "config": {"command": "bids_auton2n-bench " + shlex.join(argv)}}
-    if args.command == "repeats-align":
-        record["config"].update(trials=args.trials, level=args.level)
-        record["rows"] = align_comparison(args)
-        for path in write_align_report(record, args.out):
-            print(f"[bench] wrote {path}")
-        return 0
+              "config": {"command": command_line("repeats", argv)}}
     args.budget_s = args.budget or None
     record["config"].update(levels=list(args.levels), crop=list(args.crop),
                             methods=list(args.methods), budget_s=args.budget_s,
