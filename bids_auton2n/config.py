@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from .denoise import CONTRASTS
+from .utils.repeats import DEFAULT_REPEAT_METHOD, REPEATS_BUDGET_S
 
 #: Anatomical BIDS suffixes the app denoises by default: every contrast it can denoise.
 DEFAULT_SUFFIXES = CONTRASTS
@@ -73,6 +74,11 @@ class WorkflowSettings:
     pair_source: str = "auto"
     slice_pair_budget_s: float = 300.0
     slice_pair_steps: int | None = None
+    repeats: str = "auto"
+    repeats_across_sessions: bool = False
+    repeats_method: str = DEFAULT_REPEAT_METHOD
+    repeats_budget_s: float = REPEATS_BUDGET_S
+    repeats_steps: int | None = None
 
 
 @dataclass

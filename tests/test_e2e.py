@@ -31,6 +31,13 @@ SOURCES = (
     "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
     "sub-02/ses-2/anat/sub-02_ses-2_T2w.nii.gz",
 )
+#: The two runs of sub-01's T1w are repeats of one image (``--repeats auto``, the default).
+REPEATS = SOURCES[:2]
+COMBINED = "sub-01/ses-1/anat/sub-01_ses-1_desc-denoised_T1w"
+TRANSFORMS = tuple(s.replace("_T1w.nii.gz", "_from-orig_to-T1w_mode-image_xfm.txt") for s in REPEATS)
+#: Fine-tuning of the repeats bounded by steps (the same on any machine): the plumbing, not
+#: the gain, is tested here.
+REPEATS_BUDGET = ["--repeats-budget", "3600", "--repeats-steps", "3"]
 
 
 def _listing(root: Path) -> dict:
@@ -45,7 +52,7 @@ def app_run(tiny_bids, tmp_path_factory):
     out, work = base / "out", base / "work"
     before = _listing(tiny_bids)
     common = [str(tiny_bids), str(out)]
-    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1"]
+    opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", *REPEATS_BUDGET]
     participant, group = (
         subprocess.run([sys.executable, "-m", "bids_auton2n.cli.run", *common, *args, *opts],
                        cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -115,7 +122,14 @@ def test_sidecars(app_run):
     for source in SOURCES:
         stem, suffix = source.split(".")[0].rsplit("_", 1)
         meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
-        assert meta["Sources"] == [f"bids:raw:{source}"]
+        if source in REPEATS:  # fine-tuned on both runs: both, and their transforms
+            assert meta["Sources"] == [f"bids:raw:{source}"] + [
+                f"bids:raw:{other}" for other in REPEATS if other != source] + [
+                f"bids::{t}" for t in TRANSFORMS]
+            assert meta["PairSource"] == "repeats"
+        else:
+            assert meta["Sources"] == [f"bids:raw:{source}"]
+            assert "Repeats" not in meta
         assert meta["SkullStripped"] is False
         noise = meta["NoiseEstimate"]
         assert all(re.fullmatch(r"(?:[A-Z][a-z0-9]*)+", key) for key in noise), noise
@@ -141,10 +155,11 @@ def test_sidecars(app_run):
 
 
 def test_app_output_matches_denoise_file(app_run, tmp_path):
-    """The whole app (MultiProc, sinks) writes what the library writes for the same image."""
+    """The whole app (MultiProc, sinks) writes what the library writes for the same image
+    (one that is not a repeat: those are denoised together)."""
     from bids_auton2n.utils.io import denoise_file
 
-    source = SOURCES[0]
+    source = next(s for s in SOURCES if s not in REPEATS)
     stem, suffix = source.split(".")[0].rsplit("_", 1)
     result = denoise_file(app_run["bids"] / source, tmp_path / "library.nii.gz",
                           noise_map=tmp_path / "library_noise.nii.gz")
@@ -158,6 +173,41 @@ def test_app_output_matches_denoise_file(app_run, tmp_path):
         if key != "TimingsSeconds":
             assert meta[key] == value, key
     assert sorted(meta["TimingsSeconds"]) == sorted(result.timings)  # the sink sorts keys
+
+
+def test_combined_image_of_the_repeats(app_run):
+    """The two runs are aligned, transforms written, and their denoised mean is saved on the
+    first run's grid, named without the run entity (as sMRIPrep names its T1w merge)."""
+    from bids_auton2n.cli.demo import REPEAT_MOTION
+    from bids_auton2n.denoise.align import read_transform, rotation_angle_deg
+
+    out, bids = app_run["out"], app_run["bids"]
+    combined = nb.load(out / f"{COMBINED}.nii.gz")
+    first = nb.load(bids / REPEATS[0])
+    assert combined.shape == first.shape and combined.get_data_dtype() == np.float32
+    np.testing.assert_allclose(combined.affine, first.affine)
+    runs = [nb.load(out / s.replace("_T1w.nii.gz", "_desc-denoised_T1w.nii.gz")).get_fdata()
+            for s in REPEATS]
+    data = combined.get_fdata()
+    assert np.isfinite(data).all()
+    assert not np.allclose(data, runs[0]) and not np.allclose(data, runs[1])
+    meta = json.loads((out / f"{COMBINED}.json").read_text())
+    assert meta["Sources"] == [f"bids:raw:{s}" for s in REPEATS] + [
+        f"bids::{t}" for t in TRANSFORMS]
+    assert meta["PairSource"] == "repeats"
+    record = meta["Repeats"]
+    assert record["RunsCombined"] == 2 and record["Fallback"] == []
+    assert record["Method"].startswith("consensus")
+    assert [a["Plausible"] for a in record["Alignments"]] == [True, True]
+    assert record["FineTuning"]["budget_s"] == 3600.0
+    assert record["FineTuning"]["max_steps"] == 3
+    assert meta["RepetitionTime"] == 2.3  # the first run's metadata is carried forward
+    # the transforms: identity for the first run, the demo's motion for the second
+    identity, moved = (read_transform(out / t) for t in TRANSFORMS)
+    np.testing.assert_allclose(identity, np.eye(4), atol=1e-6)
+    assert rotation_angle_deg(moved) == pytest.approx(REPEAT_MOTION[0], abs=0.5)
+    np.testing.assert_allclose(np.asarray(record["Alignments"][1]["Matrix"]), moved, atol=1e-4)
+    assert (out / "sub-01/figures/sub-01_ses-1_desc-alignment_T1w.svg").is_file()
 
 
 def test_noise_estimates_match_the_generated_noise(app_run):
@@ -178,16 +228,19 @@ def test_noise_estimates_match_the_generated_noise(app_run):
 
 def test_participant_reports(app_run):
     out = app_run["out"]
-    for subject, n_images in (("01", 3), ("02", 2)):
+    for subject, n_images, n_groups in (("01", 3, 1), ("02", 2, 0)):
         html = (out / f"sub-{subject}.html").read_text()
         figures = re.findall(r'(?:src|data)="\./(sub-[^"]+\.svg)"', html)
-        assert len(figures) == 3 * n_images  # before/after flicker, residual, noise map
+        # before/after flicker, residual, noise map per image; alignment, combined and
+        # combined vs run flickers per group of repeats
+        assert len(figures) == 3 * n_images + 3 * n_groups
         assert all((out / f).is_file() for f in figures)
         assert html.count("Denoising summary") == n_images
         assert html.count("Quality measures") == n_images  # as on the group page
         assert html.count("Structure removed") == n_images
         assert "No errors to report" in html
         assert "Auto-N2N" in html  # methods boilerplate
+        assert html.count("Alignment of the runs") == n_groups
     citation = (out / "logs" / "CITATION.md").read_text()
     assert "test-time augmentation" in citation and "RI-NLM" in citation
 
@@ -203,6 +256,10 @@ def test_group_table_and_report(app_run):
     assert all(len(row) == len(rows[0]) and "" not in row for row in rows)  # n/a, never empty
     assert {row[rows[0].index("outlier")] for row in rows[1:]} == {"n/a"}
     assert (table["status"] == "success").all()
+    paths = dict(zip(table["source"], table["pair_source"]))
+    assert paths == {s: "repeats" if s in REPEATS else "synthetic" for s in SOURCES}
+    notes = dict(zip(table["source"], table["repeats"]))
+    assert notes[REPEATS[0]].startswith("combined with 1 other run")
     for metric in ("snr", "cnr", "cjv", "fwhm"):
         assert np.isfinite(table[f"{metric}_before"]).all()
         assert np.isfinite(table[f"{metric}_after"]).all()
@@ -230,7 +287,9 @@ def test_rerun_resumes_from_work_dir(app_run):
     work = app_run["work"]
     results = sorted(work.glob(
         "auton2n_wf/sub_*_wf/anat_*_wf/denoise_wf/cnn_denoise/result_cnn_denoise.pklz"))
-    assert len(results) == len(SOURCES)
+    results += sorted(work.glob(
+        "auton2n_wf/sub_*_wf/repeats_*_wf/denoise_repeats/result_denoise_repeats.pklz"))
+    assert len(results) == len(SOURCES) - len(REPEATS) + 1  # one node per group of repeats
     stamps = [p.stat().st_mtime_ns for p in results]
     code = main([str(app_run["bids"]), str(app_run["out"]), "participant", "--write-noise-map",
                  *app_run["opts"]])
@@ -307,7 +366,7 @@ def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--no-tta",
             "--participant-label", "01", "--finetune", "--finetune-budget", "3600",
-            "--finetune-steps", "3"]
+            "--finetune-steps", "3", *REPEATS_BUDGET]
     assert main([str(tiny_bids), str(out), "participant", *opts]) == 0
     registries = list(work.glob("auton2n_wf/finetune/finetuned_experts/manifest.json"))
     assert len(registries) == 1
@@ -317,7 +376,7 @@ def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
     shipped = {e["sha256"] for e in json.loads((default_root() / "manifest.json").read_text())["experts"]}
     assert tuned[0]["sha256"] not in shipped
     sidecars = sorted(out.glob("sub-01/ses-1/anat/*_desc-denoised_*.json"))
-    assert len(sidecars) == 3
+    assert len(sidecars) == 4  # 3 images and the combined image of the 2 runs
     for sidecar in sidecars:
         meta = json.loads(sidecar.read_text())
         assert meta["FineTuned"] is True

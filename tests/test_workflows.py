@@ -17,6 +17,9 @@ from bids_auton2n.reports.boilerplate import REFERENCES, render, write_boilerpla
 from bids_auton2n.workflows.base import init_anat_denoise_wf, init_auton2n_wf
 
 N_IMAGES = 5  # in the tiny_bids fixture
+#: sub-01's run-1 and run-2 T1w are repeats (``--repeats auto``): one group, the other three
+#: images denoised alone.
+N_SINGLE, N_GROUPS = 3, 1
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,12 @@ def _inputs(workflow, name: str, field: str) -> list:
     return [getattr(node.inputs, field) for node in _nodes(workflow, name)]
 
 
+def _everywhere(wf, single_node: str, field: str, value, repeats_field: str | None = None):
+    """``field`` of every single-image ``single_node`` and of the repeats node is ``value``."""
+    return (_inputs(wf, single_node, field) == [value] * N_SINGLE
+            and _inputs(wf, "denoise_repeats", repeats_field or field) == [value] * N_GROUPS)
+
+
 def _summary(workflow) -> dict:
     """Every node's full name and inputs (what a run of the workflow depends on)."""
     return {path: json.dumps(node.inputs.get_traitsfree(), sort_keys=True, default=str)
@@ -53,10 +62,13 @@ def _summary(workflow) -> dict:
 
 
 def _check_default(wf):
-    assert len(_nodes(wf, "cnn_denoise")) == N_IMAGES
-    assert _inputs(wf, "cnn_denoise", "tta") == [True] * N_IMAGES
-    assert _inputs(wf, "rinlm_fusion", "fusion") == [True] * N_IMAGES
-    assert _inputs(wf, "rinlm_fusion", "guard") == [True] * N_IMAGES
+    assert len(_nodes(wf, "cnn_denoise")) == N_SINGLE
+    assert len(_nodes(wf, "denoise_repeats")) == N_GROUPS
+    assert _everywhere(wf, "cnn_denoise", "tta", True)
+    assert _everywhere(wf, "rinlm_fusion", "fusion", True)
+    assert _everywhere(wf, "rinlm_fusion", "guard", True)
+    assert _everywhere(wf, "rinlm_fusion", "wiener", True)
+    assert _inputs(wf, "denoise_repeats", "method") == ["consensus"]
     assert not _nodes(wf, "finetune") and not _nodes(wf, "ds_noise")
 
 
@@ -64,7 +76,8 @@ def _check_finetune(wf, budget=600.0):
     (finetune,) = _nodes(wf, "finetune")
     assert len(finetune.inputs.in_files) == N_IMAGES
     assert finetune.inputs.time_budget_s == budget
-    assert _inputs(wf, "provenance", "finetuned") == [True] * N_IMAGES
+    assert _inputs(wf, "provenance", "finetuned") == [True] * N_SINGLE
+    assert _inputs(wf, "repeats_provenance", "finetuned") == [True] * N_GROUPS
     experts_in = [edge for edge in wf._graph.edges(data=True) if edge[0] is finetune]
     assert len(experts_in) == 2  # one subject workflow per participant, each image fed
 
@@ -104,23 +117,23 @@ FLAGS = {
                  lambda wf: _inputs(wf, "estimate_noise", "contrast") == ["T2w", "T2w"]),
     "--skip-bids-validation": (["--skip-bids-validation"],
                                lambda wf: config.execution.skip_bids_validation),
-    "--device": (["--device", "cpu"], lambda wf: _inputs(wf, "cnn_denoise", "device")
-                 == ["cpu"] * N_IMAGES),
-    "--no-tta": (["--no-tta"], lambda wf: _inputs(wf, "cnn_denoise", "tta") == [False] * N_IMAGES),
+    "--device": (["--device", "cpu"], lambda wf: _everywhere(wf, "cnn_denoise", "device", "cpu")),
+    "--no-tta": (["--no-tta"], lambda wf: _everywhere(wf, "cnn_denoise", "tta", False)),
     "--no-fusion": (["--no-fusion"],
-                    lambda wf: _inputs(wf, "rinlm_fusion", "fusion") == [False] * N_IMAGES),
+                    lambda wf: _everywhere(wf, "rinlm_fusion", "fusion", False)),
     "--no-guard": (["--no-guard"],
-                   lambda wf: _inputs(wf, "rinlm_fusion", "guard")
-                   == _inputs(wf, "provenance", "guard") == [False] * N_IMAGES),
+                   lambda wf: _everywhere(wf, "rinlm_fusion", "guard", False)
+                   and _inputs(wf, "provenance", "guard") == [False] * N_SINGLE),
     "--no-wiener": (["--no-wiener"],
-                    lambda wf: _inputs(wf, "rinlm_fusion", "wiener")
-                    == _inputs(wf, "provenance", "wiener") == [False] * N_IMAGES),
+                    lambda wf: _everywhere(wf, "rinlm_fusion", "wiener", False)
+                    and _inputs(wf, "provenance", "wiener") == [False] * N_SINGLE),
     "--noise-level": (["--noise-level", "4"],
-                      lambda wf: _inputs(wf, "estimate_noise", "noise_level") == [4.0] * N_IMAGES),
+                      lambda wf: _everywhere(wf, "estimate_noise", "noise_level", 4.0)),
     "--expert": (["--expert", "5"],
-                 lambda wf: _inputs(wf, "select_experts", "expert") == [5.0] * N_IMAGES),
+                 lambda wf: _everywhere(wf, "select_experts", "expert", 5.0)),
+    # the repeats start from one expert, fine-tuned: there is nothing to blend
     "--blend-experts": (["--blend-experts"],
-                        lambda wf: _inputs(wf, "select_experts", "blend") == [True] * N_IMAGES),
+                        lambda wf: _inputs(wf, "select_experts", "blend") == [True] * N_SINGLE),
     "--finetune": (["--finetune"], _check_finetune),
     "--finetune-budget": (["--finetune", "--finetune-budget", "30"],
                           lambda wf: _check_finetune(wf, budget=30.0)),
@@ -138,19 +151,32 @@ FLAGS = {
     "--slice-pair-steps": (["--slice-pair-steps", "3"],
                            lambda wf: _inputs(wf, "slice_pair_finetune", "max_steps")
                            == [3] * N_IMAGES),
+    "--repeats": (["--repeats", "off"],
+                  lambda wf: len(_nodes(wf, "cnn_denoise")) == N_IMAGES
+                  and not _nodes(wf, "denoise_repeats")),
+    "--repeats-across-sessions": (["--repeats-across-sessions"],
+                                  lambda wf: config.workflow.repeats_across_sessions
+                                  and len(_nodes(wf, "denoise_repeats")) == N_GROUPS),
+    "--repeats-method": (["--repeats-method", "n2a"],
+                         lambda wf: _inputs(wf, "denoise_repeats", "method") == ["n2a"]),
+    "--repeats-budget": (["--repeats-budget", "30"],
+                         lambda wf: _inputs(wf, "denoise_repeats", "budget_s") == [30.0]),
+    "--repeats-steps": (["--repeats-steps", "7"],
+                        lambda wf: _inputs(wf, "denoise_repeats", "max_steps") == [7]),
     "--write-noise-map": (["--write-noise-map"],
                           lambda wf: len(_nodes(wf, "ds_noise")) == N_IMAGES),
     "--experts-dir": (["--experts-dir", lambda tmp_path: str(tmp_path / "experts")],
                       lambda wf: [str(dir_).endswith("/experts") for dir_ in
                                   (getattr(n.inputs, "experts_dir", None)
                                    for n in _nodes(wf, "inputnode")) if dir_ and isdefined(dir_)]
-                      == [True] * N_IMAGES),
+                      == [True] * (N_SINGLE + N_GROUPS)),
     "--work-dir": (["--work-dir", lambda tmp_path: str(tmp_path / "w")],
                    lambda wf: wf.base_dir.endswith("/w")),
     "--nprocs": (["--nprocs", "3"],
-                 lambda wf: [n.n_procs for n in _nodes(wf, "cnn_denoise")] == [3] * N_IMAGES),
+                 lambda wf: [n.n_procs for n in _nodes(wf, "cnn_denoise") + _nodes(
+                     wf, "denoise_repeats")] == [3] * (N_SINGLE + N_GROUPS)),
     "--omp-nthreads": (["--nprocs", "4", "--omp-nthreads", "2"],
-                       lambda wf: _inputs(wf, "cnn_denoise", "omp_nthreads") == [2] * N_IMAGES),
+                       lambda wf: _everywhere(wf, "cnn_denoise", "omp_nthreads", 2)),
     "--mem-gb": (["--mem-gb", "4"],
                  lambda wf: config.nipype.get_plugin()["plugin_args"]["memory_gb"] == 4.0),
     "--use-plugin": (["--use-plugin", _plugin],
@@ -158,9 +184,8 @@ FLAGS = {
     "--stop-on-first-crash": (["--stop-on-first-crash"],
                               lambda wf: config.nipype.stop_on_first_crash),
     "--config-file": (["--config-file", _saved_config],
-                      lambda wf: _inputs(wf, "cnn_denoise", "tta")
-                      == [False] * N_IMAGES and _inputs(wf, "select_experts", "expert")
-                      == [5.0] * N_IMAGES),
+                      lambda wf: _everywhere(wf, "cnn_denoise", "tta", False)
+                      and _everywhere(wf, "select_experts", "expert", 5.0)),
     "--reports-only": (["--reports-only"], lambda wf: config.execution.reports_only),
     "--notrack": (["--notrack"], _check_default),
     "--verbose": (["-v"], lambda wf: config.execution.verbosity == 1),

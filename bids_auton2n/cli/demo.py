@@ -4,7 +4,8 @@ The dataset's images are the fuzzy ICBM152 2009a phantom (:mod:`bids_auton2n.den
 nilearn's packaged tissue maps, T1w or T2w contrast, a synthetic scalp), resampled to
 ``voxel_mm`` and given Rician noise of a known level: it looks like a head, and it exists to
 show what the app writes. **Demo material only**: an average of 152 brains is never training
-or calibration data.
+or calibration data. The runs of one image (``run-1``, ``run-2``) are repeats: the same head,
+moved a little (:data:`REPEAT_MOTION`) before the noise of each run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ DEMO_IMAGES = (
 #: Voxel size (mm) of the demo's images; the tests' dataset uses 3 mm.
 DEMO_VOXEL_MM = 2.0
 
+#: Rigid motion of the head between two runs of one image: rotation about the first axis
+#: (degrees) and shift (mm).
+REPEAT_MOTION = (3.0, (1.0, -0.8, 0.6))
+
 
 def template_head(contrast: str, voxel_mm: float) -> tuple[np.ndarray, float]:
     """The ICBM152 phantom's head, cropped to its extent and resampled to ``voxel_mm``.
@@ -46,6 +51,25 @@ def template_head(contrast: str, voxel_mm: float) -> tuple[np.ndarray, float]:
     return np.clip(clean, 0, None).astype(np.float32), phantom.reference_intensity
 
 
+def _moved(clean: np.ndarray, affine: np.ndarray, times: int) -> np.ndarray:
+    """``clean`` with the head moved ``times`` times by :data:`REPEAT_MOTION` (world mm)."""
+    from scipy import ndimage as ndi
+
+    if times == 0:
+        return clean
+    degrees, shift = REPEAT_MOTION
+    angle = np.radians(degrees * times)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
+                         [0, np.sin(angle), np.cos(angle)]])
+    centre = affine[:3, :3] @ ((np.asarray(clean.shape) - 1) / 2) + affine[:3, 3]
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre - rotation @ centre + times * np.asarray(shift)
+    # Each voxel of the moved head shows what was at motion^-1 of its position.
+    voxels = np.linalg.inv(affine) @ np.linalg.inv(motion) @ affine
+    return ndi.affine_transform(clean, voxels[:3, :3], voxels[:3, 3], order=1).astype(np.float32)
+
+
 def make_demo_dataset(root: str | Path, *, voxel_mm: float = DEMO_VOXEL_MM,
                       images=DEMO_IMAGES, seed: int = 0) -> Path:
     """Write a small valid BIDS dataset of noisy T1w/T2w heads under ``root``.
@@ -58,7 +82,8 @@ def make_demo_dataset(root: str | Path, *, voxel_mm: float = DEMO_VOXEL_MM,
         Isotropic voxel size of every image (2 mm: 82 x 100 x 82 voxels).
     images : sequence
         ``(subject, session, run, suffix, noise_percent)`` tuples; ``session``/``run``
-        may be ``None``; ``suffix`` T1w or T2w.
+        may be ``None``; ``suffix`` T1w or T2w. Images that differ only in ``run`` show
+        one head, moved between runs.
     seed : int
         Seeds the noise.
     """
@@ -76,11 +101,15 @@ def make_demo_dataset(root: str | Path, *, voxel_mm: float = DEMO_VOXEL_MM,
     (root / "participants.tsv").write_text(
         "participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
     heads = {suffix: template_head(suffix, voxel_mm) for suffix in sorted({i[3] for i in images})}
+    earlier_runs: dict[tuple, int] = {}
     for index, (subject, session, run, suffix, percent) in enumerate(images):
         clean, reference = heads[suffix]
-        noisy = add_rician_noise(clean, percent, reference, seed=seed + index)
         affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
         affine[:3, 3] = -0.5 * voxel_mm * (np.asarray(clean.shape) - 1)
+        key = (subject, session, suffix)
+        clean = _moved(clean, affine, earlier_runs.get(key, 0))
+        earlier_runs[key] = earlier_runs.get(key, 0) + 1
+        noisy = add_rician_noise(clean, percent, reference, seed=seed + index)
         folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
         folder.mkdir(parents=True, exist_ok=True)
         entities = [f"sub-{subject}"] + ([f"ses-{session}"] if session else []) \

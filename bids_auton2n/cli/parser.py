@@ -138,6 +138,9 @@ def add_threads_option(group, *, default_help: str) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     from ..config import DEFAULT_SUFFIXES
+    from ..utils.repeats import (
+        DEFAULT_REPEAT_METHOD, REPEAT_METHODS, REPEATS_BUDGET_S, REPEATS_MODES,
+    )
 
     parser = _Parser(
         prog="bids_auton2n",
@@ -205,6 +208,28 @@ def _build_parser() -> argparse.ArgumentParser:
     g_den.add_argument("--finetune-steps", type=_positive_int, metavar="N",
                        help="stop --finetune after N Adam steps (the same result on any "
                        "machine, within the time budget)")
+    g_rep = parser.add_argument_group(
+        "Repeated acquisitions",
+        "Images of one subject and session with the same entities but run (or echo) are "
+        "repeats of one image: they are aligned rigidly to the first, the expert is "
+        "fine-tuned on them and the denoised runs are averaged on the first run's grid "
+        "(desc-denoised without the run entity). An implausible alignment falls back to "
+        "denoising each image on its own, with a warning in the report.")
+    g_rep.add_argument("--repeats", choices=REPEATS_MODES, default="auto",
+                       help="auto: combine repeated acquisitions; off: denoise every image on "
+                       "its own")
+    g_rep.add_argument("--repeats-across-sessions", action="store_true",
+                       help="also combine repeats from different sessions (anatomy can change "
+                       "between sessions)")
+    g_rep.add_argument("--repeats-method", choices=REPEAT_METHODS, default=DEFAULT_REPEAT_METHOD,
+                       help="fine-tuning on the aligned runs: consensus Noise2Noise (each run "
+                       "predicts the other) or n2a (Noise2Average: each run maps to the average, "
+                       "iterated)")
+    g_rep.add_argument("--repeats-budget", type=_positive_float, default=REPEATS_BUDGET_S,
+                       metavar="SECONDS", help="fine-tuning time budget per group of repeats")
+    g_rep.add_argument("--repeats-steps", type=_positive_int, metavar="N",
+                       help="stop the fine-tuning of a group of repeats after N Adam steps "
+                       "(the same result on any machine, within the time budget)")
     g_den.add_argument("--write-noise-map", action="store_true",
                        help="also write the local noise level map (sigma, image units) as "
                        "desc-noise and the residual (input - denoised) as desc-residual")
@@ -335,6 +360,11 @@ def _fill_config(opts) -> None:
     if opts.noise_model == "adaptive" and opts.noise_level is not None:
         raise BIDSAppError("--noise-model adaptive needs the noise estimate (a local map), "
                            "not --noise-level", EXIT_USAGE)
+    settings.repeats = opts.repeats
+    settings.repeats_across_sessions = opts.repeats_across_sessions
+    settings.repeats_method = opts.repeats_method
+    settings.repeats_budget_s = opts.repeats_budget
+    settings.repeats_steps = opts.repeats_steps
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)
 

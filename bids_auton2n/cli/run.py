@@ -188,8 +188,16 @@ def run_participant() -> int:
         crashed = exc
         print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
     finally:
+        from ..workflows.base import denoise_workflow_names
+
+        settings = config.workflow
+        workflow_names = {
+            source: name for files in subjects.values()
+            for source, name in denoise_workflow_names(
+                files, repeats=settings.repeats,
+                across_sessions=settings.repeats_across_sessions).items()}
         status = _image_status(sources, execution.output_dir, execution.bids_dir,
-                               execution.run_uuid)
+                               execution.run_uuid, workflow_names)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
         status_file.write_text(json.dumps(status, indent=2))
         write_boilerplate(execution.output_dir, workflow)
@@ -214,8 +222,13 @@ def run_participant() -> int:
     return 0
 
 
-def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> list[dict]:
-    """Success/failure of every planned image, failures with the error from its crash file."""
+def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
+                  workflow_names: dict | None = None) -> list[dict]:
+    """Success/failure of every planned image, failures with the error from its crash file.
+
+    ``workflow_names`` maps a source to the workflow that denoises it when that is not its
+    own (the workflow of its repeat group).
+    """
     from ..utils.bids import derivative_path, file_entities
     from ..workflows.base import image_workflow_name
 
@@ -223,7 +236,7 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> l
     for source in sources:
         subject = file_entities(source)["subject"]
         crash_dir = Path(output_dir) / f"sub-{subject}" / "log" / run_uuid
-        marker = f".{image_workflow_name(source)}."
+        marker = f".{(workflow_names or {}).get(source) or image_workflow_name(source)}."
         error = None
         for crash in sorted(crash_dir.glob("crash-*.txt")):
             text = crash.read_text(errors="replace")

@@ -9,6 +9,8 @@ References
 ----------
 .. [1] S. Morell-Ortega et al., "Auto-N2N: Self-supervised MRI Denoising using
    Synthetic Pair Generation and Mixture of Experts", section 2.3, eq. (1).
+.. [2] D. Wu, K. Gong, K. Kim, X. Li, Q. Li, "Consensus neural network for medical
+   imaging denoising with only noisy training samples", MICCAI 2019, eq. (8).
 """
 
 from __future__ import annotations
@@ -118,7 +120,52 @@ def l2_loss(
     return ((target - output) ** 2).mean()
 
 
-LOSSES: dict[str, LossFn] = {"auton2n": auton2n_loss, "l1": l1_loss, "l2": l2_loss}
+def consensus_loss(
+    output_a: torch.Tensor, output_b: torch.Tensor, input_a: torch.Tensor, input_b: torch.Tensor
+) -> torch.Tensor:
+    """Consensus Noise2Noise loss of two realizations, eq. (8) of [2]_ (means for sums).
+
+    ``L = 1/2 |f(x_a) - x_b|^2 + 1/2 |f(x_b) - x_a|^2 - 1/4 |f(x_a) - f(x_b)|^2``: each
+    realization predicts the other, and the last term rewards outputs whose *mean* is right.
+    When the two noises are independent and zero-mean its expectation is the squared error
+    of ``(f(x_a) + f(x_b)) / 2`` against the clean image plus the noise variance, so the
+    mean of the two outputs is the denoised image.
+
+    Parameters
+    ----------
+    output_a, output_b : torch.Tensor
+        Network outputs for ``input_a`` and ``input_b``, shape ``(N, C, D, H, W)``.
+    input_a, input_b : torch.Tensor
+        The two aligned noisy realizations.
+    """
+    _check_shapes(output_a, output_b, input_a)
+    _check_shapes(output_a, input_b, None)
+    return (0.5 * ((output_a - input_b) ** 2).mean() + 0.5 * ((output_b - input_a) ** 2).mean()
+            - 0.25 * ((output_a - output_b) ** 2).mean())
+
+
+def consensus_model_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`consensus_loss` of one network run on both realizations (``inputs``, ``targets``).
+
+    A *model loss* (``runs_model``): the trainer hands it the model, since both
+    realizations go through it (:func:`apply_loss`).
+    """
+    return consensus_loss(model(inputs), model(targets), inputs, targets)
+
+
+consensus_model_loss.runs_model = True
+
+
+def apply_loss(loss_fn, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of ``model`` on a batch: ``loss_fn(model(inputs), targets, inputs)``, or, for a
+    model loss (attribute ``runs_model``), ``loss_fn(model, inputs, targets)``."""
+    if getattr(loss_fn, "runs_model", False):
+        return loss_fn(model, inputs, targets)
+    return loss_fn(model(inputs), targets, inputs)
+
+
+LOSSES: dict[str, LossFn] = {"auton2n": auton2n_loss, "l1": l1_loss, "l2": l2_loss,
+                             "consensus": consensus_model_loss}
 
 
 def get_loss(name: str) -> LossFn:
@@ -126,7 +173,9 @@ def get_loss(name: str) -> LossFn:
 
     Parameters
     ----------
-    name : {"auton2n", "l1", "l2"}
+    name : {"auton2n", "l1", "l2", "consensus"}
+        ``"consensus"`` is a model loss (:func:`consensus_model_loss`): call it through
+        :func:`apply_loss`.
     """
     try:
         return LOSSES[name.lower()]

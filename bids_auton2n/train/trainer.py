@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..denoise.experts import _atomic_write
 from ..denoise.inference import resolve_device
-from ..denoise.losses import get_loss
+from ..denoise.losses import apply_loss, get_loss
 from ..denoise.network import ResidualDenoiser3D
 from .data import PatchSampler, draw_level
 
@@ -188,7 +188,7 @@ def evaluate(model, validation: dict, loss_fn, device, batch_size: int) -> dict:
         targets = torch.from_numpy(validation["targets"][chunk]).to(device)
         outputs = model(inputs)
         count = inputs.shape[0]
-        loss_sum += float(loss_fn(outputs, targets, inputs)) * count
+        loss_sum += float(apply_loss(loss_fn, model, inputs, targets)) * count
         l2_sum += float(((outputs - targets) ** 2).mean()) * count
         noised = validation["added_std"][chunk] > 0
         if noised.any():
@@ -350,7 +350,7 @@ def train_expert(
             inputs = torch.from_numpy(inputs).to(device)
             targets = torch.from_numpy(targets).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), targets, inputs)
+            loss = apply_loss(loss_fn, model, inputs, targets)
             loss.backward()
             optimizer.step()
             running += float(loss.detach())

@@ -10,6 +10,10 @@ participant → one ``init_anat_denoise_wf`` per anatomical image, which is the 
 With ``--finetune`` one fine-tuning node shared by the dataset adapts the expert nearest to
 the images' median noise (it estimates the noise itself) and its registry serves every CNN node.
 
+With ``--repeats auto`` (the default) the repeated acquisitions of one image (same entities
+but ``run``/``echo``, :func:`~bids_auton2n.utils.repeats.group_repeats`) go through one
+``init_repeats_wf`` instead (:mod:`bids_auton2n.workflows.repeats`).
+
 The workflows are niworkflows' ``LiterateWorkflow``: each ``__desc__`` describes what it does
 with the options it was built with, and :func:`bids_auton2n.reports.boilerplate.write_boilerplate`
 collects them into the run's methods text (``logs/CITATION.md``), as fMRIPrep does.
@@ -37,7 +41,12 @@ from ..interfaces.denoise import (
 from ..interfaces.qc import ComputeIQMs
 from ..interfaces.reports import DenoiseSummary, DenoisingFigures
 from ..utils.bids import file_entities
-from .outputs import init_ds_denoised_wf, init_ds_reportlets_wf
+from .outputs import (
+    init_ds_combined_wf,
+    init_ds_denoised_wf,
+    init_ds_repeats_reportlets_wf,
+    init_ds_reportlets_wf,
+)
 
 
 def init_auton2n_wf(*, layout=None, subjects=None):
@@ -112,13 +121,20 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             pair_source=settings.pair_source,
             slice_pair_budget_s=settings.slice_pair_budget_s,
             slice_pair_steps=settings.slice_pair_steps,
+            repeats=settings.repeats,
+            repeats_across_sessions=settings.repeats_across_sessions,
+            repeats_method=settings.repeats_method,
+            repeats_budget_s=settings.repeats_budget_s,
+            repeats_steps=settings.repeats_steps,
             omp_nthreads=config.nipype.omp_nthreads,
         )
         if finetune_node is not None:
+            names = set(denoise_workflow_names(
+                anat_files, repeats=settings.repeats,
+                across_sessions=settings.repeats_across_sessions).values())
             workflow.connect([
-                (finetune_node, subject_wf, [
-                    ("experts_dir", f"{image_workflow_name(f)}.inputnode.experts_dir")])
-                for f in anat_files
+                (finetune_node, subject_wf, [("experts_dir", f"{wf_name}.inputnode.experts_dir")])
+                for wf_name in sorted(names)
             ])
         else:
             workflow.add_nodes([subject_wf])  # connect() adds it in the branch above
@@ -173,6 +189,62 @@ def image_workflow_name(path: str) -> str:
     return "anat_" + re.sub(r"[^a-zA-Z0-9]", "_", stem) + "_wf"
 
 
+def repeats_workflow_name(group) -> str:
+    """Nipype-safe, unique-per-subject name of the workflow of a repeat group: the first
+    run's name without the entities that vary in the group, e.g. ``repeats_ses_1_T1w_wf``.
+
+    Parameters
+    ----------
+    group : bids_auton2n.utils.repeats.RepeatGroup
+        A group of two or more runs.
+    """
+    entities = file_entities(group.reference)
+    stem = image_workflow_name(group.reference).removeprefix("anat_")
+    for name in group.varying:
+        stem = stem.replace(f"{_FILE_KEYS[name]}_{entities[name]}_", "", 1)
+    return "repeats_" + stem
+
+
+#: File-name keys of the entities a repeat group may vary in.
+_FILE_KEYS = {"run": "run", "echo": "echo", "session": "ses"}
+
+
+def subject_groups(anat_files, *, repeats: str = "auto", across_sessions: bool = False):
+    """The repeat groups of one subject's images (every image alone with ``repeats="off"``).
+
+    Parameters
+    ----------
+    anat_files : list of str
+        The subject's images.
+    repeats : {"auto", "off"}
+        ``--repeats``.
+    across_sessions : bool
+        ``--repeats-across-sessions``.
+    """
+    from ..utils.repeats import RepeatGroup, group_repeats
+
+    if repeats == "off":
+        return [RepeatGroup((f,)) for f in anat_files]
+    return group_repeats(anat_files, across_sessions=across_sessions)
+
+
+def denoise_workflow_names(anat_files, *, repeats: str = "auto",
+                           across_sessions: bool = False) -> dict[str, str]:
+    """Name of the workflow that denoises each image (its own, or its repeat group's).
+
+    Parameters
+    ----------
+    anat_files, repeats, across_sessions
+        As in :func:`subject_groups`.
+    """
+    names = {}
+    for group in subject_groups(anat_files, repeats=repeats, across_sessions=across_sessions):
+        for path in group.files:
+            names[path] = (repeats_workflow_name(group) if group.is_repeat
+                           else image_workflow_name(path))
+    return names
+
+
 def init_single_subject_wf(
     *,
     subject_id: str,
@@ -196,6 +268,11 @@ def init_single_subject_wf(
     pair_source: str = "auto",
     slice_pair_budget_s: float | None = None,
     slice_pair_steps: int | None = None,
+    repeats: str = "auto",
+    repeats_across_sessions: bool = False,
+    repeats_method: str = "consensus",
+    repeats_budget_s: float = 600.0,
+    repeats_steps: int | None = None,
     omp_nthreads: int = 1,
     name: str | None = None,
 ):
@@ -221,6 +298,17 @@ def init_single_subject_wf(
         See :func:`init_anat_denoise_wf`.
     write_noise_map : bool
         Also write the local noise map (``desc-noise``) and the residual (``desc-residual``).
+    repeats : {"auto", "off"}
+        ``auto``: repeated acquisitions of one image are denoised together
+        (:func:`~bids_auton2n.workflows.repeats.init_repeats_wf`); ``off``: every image alone.
+    repeats_across_sessions : bool
+        Also group the repeats of different sessions.
+    repeats_method : {"consensus", "n2a"}
+        Fine-tuning on the aligned runs.
+    repeats_budget_s : float
+        Its time budget per group (seconds).
+    repeats_steps : int, optional
+        Its most Adam steps per group.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
 
@@ -233,7 +321,18 @@ def init_single_subject_wf(
     None: derivatives and reportlets are written by the sinks.
     """
     workflow = Workflow(name=name or f"sub_{subject_id}_wf")
-    for anat_file in anat_files:
+    singles = []
+    for group in subject_groups(anat_files, repeats=repeats, across_sessions=repeats_across_sessions):
+        if not group.is_repeat:
+            singles.append(group.reference)
+            continue
+        _connect_repeats(
+            workflow, group, source_metadata=source_metadata, bids_dir=bids_dir,
+            output_dir=output_dir, experts_dir=experts_dir, tta=tta, fusion=fusion, guard=guard,
+            wiener=wiener, noise_level=noise_level, expert=expert, device=device, finetune=finetune,
+            write_noise_map=write_noise_map, method=repeats_method, budget_s=repeats_budget_s,
+            max_steps=repeats_steps, omp_nthreads=omp_nthreads)
+    for anat_file in singles:
         anat_wf = init_anat_denoise_wf(
             contrast=file_entities(anat_file)["suffix"],
             tta=tta,
@@ -292,6 +391,58 @@ def init_single_subject_wf(
         for node in workflow._get_all_nodes():
             node.config = deepcopy(workflow.config)
     return workflow
+
+
+def _connect_repeats(workflow, group, *, source_metadata, bids_dir, output_dir, experts_dir,
+                     tta, fusion, guard, wiener, noise_level, expert, device, finetune,
+                     write_noise_map, method, budget_s, max_steps, omp_nthreads):
+    """Add a repeat group's workflow and its sinks to a subject's ``workflow``."""
+    from .repeats import init_repeats_wf
+
+    files = list(group.files)
+    repeats_wf = init_repeats_wf(
+        anat_files=files, contrast=file_entities(files[0])["suffix"], output_dir=output_dir,
+        bids_dir=bids_dir, method=method, budget_s=budget_s, max_steps=max_steps, tta=tta,
+        fusion=fusion, guard=guard, wiener=wiener, noise_level=noise_level, expert=expert,
+        device=device, finetune=finetune, omp_nthreads=omp_nthreads,
+        name=repeats_workflow_name(group))
+    repeats_wf.inputs.inputnode.source_metadata = [source_metadata.get(f, {}) for f in files]
+    if experts_dir and not finetune:
+        repeats_wf.inputs.inputnode.experts_dir = experts_dir
+    for index, anat_file in enumerate(files):
+        ds_denoised_wf = init_ds_denoised_wf(
+            output_dir=output_dir, write_noise_map=write_noise_map,
+            name=f"ds_{repeats_wf.name}_run{index}")
+        ds_denoised_wf.inputs.inputnode.source_file = anat_file
+        ds_reportlets_wf = init_ds_reportlets_wf(
+            output_dir=output_dir, name=f"ds_reportlets_{repeats_wf.name}_run{index}")
+        ds_reportlets_wf.inputs.inputnode.source_file = anat_file
+        for field, target in (("out_files", "inputnode.out_file"),
+                              ("noise_images", "inputnode.noise_image"),
+                              ("metadata", "inputnode.metadata"),
+                              ("out_reports", "inputnode.before_after"),
+                              ("residual_reports", "inputnode.residual"),
+                              ("summary_reports", "inputnode.summary")):
+            pick = pe.Node(niu.Select(index=index), name=f"pick_{repeats_wf.name}_{field}_{index}")
+            sink_wf = ds_denoised_wf if field in ("out_files", "noise_images", "metadata") \
+                else ds_reportlets_wf
+            workflow.connect([
+                (repeats_wf, pick, [(f"outputnode.{field}", "inlist")]),
+                (pick, sink_wf, [("out", target)]),
+            ])  # fmt:skip
+    ds_combined_wf = init_ds_combined_wf(output_dir=output_dir, anat_files=files,
+                                         name=f"ds_combined_{repeats_wf.name}")
+    ds_group_reportlets_wf = init_ds_repeats_reportlets_wf(
+        output_dir=output_dir, anat_files=files, name=f"ds_reportlets_{repeats_wf.name}")
+    workflow.connect([
+        (repeats_wf, ds_combined_wf, [("outputnode.combined_file", "inputnode.combined_file"),
+                                      ("outputnode.combined_metadata", "inputnode.metadata")]),
+        (repeats_wf, ds_group_reportlets_wf, [
+            ("outputnode.alignment_report", "inputnode.alignment"),
+            ("outputnode.combined_report", "inputnode.combined"),
+            ("outputnode.combined_vs_run_report", "inputnode.combined_vs_run"),
+            ("outputnode.repeats_summary", "inputnode.summary")]),
+    ])  # fmt:skip
 
 
 def init_anat_denoise_wf(*, name: str = "anat_denoise_wf", **denoise_options):

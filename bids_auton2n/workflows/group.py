@@ -14,7 +14,7 @@ from ..utils.bids import file_entities
 #: Columns of ``group_denoising.tsv`` in order.
 COLUMNS = (
     "subject", "session", "acquisition", "reconstruction", "run", "suffix", "source",
-    "status", "noise_percent", "noise_sigma", "noise_source", "expert",
+    "status", "noise_percent", "noise_sigma", "noise_source", "expert", "pair_source", "repeats",
     "snr_before", "snr_after", "cnr_before", "cnr_after", "cjv_before", "cjv_after",
     "fwhm_before", "fwhm_after", "structure_removed", "runtime_s", "outlier", "error",
 )
@@ -29,6 +29,16 @@ def _entities(source: str) -> dict:
     prefixes = {"subject": "sub-", "session": "ses-"}
     return {key: None if found.get(key) is None
             else prefixes.get(key, "") + str(found[key]) for key in _ENTITIES}
+
+
+def _repeats_note(sidecar: dict) -> str | None:
+    """Which path a run of a repeat group took (None for an image without repeats)."""
+    record = sidecar.get("Repeats")
+    if record is None:
+        return None
+    if sidecar.get("PairSource") == "repeats":
+        return f"combined with {record['RunsCombined'] - 1} other run(s) ({record['Method']})"
+    return "not combined: " + "; ".join(record["Fallback"])
 
 
 def init_group_wf(*, images: list[dict], work_dir: str, name: str = "auton2n_group_wf"):
@@ -104,6 +114,8 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                 noise_source=noise["Source"],
                 expert="+".join(f"{e['NoiseLevelPercent']:g}" for e in sidecar["Experts"]),
                 runtime_s=sidecar["TimingsSeconds"]["total"],
+                pair_source=sidecar.get("PairSource", "synthetic"),
+                repeats=_repeats_note(sidecar),
             )
             key = re.sub(r"[^a-zA-Z0-9]", "_", Path(source).name.split(".")[0])
             images.append({"source_file": str(bids_dir / source),

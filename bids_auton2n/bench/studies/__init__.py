@@ -33,6 +33,8 @@ STUDIES = {
                                  "thick slices (NS-N2N), a noise ramp (routed experts), Rician bias"),
     "structure-threshold": ("structure_threshold",
                             "where the structure-removed measure flags an output"),
+    "repeats": ("repeats", "repeated acquisitions: phantom pairs and the UIH scan-rescan pair"),
+    "repeats-align": ("repeats_align", "rigid alignment of repeats: DIPY against ANTs"),
 }
 
 
