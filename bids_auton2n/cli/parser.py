@@ -134,9 +134,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
 
     g_perf = parser.add_argument_group("Performance and execution")
-    g_perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+    g_perf.add_argument("-w", "--work-dir", type=Path,
                         help="Nipype working directory; re-running with the same one "
-                        "resumes and skips finished steps")
+                        "resumes and skips finished steps (default: ./work, or "
+                        "$TMPDIR/bids_auton2n-<uid>/work where the current folder is "
+                        "read-only, as in a read-only container)")
     g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=_positive_int,
                         default=os.cpu_count() or 1, help="maximum number of processes")
     g_perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
@@ -170,6 +172,7 @@ def parse_args(args=None) -> None:
 
     from .. import config
     from ..utils.bids import load_bids_filters
+    from ..utils.environment import default_work_dir
 
     opts = _build_parser().parse_args(args)
     if opts.analysis_level not in ANALYSIS_LEVELS:
@@ -182,7 +185,7 @@ def parse_args(args=None) -> None:
     execution, settings, nipype = config.execution, config.workflow, config.nipype
     execution.bids_dir = opts.bids_dir.absolute()
     execution.output_dir = opts.output_dir.absolute()
-    execution.work_dir = opts.work_dir.absolute()
+    execution.work_dir = opts.work_dir.absolute() if opts.work_dir else default_work_dir()
     execution.analysis_level = opts.analysis_level
     execution.participant_label = sorted(set(opts.participant_label))
     execution.session_label = sorted(set(opts.session_label))

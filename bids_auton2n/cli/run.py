@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     try:
         parse_args(argv)
         _setup_logging(config.execution.verbosity)
+        _check_scratch()
         if config.execution.analysis_level == "group":
             return run_group()
         return run_participant()
@@ -91,13 +92,38 @@ def _worker_logging(work_dir: Path, verbosity: int):
             os.environ["NIPYPE_CONFIG_DIR"] = previous
 
 
+def _check_scratch() -> None:
+    from ..utils.environment import check_scratch
+
+    problem = check_scratch()
+    if problem:
+        raise BIDSAppError(problem, EXIT_CANTCREAT)
+
+
 def _prepare_output(output_dir: Path) -> None:
+    from ..utils.environment import unwritable_reason
+
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "logs").mkdir(exist_ok=True)
     except OSError as exc:
-        raise BIDSAppError(f"{output_dir}: cannot create the output directory ({exc})",
-                           EXIT_CANTCREAT) from None
+        raise BIDSAppError(
+            f"{output_dir}: cannot create the output directory "
+            f"({unwritable_reason(output_dir, exc)})", EXIT_CANTCREAT) from None
+
+
+def _prepare_work_dir(work_dir: Path) -> None:
+    from ..utils.environment import unwritable_reason
+
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        probe = work_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise BIDSAppError(
+            f"{work_dir}: cannot write the work directory ({unwritable_reason(work_dir, exc)}); "
+            "pass -w with a writable folder", EXIT_CANTCREAT) from None
 
 
 def _check_experts(experts_dir) -> None:
@@ -132,6 +158,7 @@ def run_participant() -> int:
     if not execution.skip_bids_validation:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)
+    _prepare_work_dir(execution.work_dir)
 
     if execution.reports_only:
         subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
@@ -258,6 +285,7 @@ def run_group() -> int:
     from ..utils.bids import check_paths
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    _prepare_work_dir(execution.work_dir)
     with _worker_logging(execution.work_dir, execution.verbosity):
         tsv, html, n_failed = run_group_level(
             bids_dir=execution.bids_dir,
