@@ -108,6 +108,7 @@ def run(argv: list[str] | None = None) -> int:
     from ..denoise.pipeline import (
         InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
     )
+    from ..utils.atomic import write_text_atomic
 
     for target in (opts.out_file, opts.sidecar, opts.noise_map):
         problem = _unwritable(target)
@@ -122,7 +123,7 @@ def run(argv: list[str] | None = None) -> int:
                       "NoiseEstimate": noise.to_dict(), "SoftwareVersion": __version__}
             print(json.dumps(record, indent=2))
             if opts.sidecar:
-                opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")
+                write_text_atomic(opts.sidecar, json.dumps(record, indent=2) + "\n")
             return 0
         registry = ExpertRegistry(opts.experts_dir) if opts.experts_dir else None
         result = denoise_file(
@@ -146,7 +147,7 @@ def run(argv: list[str] | None = None) -> int:
 
     record = {"Sources": [str(opts.in_file)], "Contrast": contrast, **result.provenance()}
     if opts.sidecar:
-        opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomic(opts.sidecar, json.dumps(record, indent=2) + "\n")
     if not opts.quiet:
         noise = result.noise
         experts = ", ".join(f"{c.level:g}% (w={c.weight:.2f})" for c in result.experts)

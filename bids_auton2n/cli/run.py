@@ -145,6 +145,7 @@ def run_participant() -> int:
 
     from .. import config
     from ..reports.core import generate_reports, previous_runs, write_boilerplate
+    from ..utils.atomic import remove_stale_staging, write_text_atomic
     from ..utils.bids import (
         check_paths,
         collect_anatomicals,
@@ -159,6 +160,7 @@ def run_participant() -> int:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)
     _prepare_work_dir(execution.work_dir)
+    remove_stale_staging(execution.output_dir)
 
     if execution.reports_only:
         subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
@@ -211,7 +213,7 @@ def run_participant() -> int:
         status = _image_status(sources, execution.output_dir, execution.bids_dir,
                                execution.run_uuid)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
-        status_file.write_text(json.dumps(status, indent=2))
+        write_text_atomic(status_file, json.dumps(status, indent=2))
         write_boilerplate(execution.output_dir, config.to_dict()["workflow"])
         failures = {}
         for record in status:

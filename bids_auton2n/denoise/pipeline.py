@@ -326,14 +326,23 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
 
 
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's affine and header (qform/sform, zooms)."""
+    """Write ``data`` as float32 with the reference's header, atomically.
+
+    Every field that describes the geometry (dim, pixdim with qfac, qform/sform codes, the
+    quaternion, srow_*, units, slice timing fields) is kept bit for bit: the image is built
+    without an affine, so nibabel does not recompute the quaternion from one. The file is
+    written under a temporary name and renamed (:func:`~bids_auton2n.utils.atomic.atomic_path`),
+    so a killed run or a full disk never leaves a partial image under ``out_file``.
+    """
+    from ..utils.atomic import atomic_path
+
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
-    out.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    out.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    image_class = type(reference) if isinstance(reference, nib.Nifti2Image) else nib.Nifti1Image
+    out = image_class(data.astype(np.float32, copy=False), None, header)
     out.header.set_slope_inter(1.0, 0.0)
-    out.to_filename(str(out_file))
+    with atomic_path(out_file) as tmp:
+        out.to_filename(str(tmp))
 
 
 def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .. import __url__, __version__
+from .atomic import write_text_atomic
 
 EXIT_FAILURE = 1  # some image(s) failed; the others are written
 EXIT_INVALID_BIDS = 16  # the input dataset failed BIDS validation / is not a BIDS dataset
@@ -233,5 +234,5 @@ def write_derivative_description(bids_dir: Path, output_dir: Path) -> Path:
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     out_file = output_dir / "dataset_description.json"
-    out_file.write_text(json.dumps(description, indent=2) + "\n")
+    write_text_atomic(out_file, json.dumps(description, indent=2) + "\n")  # tasks share it
     return out_file
