@@ -25,6 +25,15 @@ COPY . /src/bids-auton2n
 RUN pip install /src/bids-auton2n && rm -rf /src/bids-auton2n \
     && mkdir -p -m 1777 /home/auton2n
 
+# Compile the numba kernels once, into the package's __pycache__, which every uid may use
+# (a run on a read-only root compiles them again, in $TMPDIR: ~10-30 s per job).
+RUN python -c "import numpy as np; from bids_auton2n.denoise.pipeline import denoise_array; \
+g = np.indices((32, 32, 32)) - 15.5; ball = 100.0 * (np.sqrt((g ** 2).sum(0)) < 12); \
+noise = np.random.default_rng(0).normal(0, 3, ball.shape); \
+denoise_array(np.abs(ball + noise).astype(np.float32), tta=False)" \
+    && chmod 1777 "$(python -c 'import os, bids_auton2n.denoise as d; \
+print(os.path.join(os.path.dirname(d.__file__), "__pycache__"))')"
+
 WORKDIR /home/auton2n
 ENTRYPOINT ["bids_auton2n"]
 CMD ["--help"]

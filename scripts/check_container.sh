@@ -52,6 +52,9 @@ if ! docker image inspect python:3.11-slim >/dev/null 2>&1 \
     ln -sf /usr/bin/python3 "$ROOTFS/usr/local/bin/python"
     ln -sf /usr/bin/pip3 "$ROOTFS/usr/local/bin/pip"
     rm -f "$ROOTFS"/usr/lib/python3.*/EXTERNALLY-MANAGED
+    # The CA bundle of this machine, whose network may intercept TLS (an image pulled here
+    # would need the same to reach PyPI); Debian's pip reads this file.
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
     rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
     tar -C "$ROOTFS" -c . | docker import \
         --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \

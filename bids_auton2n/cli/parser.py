@@ -20,11 +20,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _drop_sub(value: str) -> str:
-    return value.removeprefix("sub-")
+    return _label(value.removeprefix("sub-"), "participant")
 
 
 def _drop_ses(value: str) -> str:
-    return value.removeprefix("ses-")
+    return _label(value.removeprefix("ses-"), "session")
+
+
+def _label(value: str, what: str) -> str:
+    """A BIDS label, or a usage error (``../x``, spaces, non-ASCII letters)."""
+    from ..utils.inputs import check_label
+
+    try:
+        return check_label(value, what)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(value: str) -> int:

@@ -39,6 +39,10 @@ LOGGER = logging.getLogger("bids_auton2n.denoise")
 CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
 
 
+#: Fewest voxels along any axis of an image: the edge of the patches (3x3x3) of the pairs.
+MIN_EDGE = 3
+
+
 class InputImageError(ValueError):
     """An input image that cannot be denoised; the message names the file."""
 
@@ -291,11 +295,15 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
 
     A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
     (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
-    multi-volume 4D image, and an image with no finite or no non-zero voxel.
+    multi-volume 4D image, an image thinner than a patch, and an image with no finite or no
+    non-zero voxel; a DataLad file whose content was not fetched or a broken link is said so.
     """
+    from ..utils.inputs import unreadable_reason
+
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: no such file")
+    problem = unreadable_reason(path)
+    if problem:
+        raise InputImageError(problem)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for unreadable files
@@ -313,6 +321,10 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         )
     if len(img.shape) != 3 or min(img.shape) < 2:
         raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
+    if min(img.shape) < MIN_EDGE:
+        raise InputImageError(
+            f"{path}: image of shape {shape} is thinner than the {MIN_EDGE}x{MIN_EDGE}x{MIN_EDGE} "
+            "patches the denoiser compares")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:

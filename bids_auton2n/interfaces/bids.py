@@ -38,6 +38,10 @@ class DerivativesDataSink(_DerivativesDataSink):
             self.inputs.base_directory = str(staging)
             try:
                 runtime = super()._run_interface(runtime)
+            except OSError as exc:  # e.g. a full disk: say what was being written, where
+                sources = ", ".join(Path(f).name for f in self.inputs.source_file)
+                raise OSError(exc.errno, f"{exc.strerror}: cannot write the derivatives of "
+                              f"{sources} into {final_root}") from None
             finally:
                 self.inputs.base_directory = str(final_root)
             # the sidecar first: once an image is in place, so is its metadata

@@ -74,7 +74,8 @@ class EstimateNoise(SimpleInterface):
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
-        from ..denoise.pipeline import estimate_array_noise, noise_for_level, read_volume
+        from ..denoise.pipeline import (InputImageError, estimate_array_noise, noise_for_level,
+                                        read_volume)
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
@@ -86,7 +87,11 @@ class EstimateNoise(SimpleInterface):
                                     percent=self.inputs.noise_level)
             source = "user"
         else:
-            noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask)
+            try:
+                noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask)
+            except ValueError as exc:  # e.g. an image too small to find enough voxels
+                raise InputImageError(f"{self.inputs.in_file}: the noise cannot be estimated "
+                                      f"({exc}); give it with --noise-level") from None
             source = "estimated"
 
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)

@@ -48,6 +48,11 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) 
             f"{bids_dir}: not a BIDS dataset (no dataset_description.json at its root)",
             EXIT_INVALID_BIDS,
         )
+    from .inputs import sidecar_problem
+
+    problem = sidecar_problem(bids_dir / "dataset_description.json")
+    if problem:
+        raise BIDSAppError(f"not a valid BIDS dataset: {problem}", EXIT_INVALID_BIDS)
     for label, path in (("output", output_dir), ("work", work_dir)):
         if path is None:
             continue
@@ -108,17 +113,67 @@ def _bidsignore_patterns(bids_dir: Path) -> list[str]:
     return [line.strip("/") for line in lines if line and not line.startswith("#")]
 
 
-def make_layout(bids_dir: Path, *, database_dir: Path | None = None):
-    """Index ``bids_dir`` with pybids (validation is :func:`validate_dataset`'s job)."""
-    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+def make_layout(bids_dir: Path, *, database_dir: Path | None = None, ignore=()):
+    """Index ``bids_dir`` with pybids (validation is :func:`validate_dataset`'s job).
 
+    ``ignore``: files left out of the index, e.g. the sidecars :func:`invalid_sidecars`
+    found (pybids raises on the first malformed JSON file of a dataset).
+    """
+    import re
+
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    bids_dir = Path(bids_dir).absolute()
+    skipped = [re.compile("^/" + re.escape(Path(path).absolute().relative_to(bids_dir)
+                                           .as_posix()) + "$") for path in ignore]
     return BIDSLayout(
         str(bids_dir),
         validate=False,
-        indexer=BIDSLayoutIndexer(validate=False),
+        indexer=BIDSLayoutIndexer(validate=False,
+                                  ignore=[*DEFAULT_LOCATIONS_TO_IGNORE, *skipped]),
         database_path=str(database_dir) if database_dir else None,
         reset_database=True,
     )
+
+
+#: Top-level folders that hold no raw data (BIDS exempts them; pybids does not index them).
+EXEMPT_FOLDERS = ("derivatives", "sourcedata", "code", "stimuli", "models")
+
+
+def invalid_sidecars(bids_dir: Path) -> dict[Path, str]:
+    """JSON files of the raw dataset that cannot be read as BIDS metadata, with why."""
+    from .inputs import sidecar_problem
+
+    bids_dir = Path(bids_dir).absolute()
+    problems = {}
+    for path in sorted(bids_dir.rglob("*.json")):
+        relative = path.relative_to(bids_dir)
+        if relative.parts[0] in EXEMPT_FOLDERS or any(
+                part.startswith(".") for part in relative.parts):
+            continue
+        reason = sidecar_problem(path)
+        if reason:
+            problems[path] = reason
+    return problems
+
+
+def screen_images(subjects: dict[str, list[str]], bad_sidecars: dict[Path, str]) -> dict[str, str]:
+    """Images that cannot be denoised as they are, with a one-line reason naming the file:
+    unreadable (annexed without content, broken link) or described by a bad sidecar."""
+    from .inputs import sidecar_applies, unreadable_reason
+
+    rejected = {}
+    for files in subjects.values():
+        for image in files:
+            reason = unreadable_reason(image)
+            if reason is None:
+                reason = next((problem for sidecar, problem in bad_sidecars.items()
+                               if sidecar_applies(sidecar, image)), None)
+                reason = reason and f"metadata cannot be read: {reason}"
+            if reason:
+                rejected[image] = reason
+    return rejected
 
 
 def collect_anatomicals(
@@ -172,13 +227,18 @@ def collect_anatomicals(
 
 
 def load_bids_filters(path: Path) -> dict:
-    """Read a ``--bids-filter-file`` (JSON object of pybids entity queries)."""
+    """Read a ``--bids-filter-file`` (JSON object of pybids entity queries).
+
+    Every key must be a BIDS entity pybids knows (``acquisition``, ``run``, ...; a typo
+    would otherwise make pybids raise mid-query) and every value a string, an integer, a
+    boolean, ``null`` or a list of those.
+    """
     path = Path(path)
     if not path.is_file():
         raise BIDSAppError(f"{path}: BIDS filter file does not exist", EXIT_NOINPUT)
     try:
         filters = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BIDSAppError(f"{path}: not valid JSON ({exc})", EXIT_USAGE) from None
     if not isinstance(filters, dict):
         raise BIDSAppError(f"{path}: must hold a JSON object of entity filters", EXIT_USAGE)
@@ -189,8 +249,28 @@ def load_bids_filters(path: Path) -> dict:
         merged = {}
         for value in nested:
             merged.update(value)
-        return merged
+        filters = merged
+    _check_filters(path, filters)
     return filters
+
+
+def _check_filters(path: Path, filters: dict) -> None:
+    from bids.layout import Config
+
+    entities = set(Config.load("bids").entities)
+    unknown = sorted(set(filters) - entities)
+    if unknown:
+        raise BIDSAppError(
+            f"{path}: unknown BIDS entit{'ies' if len(unknown) > 1 else 'y'} "
+            f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(entities))})",
+            EXIT_USAGE)
+    scalar = (str, int, float, bool, type(None))
+    for key, value in filters.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, scalar) for v in values):
+            raise BIDSAppError(
+                f"{path}: filter {key!r} must be a string, number, boolean, null or a list "
+                f"of those, not {json.dumps(value)}", EXIT_USAGE)
 
 
 def bids_uri(path: str | Path, bids_dir: str | Path) -> str:
