@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch and numba (default: all)")
+    parser.add_argument("--mem-gb", type=float, metavar="GB",
+                        help="memory budget: the stages work in slabs and tiles that fit it "
+                        "(default: whole volume, fastest)")
     parser.add_argument("--mask", type=Path, help="head mask (default: estimated)")
     parser.add_argument("--experts-dir", type=Path,
                         help="expert registry folder (e.g. from bids_auton2n-train --finetune)")
@@ -102,6 +105,12 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     _set_threads(opts.threads)
+    if opts.mem_gb is not None:
+        if not opts.mem_gb > 0:
+            parser.error("--mem-gb must be > 0")
+        from ..denoise.memory import set_memory_limit
+
+        set_memory_limit(opts.mem_gb)
 
     # Imported late so --help and argument errors stay fast.
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError

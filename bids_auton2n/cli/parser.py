@@ -154,7 +154,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g_perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
                         help="threads per process (torch, numba); default min(nprocs, 8)")
     g_perf.add_argument("--mem-gb", "--mem", type=_positive_float, metavar="GB",
-                        help="memory limit for the MultiProc scheduler")
+                        help="memory limit: the scheduler keeps to it, and each image's "
+                        "denoising fits its share (as many images at once as --nprocs / "
+                        "--omp-nthreads) by working in slabs and tiles; default unlimited")
     g_perf.add_argument("--use-plugin", type=Path, metavar="FILE",
                         help="Nipype plugin YAML, e.g. {plugin: SLURM, plugin_args: {...}}")
     g_perf.add_argument("--stop-on-first-crash", action="store_true",

@@ -43,6 +43,13 @@ def _limit_threads(n_threads: int) -> None:
     numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
 
 
+def _limit_memory(mem_gb) -> None:
+    """This node's share of ``--mem-gb`` (None: unlimited); workers run many nodes."""
+    from ..denoise.memory import set_memory_limit
+
+    set_memory_limit(mem_gb if isdefined(mem_gb) and mem_gb else None)
+
+
 def _save_like(data: np.ndarray, reference: nb.Nifti1Image, out_file: Path) -> str:
     from ..denoise.pipeline import save_like
 
@@ -55,6 +62,7 @@ class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of in_file")
     noise_level = traits.Float(desc="user-given noise level (percent); skips the estimate")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernels")
+    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _EstimateNoiseOutputSpec(TraitedSpec):
@@ -79,6 +87,7 @@ class EstimateNoise(SimpleInterface):
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
+        _limit_memory(self.inputs.mem_gb)
         img, data = read_volume(self.inputs.in_file)
         finite, _ = sanitize(data)
         mask = head_mask(finite)
@@ -161,6 +170,7 @@ class _CNNDenoiseInputSpec(BaseInterfaceInputSpec):
     tta = traits.Bool(True, usedefault=True, desc="average the flips (test-time augmentation)")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
     omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _CNNDenoiseOutputSpec(TraitedSpec):
@@ -184,6 +194,7 @@ class CNNDenoise(SimpleInterface):
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
+        _limit_memory(self.inputs.mem_gb)
         img, data = read_volume(self.inputs.in_file)
         finite, _ = sanitize(data)
         mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
@@ -212,6 +223,7 @@ class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
                         desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernel")
+    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _FuseRINLMOutputSpec(TraitedSpec):
@@ -235,6 +247,7 @@ class FuseRINLM(SimpleInterface):
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
+        _limit_memory(self.inputs.mem_gb)
         img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
