@@ -113,3 +113,17 @@ def test_no_writable_temporary_folder_is_one_line_error(sandbox, tiny_bids, tmp_
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no writable temporary folder" in lines[0]
     assert "--tmpfs /tmp" in lines[0]
+
+
+def test_logname_set_for_nipype_cluster_plugins_without_one():
+    """Nipype's SLURM/SGE/PBS plugins name jobs with os.environ["LOGNAME"]; a job started
+    with an empty environment (env -i, cron, some schedulers) has none."""
+    done = subprocess.run(
+        ["env", "-i", f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}", sys.executable, "-c",
+         "import os, bids_auton2n; print(os.environ['LOGNAME'], os.environ['USER'])"],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import pwd
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    assert done.stdout.split() == [name, name]
