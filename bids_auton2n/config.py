@@ -62,6 +62,7 @@ class WorkflowSettings:
     blend: bool = False
     finetune: bool = False
     finetune_budget_s: float = 600.0
+    finetune_steps: int | None = None
     write_noise_map: bool = False
 
 

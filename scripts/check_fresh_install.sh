@@ -96,9 +96,16 @@ if unshare -rn true 2>/dev/null; then
     offline=(unshare -rn)
     log "the demo runs without network (unshare -rn)"
 fi
-"${offline[@]}" bids_auton2n-demo "${WORKDIR}/demo"
+if ! "${offline[@]}" bids_auton2n-demo "${WORKDIR}/demo" 2>&1 | tee "${WORKDIR}/demo.log"; then
+    fail "the demo failed (see ${WORKDIR}/demo.log)"
+fi
 demo_done=$(date +%s)
 log "demo finished in $((demo_done - installed)) s"
+# Visible progress from the start: images done / total with the elapsed time.
+grep -q '^\[0:00:00\] 0/5 images denoised' "${WORKDIR}/demo.log" \
+    || fail "the demo printed no progress line at its start"
+grep -q '^\[[0-9:]*\] 5/5 images denoised' "${WORKDIR}/demo.log" \
+    || fail "the demo's progress never reached 5/5 images"
 
 out="${WORKDIR}/demo/out"
 n_images=$(find "${WORKDIR}/demo/bids" -name '*_T[12]w.nii.gz' | wc -l)

@@ -7,10 +7,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_bids(tmp_path_factory):
-    """BIDS dataset of 5 noisy 40x48x40 phantoms: 2 subjects, sessions, runs, T1w + T2w."""
+    """The demo's BIDS dataset at 3 mm (5 noisy ICBM152 heads of 55x67x55 voxels): 2
+    subjects, sessions, runs, T1w + T2w."""
     from bids_auton2n.cli.demo import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("data") / "bids")
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "bids", voxel_mm=3.0)
 
 
 @pytest.fixture(scope="session")

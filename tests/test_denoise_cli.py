@@ -78,8 +78,8 @@ def test_estimate_only_reports_both_units(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     noise = record["NoiseEstimate"]
     assert record["Contrast"] == "T1w"
-    assert noise["percent"] == pytest.approx(100 * noise["sigma"] / noise["reference_intensity"])
-    assert 2.0 < noise["percent"] < 8.0
+    assert noise["Percent"] == pytest.approx(100 * noise["Sigma"] / noise["ReferenceIntensity"])
+    assert 2.0 < noise["Percent"] < 8.0
 
 
 def test_denoise_keeps_header_and_input(tmp_path):
@@ -98,7 +98,7 @@ def test_denoise_keeps_header_and_input(tmp_path):
     record = json.loads(sidecar.read_text())
     assert record["TestTimeAugmentation"] is False and record["RINLMFusion"] is True
     assert record["Experts"] and len(record["Experts"][0]["SHA256"]) == 64
-    assert {"sigma", "percent"} <= set(record["NoiseEstimate"])
+    assert {"Sigma", "Percent"} <= set(record["NoiseEstimate"])
     assert record["TimingsSeconds"]["total"] > 0
 
 

@@ -22,6 +22,7 @@ from bids_auton2n import __version__
 from bids_auton2n.cli.demo import DEMO_IMAGES
 from bids_auton2n.cli.run import main
 from bids_auton2n.denoise.experts import default_root
+from bids_auton2n.reports.iqms import STRUCTURE_REMOVED_FLAG
 
 SOURCES = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz",
@@ -72,6 +73,22 @@ def test_default_run_prints_no_nipype_node_chatter(app_run):
     assert f"Group report: {out / 'group_denoising.html'}" in app_run["group_output"]
 
 
+def test_participant_level_shows_progress(app_run):
+    """Images done / total, the running ones and the elapsed time, from the start."""
+    lines = app_run["participant_output"].splitlines()
+    progress = [(line, re.match(r"\[(\d+):(\d\d):(\d\d)\] (\d+)/5 images denoised", line))
+                for line in lines]
+    progress = [(line, m) for line, m in progress if m]
+    assert progress, app_run["participant_output"][-3000:]
+    assert progress[0][0] == "[0:00:00] 0/5 images denoised"
+    assert lines[0].startswith("bids_auton2n: participant level")  # at once
+    assert lines.index(progress[0][0]) <= 2  # nothing long before it
+    done = [int(m[4]) for _, m in progress]
+    seconds = [3600 * int(m[1]) + 60 * int(m[2]) + int(m[3]) for _, m in progress]
+    assert done == sorted(done) and done[-1] == 5 and seconds == sorted(seconds)
+    assert any("running: sub-01_ses-1_T2w (CNN experts" in line for line, _ in progress)
+
+
 def test_derivative_names_and_headers(app_run):
     out, bids = app_run["out"], app_run["bids"]
     for source in SOURCES:
@@ -84,9 +101,11 @@ def test_derivative_names_and_headers(app_run):
         assert den.shape == src.shape
         np.testing.assert_allclose(den.affine, src.affine)
         assert int(den.header["sform_code"]) == int(src.header["sform_code"])
-        assert den.get_data_dtype() == np.float32
+        assert src.get_data_dtype() == np.int16 and den.get_data_dtype() == np.float32
+        assert den.header.get_xyzt_units() == src.header.get_xyzt_units()
         data = den.get_fdata()
         assert np.isfinite(data).all() and data.std() > 0
+        assert data.min() >= 0  # magnitude in, magnitude out
 
 
 def test_sidecars(app_run):
@@ -99,8 +118,9 @@ def test_sidecars(app_run):
         assert meta["Sources"] == [f"bids:raw:{source}"]
         assert meta["SkullStripped"] is False
         noise = meta["NoiseEstimate"]
-        assert noise["sigma"] > 0 and noise["percent"] > 0
-        assert noise["percent"] == pytest.approx(100 * noise["sigma"] / noise["reference_intensity"])
+        assert all(re.fullmatch(r"(?:[A-Z][a-z0-9]*)+", key) for key in noise), noise
+        assert noise["Sigma"] > 0 and noise["Percent"] > 0
+        assert noise["Percent"] == pytest.approx(100 * noise["Sigma"] / noise["ReferenceIntensity"])
         assert noise["Source"] == "estimated"
         assert meta["Experts"] and all(e["SHA256"] == hashes[e["NoiseLevelPercent"]]
                                        for e in meta["Experts"])
@@ -114,16 +134,26 @@ def test_sidecars(app_run):
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Version"] == __version__
-    assert description["DatasetLinks"]["raw"] == app_run["bids"].as_uri()
+    text = (out / "dataset_description.json").read_text()
+    assert "file:" not in text and str(app_run["bids"]) not in text  # no machine paths
+    assert (out / description["DatasetLinks"]["raw"]).resolve() == app_run["bids"].resolve()
+    assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
 
 
 def test_noise_estimates_match_the_generated_noise(app_run):
-    """The demo images carry Rician noise of a known percentage of the reference tissue."""
+    """The demo images carry Rician noise of a known percentage of the phantom's pure
+    reference tissue; the estimate's sigma (image units) must find it. (Its percentage is
+    of the reference tissue as measured in the image, partial volume included.)"""
+    from bids_auton2n.denoise.phantom import REFERENCE_INTENSITY, TISSUE_INTENSITY
+
     out = app_run["out"]
-    for source, (*_, truth) in zip(SOURCES, DEMO_IMAGES):
-        stem, suffix = source.split(".")[0].rsplit("_", 1)
+    for source, (*_, suffix, truth) in zip(SOURCES, DEMO_IMAGES):
+        stem = source.split(".")[0].rsplit("_", 1)[0]
         meta = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
-        assert meta["NoiseEstimate"]["percent"] == pytest.approx(truth, abs=1.5), source
+        ratios = TISSUE_INTENSITY[suffix]
+        reference = REFERENCE_INTENSITY * max(ratios["CSF"], ratios["WM"])
+        assert meta["NoiseEstimate"]["Sigma"] == pytest.approx(
+            truth / 100 * reference, abs=1.5 / 100 * reference), source
 
 
 def test_participant_reports(app_run):
@@ -134,6 +164,8 @@ def test_participant_reports(app_run):
         assert len(figures) == 2 * n_images  # before/after flicker + residual per image
         assert all((out / f).is_file() for f in figures)
         assert html.count("Denoising summary") == n_images
+        assert html.count("Quality measures") == n_images  # as on the group page
+        assert html.count("Structure removed") == n_images
         assert "No errors to report" in html
         assert "Auto-N2N" in html  # methods boilerplate
     citation = (out / "logs" / "CITATION.md").read_text()
@@ -145,17 +177,32 @@ def test_group_table_and_report(app_run):
     table = pd.read_csv(out / "group_denoising.tsv", sep="\t", dtype={"subject": str,
                                                                       "session": str})
     assert sorted(table["source"]) == sorted(SOURCES)
+    assert set(table["subject"]) == {"sub-01", "sub-02"}
+    assert set(table["session"]) == {"ses-1", "ses-2"}
+    rows = [line.split("\t") for line in (out / "group_denoising.tsv").read_text().splitlines()]
+    assert all(len(row) == len(rows[0]) and "" not in row for row in rows)  # n/a, never empty
+    assert {row[rows[0].index("outlier")] for row in rows[1:]} == {"n/a"}
     assert (table["status"] == "success").all()
     for metric in ("snr", "cnr", "cjv", "fwhm"):
         assert np.isfinite(table[f"{metric}_before"]).all()
         assert np.isfinite(table[f"{metric}_after"]).all()
     assert set(table["suffix"]) == {"T1w", "T2w"}
     assert (table["runtime_s"] > 0).all()
+    assert table["structure_removed"].max() < STRUCTURE_REMOVED_FLAG  # only noise went
     html = (out / "group_denoising.html").read_text()
-    for figure in ("noisedist", "snrgain", "smoothness"):
+    for figure in ("noisedist", "snrgain", "smoothness", "structure"):
         assert f"figures/group_desc-{figure}_T1w.svg" in html
-        assert (out / "figures" / f"group_desc-{figure}_T1w.svg").is_file()
+        svg = (out / "figures" / f"group_desc-{figure}_T1w.svg").read_text()
+        # every point links to its participant's report, opened in the whole page
+        links = re.findall(r'<a xlink:href="\.\./(sub-0[12])\.html" target="_top">', svg)
+        assert sorted(set(links)) == ["sub-01", "sub-02"] and 'target="_blank"' not in svg
     assert "No image failed" in html
+    for subject in ("sub-01", "sub-02"):
+        assert f'<a href="{subject}.html">{subject}</a>' in html
+    # axis labels and one colour per contrast (matplotlib keeps the labels in comments)
+    noise_svg = (out / "figures" / "group_desc-noisedist_T1w.svg").read_text()
+    assert "estimated noise (% of reference tissue)" in noise_svg
+    assert len(set(re.findall(r"fill: (#[0-9a-f]{6})", noise_svg)) & {"#1f77b4", "#ff7f0e"}) == 2
 
 
 def test_rerun_resumes_from_work_dir(app_run):
@@ -197,19 +244,40 @@ def test_one_failing_image_does_not_stop_the_others(tiny_bids, test_experts_dir,
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_GROUP_PROBE = """<script>
+window.addEventListener("load", function () {
+  var figures = Array.from(document.querySelectorAll("img.svg-reportlet"));
+  document.body.setAttribute("data-probe", JSON.stringify(figures.map(function (f) {
+    return [f.getAttribute("src"), f.naturalWidth]; })));
+});
+</script>
+</body>"""
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_group_report_renders_in_headless_chromium(app_run, tmp_path):
-    """Open the group report in a real browser: the DOM has the figures and the table."""
-    report = app_run["out"] / "group_denoising.html"
+    """Open the group report in a real browser, offline: every figure loads (a figure
+    that is not valid SVG shows as a broken image), and the table is there."""
+    out = app_run["out"]
+    probe = out / "probe_group.html"
+    probe.write_text((out / "group_denoising.html").read_text().replace("</body>", _GROUP_PROBE))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert "group_desc-snrgain_T1w.svg" in dom and "<table" in dom
+    try:
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", probe.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probe.unlink()
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    figures = dict(json.loads(found.group(1).replace("&quot;", '"')))
+    assert len(figures) == 4 and all(width > 0 for width in figures.values()), figures
+    assert "<table" in dom
     shot = tmp_path / "group.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
-                    report.as_uri()], capture_output=True, timeout=120)
+                    (out / "group_denoising.html").as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -217,12 +285,14 @@ def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
     """--finetune trains once on the dataset's own images; every sidecar records it."""
     out, work = tmp_path / "out", tmp_path / "work"
     opts = ["-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--no-tta",
-            "--participant-label", "01", "--finetune", "--finetune-budget", "15"]
+            "--participant-label", "01", "--finetune", "--finetune-budget", "3600",
+            "--finetune-steps", "3"]
     assert main([str(tiny_bids), str(out), "participant", *opts]) == 0
     registries = list(work.glob("auton2n_wf/finetune/finetuned_experts/manifest.json"))
     assert len(registries) == 1
     tuned = json.loads(registries[0].read_text())["experts"]
     assert len(tuned) == 1 and "finetuned_from" in tuned[0]
+    assert tuned[0]["steps"] == 3 and tuned[0]["stopped"] == "max_steps"
     shipped = {e["sha256"] for e in json.loads((default_root() / "manifest.json").read_text())["experts"]}
     assert tuned[0]["sha256"] not in shipped
     sidecars = sorted(out.glob("sub-01/ses-1/anat/*_desc-denoised_*.json"))

@@ -94,6 +94,8 @@ def test_report_html_carries_its_own_layout(failed_run):
     # the before/after flicker is CSS inside the figure, not a script of the page
     figure = (failed_run["out"] / GOOD_FIGURE).read_text()
     assert "@keyframes flickerAnimation" in figure and "<script" not in figure
+    # the participant page shows the image's quality measures, as the group page does
+    assert failed_run["report"].read_text().count("Quality measures") == 1  # 1 good image
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -106,7 +108,9 @@ window.addEventListener("load", function () {
     return element ? getComputedStyle(element).getPropertyValue(property) : null;
   };
   var figure = document.querySelector("object.svg-reportlet").contentDocument;
-  var foreground = figure && figure.querySelector(".foreground-svg");
+  var foreground = figure && figure.querySelector(".flicker");
+  var tiles = figure ? Array.from(figure.querySelectorAll("image")) : [];
+  var residual = document.querySelector("img.svg-reportlet[src*='desc-residual']");
   document.body.setAttribute("data-probe", JSON.stringify({
     bootstrap: document.documentElement.classList.contains("bootstrap-loaded"),
     navDisplay: style(".navbar-nav", "display"),
@@ -114,7 +118,12 @@ window.addEventListener("load", function () {
     dropdownDisplay: style(".dropdown-menu", "display"),
     alertBackground: style(".alert-danger", "background-color"),
     figureWidth: document.querySelector("object.svg-reportlet").getBoundingClientRect().width,
-    flicker: foreground ? getComputedStyle(foreground).animationName : null
+    flicker: foreground ? getComputedStyle(foreground).animationName : null,
+    tiles: tiles.length,
+    smallestTile: Math.min.apply(null, tiles.map(function (t) {
+      return t.getBoundingClientRect().width; })),
+    tileRows: new Set(tiles.map(function (t) { return t.getAttribute("y"); })).size,
+    residualLoaded: residual ? residual.naturalWidth > 0 : null
   }));
 });
 </script>
@@ -144,3 +153,9 @@ def test_report_layout_in_offline_headless_chromium(failed_run, tmp_path):
     assert probed["alertBackground"] == "rgb(248, 215, 218)"
     assert probed["figureWidth"] > 1000
     assert probed["flicker"].startswith("flickerAnimation")
+    # The static view: noisy and denoised rows of each view (2 x 3 rows of 4 cuts), then the
+    # flicker row (2 layers of 3 cuts), every tile drawn at its size, not collapsed.
+    assert probed["tiles"] == 2 * 3 * 4 + 2 * 3
+    assert probed["tileRows"] == 2 * 3 + 1
+    assert probed["smallestTile"] > 50
+    assert probed["residualLoaded"] is True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import nibabel as nib
 import numpy as np
@@ -165,12 +164,45 @@ def test_checkpoint_grown_from_other_starting_weights_is_refused(tmp_path):
                      checkpoint=checkpoint, progress=False)
 
 
+class StepClock:
+    """A clock that only moves when told: ``seconds_per_batch`` per training batch drawn
+    (wrap a sampler with :meth:`sampler`), so budgets are tested in steps, not in this
+    machine's speed."""
+
+    def __init__(self, seconds_per_batch: float = 1.0):
+        self.now = 0.0
+        self.seconds_per_batch = seconds_per_batch
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sampler(self, sampler):
+        draw = sampler.training_batch
+
+        def timed(*args, **kwargs):
+            self.now += self.seconds_per_batch
+            return draw(*args, **kwargs)
+
+        sampler.training_batch = timed
+        return sampler
+
+
 def test_time_budget_stops_training():
-    start = time.perf_counter()
-    result = train_expert(PatchSampler([toy_volume()], 12),
-                          tiny_config(max_epochs=10_000, time_budget_s=1.0), progress=False)
+    clock = StepClock(seconds_per_batch=0.25)
+    sampler = clock.sampler(PatchSampler([toy_volume()], 12))
+    result = train_expert(sampler, tiny_config(max_epochs=10_000, time_budget_s=1.0),
+                          progress=False, clock=clock)
     assert result.stopped == "time_budget"
-    assert time.perf_counter() - start < 8.0
+    assert result.steps == 4  # 4 batches of 0.25 s fill the 1 s budget
+
+
+def test_deadline_counts_what_came_before_training():
+    clock = StepClock()
+    clock.now = 10.0
+    sampler = clock.sampler(PatchSampler([toy_volume()], 12))
+    result = train_expert(sampler, tiny_config(max_epochs=10_000), progress=False,
+                          deadline=13.0, clock=clock)
+    assert result.stopped == "time_budget" and result.steps == 3
 
 
 def test_curriculum_initialises_each_level_from_the_previous(tmp_path, monkeypatch):
@@ -249,25 +281,56 @@ def work_dir_with_pairs(tmp_path, pairs):
     return work
 
 
-def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset):
+def test_finetune_respects_budget_and_writes_loadable_registry(tmp_path, dataset, monkeypatch):
+    """The budget covers all of fine-tuning: preparing the bases (here 1.5 s per scan on an
+    injected clock) and training (1 s per Adam step)."""
     files, start, pairs = dataset
-    budget = 4.0
-    began = time.perf_counter()
-    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=budget, registry=start,
+    clock = StepClock()
+    real_load, real_sampler = curriculum.load_volumes, curriculum.PatchSampler
+
+    def timed_load(*args, **kwargs):
+        clock.now += 1.5
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(curriculum, "load_volumes", timed_load)
+    monkeypatch.setattr(curriculum, "PatchSampler",
+                        lambda *a, **k: clock.sampler(real_sampler(*a, **k)))
+    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=5.0, registry=start,
                    work_dir=work_dir_with_pairs(tmp_path, pairs),
                    config=tiny_config(level=0.0, max_epochs=10_000), command="test",
-                   progress=False)
-    assert time.perf_counter() - began < budget + 4.0
+                   progress=False, clock=clock)
     registry = ExpertRegistry(out)
     assert registry.levels == [3.0]
     entry = registry.entry(3.0)
     assert entry["stopped"] == "time_budget"
+    assert entry["steps"] == 2  # 5 s: 2 x 1.5 s of preparation, then 2 steps of 1 s
+    assert entry["total_seconds"] == 5.0
     assert entry["finetuned_from"]["sha256"] == start.sha256(3.0)
     assert [d["file"] for d in entry["training_data"]] == [f.name for f in files]
     # Default recipe: pairs of the denoised scans, noise added up to the expert's level.
     assert entry["finetune_recipe"]["base"] == "denoised"
     assert entry["settings"]["level"] == 3.0
     registry.load(3.0)
+
+
+def test_finetune_stops_preparing_scans_when_the_budget_is_spent(tmp_path, dataset,
+                                                                  monkeypatch):
+    files, start, pairs = dataset
+    clock = StepClock()
+    real_load = curriculum.load_volumes
+
+    def timed_load(*args, **kwargs):
+        clock.now += 4.0
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(curriculum, "load_volumes", timed_load)
+    out = finetune(files, out_dir=tmp_path / "ft", time_budget_s=3.0, registry=start,
+                   work_dir=work_dir_with_pairs(tmp_path, pairs),
+                   config=tiny_config(level=0.0, max_epochs=10_000), command="test",
+                   progress=False, clock=clock)
+    entry = ExpertRegistry(out).entry(3.0)
+    assert [d["file"] for d in entry["training_data"]] == [files[0].name]
+    assert entry["steps"] == 0 and entry["stopped"] == "time_budget"
 
 
 def test_finetune_epoch_budget(tmp_path, dataset):

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..config import DEFAULT_SUFFIXES
+from .parser import HelpFormatter, add_denoising_options, add_threads_option
 
 #: BSD sysexits codes, as the BIDS execution specification uses them.
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT = 64, 65, 66, 70, 73
@@ -26,33 +28,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bids_auton2n-denoise",
+        formatter_class=HelpFormatter,
         description="Denoise a 3D anatomical MRI (T1w, T2w, FLAIR, PDw) with the Auto-N2N mixture "
-                    "of experts fused with RI-NLM. The input header and affine are kept.",
+                    "of experts fused with RI-NLM. The output keeps the input's "
+                    "voxel grid, affine, voxel sizes and units, stored as float32; negative "
+                    "values are set to 0 where the input has none (magnitude images).",
     )
     parser.add_argument("in_file", type=Path, help="noisy 3D NIfTI image")
     parser.add_argument("out_file", type=Path, nargs="?",
                         help="denoised image to write (not needed with --estimate-only)")
-    parser.add_argument("--contrast", choices=("T1w", "T2w", "FLAIR", "PDw"),
+    parser.add_argument("--contrast", choices=DEFAULT_SUFFIXES,
                         help="image contrast (default: the file's BIDS suffix, else T1w); "
                              "sets the reference tissue of the noise percentage")
-    parser.add_argument("--noise-level", type=float, metavar="PCT",
-                        help="noise in percent of the reference tissue (skips the estimate)")
-    parser.add_argument("--expert", type=float, metavar="LEVEL",
-                        help="use this expert (percent) instead of the nearest to the noise")
-    parser.add_argument("--blend", action="store_true",
-                        help="blend the two experts bracketing the noise level")
-    parser.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="skip test-time flip augmentation")
-    parser.add_argument("--no-fusion", dest="fusion", action="store_false",
-                        help="return the CNN output without RI-NLM fusion")
-    parser.add_argument("--no-guard", dest="guard", action="store_false",
-                        help="skip the do-no-harm guard (which gives back what was removed "
-                        "beyond what the estimated noise explains)")
+    add_denoising_options(parser)
     parser.add_argument("--gaussian", dest="rician", action="store_false",
                         help="treat noise as Gaussian (default: Rician magnitude data)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch and numba (default: all)")
+    add_threads_option(parser, default_help="all CPUs")
     parser.add_argument("--mem-gb", type=float, metavar="GB",
                         help="memory budget: the stages work in slabs and tiles that fit it "
                         "(default: whole volume, fastest)")
@@ -97,14 +88,34 @@ def _unwritable(path: Path | None) -> str | None:
     return None
 
 
+def _missing(path: Path | None) -> str | None:
+    """The one-line error of a missing input (or a broken link, an annexed file without its
+    content), worded as :func:`~.pipeline.load_volume` does."""
+    if path is None or (path.exists() and not path.is_symlink()):
+        return None
+    from ..utils.inputs import unreadable_reason
+
+    return unreadable_reason(path)
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     if opts.out_file is None and not opts.estimate_only:
         parser.error("OUT is required unless --estimate-only is given")
+    # Arguments and paths are checked before the heavy imports (torch, numba, nibabel:
+    # seconds), so that a typo is reported at once.
+    for source in (opts.in_file, opts.mask):
+        problem = _missing(source)
+        if problem:
+            return _fail(problem, EX_NOINPUT)
+    for target in (opts.out_file, opts.sidecar, opts.noise_map):
+        problem = _unwritable(target)
+        if problem:
+            return _fail(problem, EX_CANTCREAT)
     logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    _set_threads(opts.threads)
+    _set_threads(opts.omp_nthreads)
     if opts.mem_gb is not None:
         if not opts.mem_gb > 0:
             parser.error("--mem-gb must be > 0")
@@ -112,24 +123,18 @@ def run(argv: list[str] | None = None) -> int:
 
         set_memory_limit(opts.mem_gb)
 
-    # Imported late so --help and argument errors stay fast.
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
     from ..denoise.pipeline import (
-        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise,
+        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise, noise_sidecar,
     )
     from ..utils.atomic import write_text_atomic
-
-    for target in (opts.out_file, opts.sidecar, opts.noise_map):
-        problem = _unwritable(target)
-        if problem:
-            return _fail(problem, EX_CANTCREAT)
 
     contrast = opts.contrast or contrast_from_filename(opts.in_file)
     try:
         if opts.estimate_only:
             noise = estimate_file_noise(opts.in_file, contrast=contrast, mask_file=opts.mask)
             record = {"Source": str(opts.in_file), "Contrast": contrast,
-                      "NoiseEstimate": noise.to_dict(), "SoftwareVersion": __version__}
+                      "NoiseEstimate": noise_sidecar(noise, "estimated"), "SoftwareVersion": __version__}
             print(json.dumps(record, indent=2))
             if opts.sidecar:
                 write_text_atomic(opts.sidecar, json.dumps(record, indent=2) + "\n")

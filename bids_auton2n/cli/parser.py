@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from .. import __version__
@@ -58,6 +59,73 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _device(value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where it says nothing: flags (a flag's default is
+    that it is not given, so ``--no-tta`` would read "(default: True)"), unset and empty
+    defaults."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: does what the new one does, after a warning."""
+
+    def __init__(self, option_strings, dest, *, replacement, **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.replacement}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def _add_deprecated_alias(group, old: str, action: argparse.Action) -> None:
+    group.add_argument(old, action=_DeprecatedAlias, replacement=action.option_strings[0],
+                       dest=action.dest, nargs=action.nargs, const=action.const,
+                       type=action.type, metavar=action.metavar, help=argparse.SUPPRESS)
+
+
+def add_denoising_options(group) -> None:
+    """The options of the denoiser itself, one definition for ``bids_auton2n`` and
+    ``bids_auton2n-denoise`` (same names, types, defaults and help in both)."""
+    group.add_argument("--device", type=_device, default="auto",
+                       help="torch device: auto (CUDA if available), cpu, cuda or cuda:N")
+    group.add_argument("--no-tta", dest="tta", action="store_false",
+                       help="skip the flip test-time augmentation (4x faster CNN stage)")
+    group.add_argument("--no-fusion", dest="fusion", action="store_false",
+                       help="skip the RI-NLM fusion (output the CNN mixture only)")
+    group.add_argument("--no-guard", dest="guard", action="store_false",
+                       help="skip the do-no-harm guard, which gives back what the denoiser "
+                       "removed beyond what the estimated noise explains")
+    group.add_argument("--noise-level", type=_non_negative_float, metavar="PERCENT",
+                       help="use this noise level (percent of the reference tissue) "
+                       "instead of estimating it")
+    group.add_argument("--expert", type=_positive_float, metavar="PERCENT",
+                       help="use the expert trained at this noise level instead of the "
+                       "nearest to the estimate")
+    blend = group.add_argument("--blend-experts", dest="blend", action="store_true",
+                               help="blend the two experts bracketing the noise level")
+    _add_deprecated_alias(group, "--blend", blend)
+
+
+def add_threads_option(group, *, default_help: str) -> None:
+    """``--omp-nthreads`` (NiPreps' name; ``--threads`` is its deprecated alias)."""
+    threads = group.add_argument(
+        "--omp-nthreads", type=_positive_int, default=None, metavar="N",
+        help=f"threads per process (torch, numba); default {default_help}")
+    _add_deprecated_alias(group, "--threads", threads)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from ..config import DEFAULT_SUFFIXES
 
@@ -77,7 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "weights); 73 the output directory cannot be created. "
             "No telemetry: bids-auton2n never sends usage data anywhere."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
     parser.add_argument(
@@ -117,28 +185,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     g_den = parser.add_argument_group("Denoising")
-    g_den.add_argument("--device", default="auto",
-                       help="torch device: auto (CUDA if available), cpu, cuda or cuda:N")
-    g_den.add_argument("--no-tta", dest="tta", action="store_false",
-                       help="skip the flip test-time augmentation (4x faster CNN stage)")
-    g_den.add_argument("--no-fusion", dest="fusion", action="store_false",
-                       help="skip the RI-NLM fusion (output the CNN mixture only)")
-    g_den.add_argument("--no-guard", dest="guard", action="store_false",
-                       help="skip the do-no-harm guard, which gives back what the denoiser "
-                       "removed beyond what the estimated noise explains")
-    g_den.add_argument("--noise-level", type=_non_negative_float, metavar="PERCENT",
-                       help="use this noise level (percent of the reference tissue) "
-                       "instead of estimating it")
-    g_den.add_argument("--expert", type=_positive_float, metavar="PERCENT",
-                       help="use the expert trained at this noise level instead of the "
-                       "nearest to the estimate")
-    g_den.add_argument("--blend-experts", dest="blend", action="store_true",
-                       help="blend the two experts bracketing the noise level")
+    add_denoising_options(g_den)
     g_den.add_argument("--finetune", action="store_true",
                        help="fine-tune the selected expert on this dataset (self-supervised, "
                        "shared by all images of the run) before denoising")
     g_den.add_argument("--finetune-budget", type=_positive_float, default=600.0,
-                       metavar="SECONDS", help="time budget of --finetune")
+                       metavar="SECONDS", help="time budget of --finetune, preparation of "
+                       "the training images included")
+    g_den.add_argument("--finetune-steps", type=_positive_int, metavar="N",
+                       help="stop --finetune after N Adam steps (the same result on any "
+                       "machine, within the time budget)")
     g_den.add_argument("--write-noise-map", action="store_true",
                        help="also write the residual (input - denoised) as desc-noise")
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
@@ -151,8 +207,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         "read-only, as in a read-only container)")
     g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=_positive_int,
                         default=os.cpu_count() or 1, help="maximum number of processes")
-    g_perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
-                        help="threads per process (torch, numba); default min(nprocs, 8)")
+    add_threads_option(g_perf, default_help="min(nprocs, 8)")
     g_perf.add_argument("--mem-gb", "--mem", type=_positive_float, metavar="GB",
                         help="memory limit: the scheduler keeps to it, and each image's "
                         "denoising fits its share (as many images at once as --nprocs / "
@@ -219,6 +274,7 @@ def parse_args(args=None) -> None:
     settings.blend = opts.blend
     settings.finetune = opts.finetune
     settings.finetune_budget_s = opts.finetune_budget
+    settings.finetune_steps = opts.finetune_steps
     settings.write_noise_map = opts.write_noise_map
     if opts.expert is not None and opts.blend:
         raise BIDSAppError("--expert and --blend-experts exclude each other", EXIT_USAGE)

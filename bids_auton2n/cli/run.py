@@ -175,6 +175,8 @@ def run_participant() -> int:
 
     execution = config.execution
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    print(f"bids_auton2n: participant level, {execution.bids_dir} -> {execution.output_dir}; "
+          "validating and indexing the dataset ...", file=sys.stderr, flush=True)
     if not execution.skip_bids_validation:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)
@@ -230,10 +232,17 @@ def run_participant() -> int:
     sources = sorted(f for files in subjects.values() for f in files)
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None
+    from .progress import ParticipantProgress
+
+    plugin = config.nipype.get_plugin()
+    print(f"bids_auton2n: denoising {len(sources)} image(s) of {len(subjects)} "
+          f"participant(s); work directory {execution.work_dir}", file=sys.stderr, flush=True)
     try:
         if workflow is not None:
-            with _worker_logging(execution.work_dir, execution.verbosity):
-                workflow.run(**config.nipype.get_plugin())
+            with _worker_logging(execution.work_dir, execution.verbosity), \
+                    ParticipantProgress(runnable) as progress:
+                plugin["plugin_args"].setdefault("status_callback", progress)
+                workflow.run(**plugin)
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
     finally:
@@ -321,6 +330,8 @@ def run_group() -> int:
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
     _prepare_work_dir(execution.work_dir)
+    print(f"bids_auton2n: group level over {execution.output_dir}: quality measures of every "
+          "denoised image, then the group report ...", file=sys.stderr, flush=True)
     with _worker_logging(execution.work_dir, execution.verbosity):
         tsv, html, n_failed = run_group_level(
             bids_dir=execution.bids_dir,

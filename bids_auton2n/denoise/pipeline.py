@@ -66,7 +66,7 @@ class DenoiseResult:
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
         return {
-            "NoiseEstimate": {**self.noise.to_dict(), "Source": self.noise_source},
+            "NoiseEstimate": noise_sidecar(self.noise, self.noise_source),
             "Experts": [
                 {"NoiseLevelPercent": c.level, "Weight": c.weight,
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
@@ -86,6 +86,25 @@ class DenoiseResult:
 
 def _level_key(level: float) -> str:
     return f"{level:g}"
+
+
+def _camel_case(key: str) -> str:
+    """``reference_tissue`` -> ``ReferenceTissue``, ``n_voxels`` -> ``NumberOfVoxels``."""
+    words = key.split("_")
+    if words[0] == "n" and len(words) > 1:
+        words[0] = "number_of"
+        words = "_".join(words).split("_")
+    return "".join(word.capitalize() for word in words)
+
+
+def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
+    """The ``NoiseEstimate`` entry of a sidecar, in the CamelCase of BIDS keys.
+
+    The one definition of those keys (``Sigma``, ``Percent``, ``ReferenceTissue``,
+    ``ReferenceIntensity``, ...: each field of :class:`~.noise.NoiseEstimate`), with
+    ``Source``: ``"estimated"`` or ``"user"``.
+    """
+    return {**{_camel_case(k): v for k, v in noise.to_dict().items()}, "Source": source}
 
 
 @contextmanager
@@ -178,7 +197,7 @@ def denoise_array(
                           mask=mask, progress=progress)
     denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
                            timings=timings, progress=progress)
-    denoised = restore_nonfinite(denoised, x, nonfinite)
+    denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
         denoised=denoised,
@@ -265,11 +284,17 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bo
     return cnn
 
 
-def restore_nonfinite(denoised: np.ndarray, original: np.ndarray,
-                      nonfinite: np.ndarray) -> np.ndarray:
-    """float32 output with the input's NaN/Inf voxels put back where they were."""
+def output_image(denoised: np.ndarray, original: np.ndarray,
+                 nonfinite: np.ndarray) -> np.ndarray:
+    """The pipeline's output as it is written, the last step of every path (library and
+    workflow): float32; no negative voxel where the input is a magnitude image (none of its
+    finite voxels is negative: the denoiser's negative values there are not signal, they are
+    set to 0); the input's NaN/Inf voxels put back where they were."""
     denoised = np.array(denoised, dtype=np.float32)
-    denoised[nonfinite] = np.asarray(original, dtype=np.float32)[nonfinite]
+    original = np.asarray(original, dtype=np.float32)
+    if not np.any(original[~nonfinite] < 0):
+        np.maximum(denoised, 0.0, out=denoised)
+    denoised[nonfinite] = original[nonfinite]
     return denoised
 
 
@@ -337,8 +362,15 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
+#: What a written image keeps of its source (the methods text and ``--help`` quote it).
+KEPT_FROM_SOURCE = ("voxel grid, affine (qform and sform with their codes), voxel sizes and "
+                    "units of the source; data are stored as float32 (an integer source's "
+                    "scaling applied), whatever the source's data type")
+
+
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's header, atomically.
+    """Write ``data`` as float32 with the reference's header (see :data:`KEPT_FROM_SOURCE`),
+    atomically.
 
     Every field that describes the geometry (dim, pixdim with qfac, qform/sform codes, the
     quaternion, srow_*, units, slice timing fields) is kept bit for bit: the image is built

@@ -1,7 +1,7 @@
 """Thin Nipype wrappers of the Auto-N2N steps in :mod:`bids_auton2n.denoise`.
 
 Every interface loads its inputs, calls one step of :mod:`bids_auton2n.denoise` and writes
-the result as NIfTI (same affine/header as the input) or JSON. The order of the steps and
+the result as NIfTI (float32, same grid and affine as the input) or JSON. The order of the steps and
 the way they combine follow :func:`bids_auton2n.denoise.pipeline.denoise_array`; the
 workflow test ``test_workflow_matches_pipeline`` checks that both give the same image.
 """
@@ -243,7 +243,7 @@ class FuseRINLM(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import final_image, read_volume, restore_nonfinite
+        from ..denoise.pipeline import final_image, output_image, read_volume
 
         start = time.perf_counter()
         _limit_threads(self.inputs.omp_nthreads)
@@ -251,7 +251,7 @@ class FuseRINLM(SimpleInterface):
         img, original = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(original)
         cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
-        denoised = restore_nonfinite(
+        denoised = output_image(
             final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
                         guard=self.inputs.guard, rician=self.inputs.rician),
             original, nonfinite)
@@ -343,7 +343,9 @@ class DenoiseProvenance(SimpleInterface):
 class _FineTuneInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
-    time_budget_s = traits.Float(600.0, usedefault=True, desc="training time budget")
+    time_budget_s = traits.Float(600.0, usedefault=True,
+                                 desc="time budget of all of fine-tuning (preparation included)")
+    max_steps = traits.Int(desc="Adam-step limit (default: none)")
     device = traits.Str("auto", usedefault=True)
     omp_nthreads = traits.Int(1, usedefault=True)
 
@@ -373,7 +375,9 @@ class FineTune(SimpleInterface):
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
             registry=registry,
-            config=TrainConfig(level=0.0, device=self.inputs.device),
+            config=TrainConfig(level=0.0, device=self.inputs.device,
+                               max_steps=self.inputs.max_steps
+                               if isdefined(self.inputs.max_steps) else None),
             progress=False,
         )
         self._results["experts_dir"] = str(out_dir)

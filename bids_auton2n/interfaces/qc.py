@@ -27,7 +27,8 @@ class _ComputeIQMsOutputSpec(TraitedSpec):
 
 
 class ComputeIQMs(SimpleInterface):
-    """SNR, CNR, CJV and FWHM before and after denoising (:func:`~.iqms.compare_iqms`)."""
+    """SNR, CNR, CJV and FWHM before and after denoising, and the structure removed
+    (:func:`~.iqms.compare_iqms`)."""
 
     input_spec = _ComputeIQMsInputSpec
     output_spec = _ComputeIQMsOutputSpec

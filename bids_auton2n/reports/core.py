@@ -44,6 +44,8 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
     workflow_settings : dict
         :func:`bids_auton2n.config.to_dict` ``["workflow"]`` of the run.
     """
+    from ..denoise.pipeline import KEPT_FROM_SOURCE
+
     s = workflow_settings
     if s["noise_level"] is not None:
         noise = f"The noise level was set by the user to {s['noise_level']:g} %"
@@ -93,7 +95,8 @@ def write_boilerplate(output_dir: Path, workflow_settings: dict) -> Path:
                     "was scaled down to that level and the rest given back to the image "
                     "(do-no-harm guard: what noise cannot explain is structure [5]), both for "
                     "the network output before it guided RI-NLM and for the final image.")
-    text.append("Denoised images keep the voxel grid, affine and header of their source.")
+    text.append(f"Denoised images keep the {KEPT_FROM_SOURCE}. Where a source has no negative "
+                "voxel (a magnitude image), negative output values are set to 0.")
     out = Path(output_dir) / "logs" / "CITATION.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, " ".join(text) + "\n\n### References\n\n" + REFERENCES)

@@ -323,6 +323,7 @@ def finetune(
     config: TrainConfig | None = None,
     command: str | None = None,
     progress: bool = True,
+    clock=time.perf_counter,
 ) -> Path:
     """Fine-tune one expert on a dataset's own scans and save it as a registry directory.
 
@@ -338,8 +339,11 @@ def finetune(
         Registry directory written (``manifest.json`` + one weight file, at
         ``start_level``); pass it as ``registry`` to the denoiser.
     time_budget_s : float or None
-        Wall-clock budget of the whole call, pair generation included
-        (default :data:`FINETUNE_BUDGET_S`).  ``None``: no time limit.
+        Wall-clock budget of the whole call (default :data:`FINETUNE_BUDGET_S`), the
+        preparation of the training bases included: scans are prepared one after the
+        other until it is spent (at least one), and training stops when it ends.  It
+        can be overrun by one scan's preparation, one Adam step and one validation.
+        ``None``: no time limit.
     max_epochs : int, optional
         Epoch limit (default: that of ``config``).
     seed : int
@@ -370,6 +374,8 @@ def finetune(
     command : str, optional
         Recorded in the manifest (default: this process's command line).
     progress : bool
+    clock : callable
+        Seconds, monotonic: the time of the budget (injected by tests).
 
     Returns
     -------
@@ -378,19 +384,25 @@ def finetune(
     """
     if base not in BASES:
         raise ValueError(f"fine-tuning base must be one of {', '.join(BASES)}, got {base!r}")
-    started = time.perf_counter()
+    started = clock()
+    deadline = None if time_budget_s is None else started + time_budget_s
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "work"
     registry = registry or ExpertRegistry()
-    prepared = load_volumes(volumes, work_dir=work_dir, exclude_centre=exclude_centre,
-                            contrast=contrast, base=base, registry=registry)
+    prepared = []
+    for spec in volumes:
+        if prepared and deadline is not None and clock() >= deadline:
+            LOGGER.warning("fine-tuning budget spent preparing %d of %d scans; training on "
+                           "those", len(prepared), len(volumes))
+            break
+        prepared += load_volumes([spec], work_dir=work_dir, exclude_centre=exclude_centre,
+                                 contrast=contrast, base=base, registry=registry)
     noise = float(np.median([v.scan_noise_percent for v in prepared]))
     if start_level is None:
         start_level = registry.nearest_level(noise)
     start_level = float(start_level)
     start_model = registry.load(start_level, "cpu")
-    prepare_seconds = time.perf_counter() - started
-    train_budget = None if time_budget_s is None else max(time_budget_s - prepare_seconds, 0.0)
+    train_budget = None if deadline is None else max(deadline - clock(), 0.0)
     # A denoised base carries (almost) no noise of its own: the noise of the level is
     # added to it, independently to input and target, as for the shipped experts.
     add_noise_to_level = add_noise_to_level or base == "denoised"
@@ -408,7 +420,7 @@ def finetune(
         init_state=start_model.state_dict(),
         # Its own checkpoint: the settings a resume checks do not tell the recipes apart.
         checkpoint=work_dir / f"finetune{'_denoised' if base == 'denoised' else ''}_{start_level:g}.ckpt",
-        progress=progress,
+        progress=progress, deadline=deadline, clock=clock,
     )
     write_manifest_entry(out_dir, start_level, result.state_dict, _provenance(
         prepared, config, result, command=command or current_command(),
@@ -425,7 +437,7 @@ def finetune(
             },
             "dataset_median_noise_percent": round(noise, 3),
             "time_budget_s": time_budget_s,
-            "total_seconds": round(time.perf_counter() - started, 1),
+            "total_seconds": round(clock() - started, 1),
         },
     ))
     return out_dir

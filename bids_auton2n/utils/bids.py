@@ -299,16 +299,20 @@ def write_derivative_description(bids_dir: Path, output_dir: Path) -> Path:
             raw_description = json.loads(raw_file.read_text())
         except json.JSONDecodeError:
             raw_description = {}
-    source = {"URL": bids_dir.as_uri()}
+    # No absolute paths (they name one machine and break when a dataset moves): the raw
+    # dataset is linked relative to the derivatives root and cited by its BIDS URI.
+    source = {"URL": f"bids:{RAW_DATASET_LINK}:"}
     if raw_description.get("DatasetDOI"):
         source["DOI"] = raw_description["DatasetDOI"]
+    if raw_description.get("DatasetVersion"):
+        source["Version"] = raw_description["DatasetVersion"]
     description = {
         "Name": f"bids-auton2n outputs of {raw_description.get('Name', bids_dir.name)}",
         "BIDSVersion": raw_description.get("BIDSVersion", "1.9.0"),
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
         "SourceDatasets": [source],
-        "DatasetLinks": {RAW_DATASET_LINK: bids_dir.as_uri()},
+        "DatasetLinks": {RAW_DATASET_LINK: os.path.relpath(bids_dir, output_dir)},
         "HowToAcknowledge": "Please cite the Auto-N2N paper and this software; see "
         "logs/CITATION.md for the methods text of this run.",
     }

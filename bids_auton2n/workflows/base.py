@@ -27,7 +27,8 @@ from ..interfaces.denoise import (
     FuseRINLM,
     SelectExperts,
 )
-from ..interfaces.reports import DenoiseSummary
+from ..interfaces.qc import ComputeIQMs
+from ..interfaces.reports import DenoiseSummary, DenoisingFigures
 from .outputs import init_ds_denoised_wf, init_ds_reportlets_wf
 
 
@@ -72,6 +73,8 @@ def init_auton2n_wf(*, layout=None, subjects=None):
         )
         if execution.experts_dir:
             finetune_node.inputs.experts_dir = str(execution.experts_dir)
+        if settings.finetune_steps is not None:
+            finetune_node.inputs.max_steps = settings.finetune_steps
         all_files = [f for files in subjects.values() for f in files]
         finetune_node.inputs.in_files = all_files
 
@@ -281,23 +284,22 @@ def init_anat_denoise_wf(
     Outputs
     -------
     out_file
-        Denoised image (input affine and header).
+        Denoised image (float32, voxel grid and affine of the input; see
+        :data:`~bids_auton2n.denoise.pipeline.KEPT_FROM_SOURCE`).
     noise_image
         Input minus denoised.
     out_report
-        Before/after flicker SVG (nireports ``SimpleBeforeAfterRPT``, ex-niworkflows).
+        Before/after SVG: noisy and denoised rows over the same cuts, then a flicker.
     residual_report
-        Mosaic SVG of the residual.
+        SVG of the residual on +/- 3 sigma, with a colour bar.
     summary_report
-        HTML fragment: noise estimate, experts, options.
+        HTML fragment: noise estimate, experts, options, quality measures before and
+        after (those of the group table) and the structure removed, flagged when high.
     out_json
         Provenance record (also as ``metadata`` dict for the sidecar).
     noise_percent
         Noise level in percent (feeds the optional fine-tuning node).
     """
-    from nireports.interfaces.mosaic import PlotMosaic
-    from nireports.interfaces.reporting.base import SimpleBeforeAfterRPT
-
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "experts_dir"]),
                         name="inputnode")
@@ -322,17 +324,9 @@ def init_anat_denoise_wf(
                    name="rinlm_fusion", n_procs=omp_nthreads, **budget)
     provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, finetuned=finetune),
                          name="provenance")
-    before_after = pe.Node(
-        SimpleBeforeAfterRPT(before_label="noisy", after_label="denoised",
-                             dismiss_affine=False, generate_report=True),
-        name="before_after",
-    )
-    residual = pe.Node(
-        PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
-                   cmap="Greys_r", out_file="residual.svg"),
-        name="residual_mosaic",
-    )
+    figures = pe.Node(DenoisingFigures(), name="figures")
     summary = pe.Node(DenoiseSummary(), name="summary")
+    iqms = pe.Node(ComputeIQMs(contrast=contrast), name="iqms")
 
     workflow.connect([
         (inputnode, estimate, [("in_file", "in_file")]),
@@ -349,14 +343,17 @@ def init_anat_denoise_wf(
         (select, provenance, [("out_json", "experts_json")]),
         (cnn, provenance, [("device", "device"), ("runtime_s", "cnn_s")]),
         (fuse, provenance, [("out_file", "denoised_file"), ("runtime_s", "rinlm_s")]),
-        (inputnode, before_after, [("in_file", "before")]),
-        (fuse, before_after, [("out_file", "after")]),
-        (fuse, residual, [("noise_image", "in_file")]),
+        (inputnode, figures, [("in_file", "in_file")]),
+        (estimate, figures, [("mask_file", "mask_file"), ("sigma", "sigma")]),
+        (fuse, figures, [("out_file", "denoised_file"), ("noise_image", "noise_image")]),
+        (inputnode, iqms, [("in_file", "source_file")]),
+        (fuse, iqms, [("out_file", "denoised_file")]),
+        (iqms, summary, [("out_json", "iqms_json")]),
         (provenance, summary, [("out_json", "provenance_json")]),
         (estimate, outputnode, [("percent", "noise_percent")]),
         (fuse, outputnode, [("out_file", "out_file"), ("noise_image", "noise_image")]),
-        (before_after, outputnode, [("out_report", "out_report")]),
-        (residual, outputnode, [("out_file", "residual_report")]),
+        (figures, outputnode, [("before_after", "out_report"),
+                               ("residual", "residual_report")]),
         (summary, outputnode, [("out_report", "summary_report")]),
         (provenance, outputnode, [("out_json", "out_json"), ("metadata", "metadata")]),
     ])  # fmt:skip

@@ -16,17 +16,22 @@ COLUMNS = (
     "subject", "session", "acquisition", "reconstruction", "run", "suffix", "source",
     "status", "noise_percent", "noise_sigma", "noise_source", "expert",
     "snr_before", "snr_after", "cnr_before", "cnr_after", "cjv_before", "cjv_after",
-    "fwhm_before", "fwhm_after", "runtime_s", "outlier", "error",
+    "fwhm_before", "fwhm_after", "structure_removed", "runtime_s", "outlier", "error",
 )
 
 _ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
              "reconstruction": "rec", "run": "run"}
 
 
+#: Columns whose values keep their BIDS prefix (``sub-01``, ``ses-1``), as in
+#: ``participants.tsv`` and ``sessions.tsv``.
+_PREFIXED = ("subject", "session")
+
+
 def _entities(source: str) -> dict:
     name = Path(source).name.split(".")[0]
-    found = {key: (re.search(rf"(?:^|_){short}-([a-zA-Z0-9]+)", name) or [None, None])[1]
-             for key, short in _ENTITIES.items()}
+    found = {key: (re.search(rf"(?:^|_)({short}-([a-zA-Z0-9]+))", name) or [None] * 3)[
+        1 if key in _PREFIXED else 2] for key, short in _ENTITIES.items()}
     found["suffix"] = name.rsplit("_", 1)[-1]
     return found
 
@@ -86,7 +91,7 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                 derivative.name.replace(".nii.gz", ".json")).read_text())
             noise = sidecar["NoiseEstimate"]
             row.update(
-                noise_percent=noise["percent"], noise_sigma=noise["sigma"],
+                noise_percent=noise["Percent"], noise_sigma=noise["Sigma"],
                 noise_source=noise["Source"],
                 expert="+".join(f"{e['NoiseLevelPercent']:g}" for e in sidecar["Experts"]),
                 runtime_s=sidecar["TimingsSeconds"]["total"],
@@ -132,8 +137,11 @@ OUTLIER_Z = 3.5
 
 
 def _outlier_reasons(table, robust_z) -> list[str]:
-    """Why each row is flagged: failure, or robust |z| > 3.5 within its suffix."""
+    """Why each row is flagged: failure, robust |z| > 3.5 within its suffix, or structure
+    removed above :data:`~bids_auton2n.reports.iqms.STRUCTURE_REMOVED_FLAG`."""
     import numpy as np
+
+    from ..reports.iqms import STRUCTURE_REMOVED_FLAG
 
     reasons = [[] for _ in range(len(table))]
     for index, status in enumerate(table["status"]):
@@ -144,6 +152,9 @@ def _outlier_reasons(table, robust_z) -> list[str]:
         "snr_gain": table["snr_after"] / table["snr_before"],
         "fwhm_increase": table["fwhm_after"] / table["fwhm_before"],
     }
+    for index, value in enumerate(table["structure_removed"].to_numpy(dtype=float)):
+        if value > STRUCTURE_REMOVED_FLAG:
+            reasons[index].append(f"structure_removed ({value:.2f} > {STRUCTURE_REMOVED_FLAG:g})")
     for suffix in table["suffix"].dropna().unique():
         rows = np.flatnonzero((table["suffix"] == suffix).to_numpy())
         for label, values in checks.items():
@@ -151,4 +162,4 @@ def _outlier_reasons(table, robust_z) -> list[str]:
             for row, score in zip(rows, z):
                 if np.isfinite(score) and abs(score) > OUTLIER_Z:
                     reasons[row].append(f"{label} (z={score:+.1f})")
-    return [";".join(r) if r else "" for r in reasons]
+    return [";".join(r) if r else None for r in reasons]  # None: written n/a
