@@ -127,3 +127,18 @@ def test_logname_set_for_nipype_cluster_plugins_without_one():
 
     name = pwd.getpwuid(os.getuid()).pw_name
     assert done.stdout.split() == [name, name]
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_openmp_threads_sleep_when_idle_unless_the_user_says(user_value):
+    """OMP_WAIT_POLICY=PASSIVE is in the environment before torch (and its OpenMP runtime)
+    is loaded; a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, sys, bids_auton2n; "
+         "print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"],
+        capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", user_value or "PASSIVE"]

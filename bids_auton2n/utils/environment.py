@@ -15,6 +15,12 @@ things then break before any work starts:
 * matplotlib and TemplateFlow write under ``~/.config`` / ``~/.cache``; matplotlib falls
   back to a temporary folder with a warning, TemplateFlow fails.
 
+One more default is set for speed, not to avoid a failure: OpenMP's idle threads (torch's
+and MKL's pool) spin-wait for the next parallel region by default, which takes the cores the
+numba kernels and the other Nipype workers need between torch calls; on a 2-core machine the
+spinning was a fixed cost on every image. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep. It
+must be set before the OpenMP runtime loads (with torch), hence here.
+
 :func:`prepare_environment` (run by ``bids_auton2n/__init__.py``, before any of those
 libraries is imported) fills in what is missing and only that: variables the user set are
 never changed, and caches move only when their default place cannot be written, to
@@ -126,10 +132,34 @@ def redirect_caches(environ=os.environ) -> dict[str, str]:
     return moved
 
 
+#: OpenMP settings made unless the user set them (see the module docstring).
+OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def set_openmp_defaults(environ=os.environ) -> dict[str, str]:
+    """Set each of :data:`OPENMP_DEFAULTS` the user did not set; returns those set.
+
+    Parameters
+    ----------
+    environ : mapping
+        The environment to complete (default: this process's).
+    """
+    added = {name: value for name, value in OPENMP_DEFAULTS.items() if not environ.get(name)}
+    environ.update(added)
+    return added
+
+
 def prepare_environment(environ=os.environ) -> None:
-    """User identity and writable caches; see the module docstring."""
+    """User identity, writable caches and OpenMP defaults; see the module docstring.
+
+    Parameters
+    ----------
+    environ : mapping
+        The environment to complete (default: this process's).
+    """
     ensure_user_identity(environ)
     redirect_caches(environ)
+    set_openmp_defaults(environ)
 
 
 def check_scratch() -> str | None:
