@@ -4,8 +4,9 @@ Read only by the command line (:mod:`bids_auton2n.cli`) and the top workflow bui
 (:func:`bids_auton2n.workflows.base.init_auton2n_wf`); every other builder takes keyword
 arguments. The sections mirror fMRIPrep's ``config`` module: ``execution`` (paths,
 selection, the run identifier), ``workflow`` (what the denoiser does) and ``nipype``
-(how Nipype executes it). :func:`to_filename` stores them in the work directory so a run
-can be inspected and repeated.
+(how Nipype executes it). :func:`to_filename` stores them in the work directory
+(``<work_dir>/runs/<run_uuid>/config.json``) and :func:`load` reads them back, so a run can be
+inspected and repeated (``bids_auton2n ... --config-file config.json``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import get_type_hints
 
-#: Anatomical BIDS suffixes the app denoises by default.
-DEFAULT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
+from .denoise import CONTRASTS
+
+#: Anatomical BIDS suffixes the app denoises by default: every contrast it can denoise.
+DEFAULT_SUFFIXES = CONTRASTS
 
 #: Environment variable naming a directory of expert weights (``manifest.json`` + files)
 #: to use instead of the shipped experts; meant for tests and expert development.
@@ -125,8 +129,62 @@ def to_dict() -> dict:
 
 
 def to_filename(path: str | Path) -> Path:
-    """Write the settings to ``path`` (JSON) and return it."""
+    """Write the settings to ``path`` (JSON) and return it.
+
+    Parameters
+    ----------
+    path : str or Path
+        File to write (its folder is created).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_dict(), indent=2, default=str))
     return path
+
+
+def from_dict(settings: dict, *, new_run: bool = True) -> None:
+    """Set the sections from :func:`to_dict`'s layout.
+
+    Parameters
+    ----------
+    settings : dict
+        ``{"execution": {...}, "workflow": {...}, "nipype": {...}}``; a section or setting left
+        out keeps its default.
+    new_run : bool
+        Give the settings a new run identifier (a repeated run is a run of its own) instead of
+        the one in ``settings``.
+
+    Raises
+    ------
+    ValueError
+        An unknown section or setting (e.g. from another version of the app).
+    """
+    reset()
+    sections = {"execution": execution, "workflow": workflow, "nipype": nipype}
+    unknown = set(settings) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown settings section(s): {', '.join(sorted(unknown))}")
+    for name, section in sections.items():
+        values = dict(settings.get(name, {}))
+        if new_run:
+            values.pop("run_uuid", None)
+        known = {f.name for f in fields(section)}
+        if set(values) - known:
+            raise ValueError(f"unknown {name} setting(s): {', '.join(sorted(set(values) - known))}")
+        types = get_type_hints(type(section))
+        for key, value in values.items():
+            is_path = "Path" in str(types[key])
+            setattr(section, key, Path(value) if is_path and value is not None else value)
+
+
+def load(path: str | Path, *, new_run: bool = True) -> None:
+    """Read settings written by :func:`to_filename` back into the sections.
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file.
+    new_run : bool
+        See :func:`from_dict`.
+    """
+    from_dict(json.loads(Path(path).read_text()), new_run=new_run)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_auton2n.reports.core import read_status, write_boilerplate
+from bids_auton2n.reports.boilerplate import write_boilerplate
+from bids_auton2n.reports.core import read_status
 from bids_auton2n.utils.atomic import (STAGING_DIR, atomic_path, remove_stale_staging,
                                        staging_dir, write_text_atomic)
 from bids_auton2n.utils.bids import write_derivative_description
@@ -18,8 +19,13 @@ from bids_auton2n.utils.bids import write_derivative_description
 #: How long the writers and readers of the concurrency test run (seconds).
 STRESS_SECONDS = 3.0
 
-_SETTINGS = {"noise_level": None, "expert": None, "blend": False, "finetune": False,
-             "tta": True, "fusion": True, "guard": True}
+
+
+def _workflow():
+    """A denoiser workflow: what ``write_boilerplate`` describes."""
+    from bids_auton2n.workflows.base import init_denoise_wf
+
+    return init_denoise_wf(contrast="T1w")
 
 
 def _status(index: int, n_records: int) -> str:
@@ -28,22 +34,27 @@ def _status(index: int, n_records: int) -> str:
                         "derivative": None, "error": None} for k in range(n_records)], indent=2)
 
 
-def _writer(bids: str, out: str, index: int, deadline: float, counts) -> None:
+def _writer(bids: str, out: str, index: int, barrier, counts) -> None:
     """One array task: rewrites the dataset-wide files and its status file, as fast as it can."""
     n = 0
+    workflow = _workflow()
+    barrier.wait()  # every process imported and ready: the race starts for all at once
+    deadline = time.time() + STRESS_SECONDS
     while time.time() < deadline:
         write_derivative_description(Path(bids), Path(out))
-        write_boilerplate(Path(out), _SETTINGS)
+        write_boilerplate(Path(out), workflow)
         write_text_atomic(Path(out) / "logs" / f"status_{index}.json",
                           _status(index, 1 + n % 40))  # the file's length changes every time
         n += 1
     counts[index] = n
 
 
-def _reader(out: str, deadline: float, results, slot: int) -> None:
+def _reader(out: str, barrier, results, slot: int) -> None:
     reads = bad = 0
     description = Path(out) / "dataset_description.json"
     citation = Path(out) / "logs" / "CITATION.md"
+    barrier.wait()
+    deadline = time.time() + STRESS_SECONDS
     while time.time() < deadline:
         try:
             json.loads(description.read_text())
@@ -61,20 +72,19 @@ def test_concurrent_writers_never_expose_a_partial_file(tiny_bids, tmp_path, cap
     out = tmp_path / "out"
     (out / "logs").mkdir(parents=True)
     write_derivative_description(tiny_bids, out)
-    write_boilerplate(out, _SETTINGS)
+    write_boilerplate(out, _workflow())
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         counts, results = manager.dict(), manager.dict()
-        start_at = time.time() + 2.0  # all processes started (spawn imports) before the race
-        deadline = start_at + STRESS_SECONDS
+        barrier = context.Barrier(5)
         writers = [context.Process(target=_writer, args=(str(tiny_bids), str(out), i,
-                                                           deadline, counts)) for i in range(3)]
-        readers = [context.Process(target=_reader, args=(str(out), deadline, results, i))
+                                                           barrier, counts)) for i in range(3)]
+        readers = [context.Process(target=_reader, args=(str(out), barrier, results, i))
                    for i in range(2)]
         for process in writers + readers:
             process.start()
         for process in writers + readers:
-            process.join(timeout=120)
+            process.join(timeout=300)
             assert process.exitcode == 0
         reads = sum(r for r, _ in results.values())
         bad = sum(b for _, b in results.values())

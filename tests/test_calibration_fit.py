@@ -1,21 +1,15 @@
 """The noise calibration's fit and its leave-one-scan-out choice of loss
-(``scripts/calibrate_noise.py``), on synthetic calibration tables with a known model."""
-
-import importlib.util
-from pathlib import Path
+(:mod:`bids_auton2n.train.noise_calibration`), on synthetic calibration tables with a known model."""
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_noise.py"
-
 
 @pytest.fixture(scope="module")
 def calibration():
-    spec = importlib.util.spec_from_file_location("calibrate_noise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bids_auton2n.train import noise_calibration
+
+    return noise_calibration
 
 
 def synthetic_table(slope=0.97, sigma0=(1.0, 0.5, 2.0, 0.0, 1.5), outlier_gain=0.0, seed=0):

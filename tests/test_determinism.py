@@ -17,6 +17,7 @@ import torch
 from bids_auton2n.denoise.experts import ExpertRegistry
 from bids_auton2n.denoise.pairs import synthetic_pair
 from bids_auton2n.denoise.pipeline import denoise_array
+from bids_auton2n.utils.threads import set_threads
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,10 @@ def noisy():
                     rng.normal(0, 4, clean.shape)).astype(np.float32)
 
 
-def _threads(n: int) -> None:
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-
-
 def test_same_input_same_bytes(noisy):
     before = torch.get_num_threads(), numba.get_num_threads()
     try:
-        _threads(1)
+        set_threads(1)
         first = denoise_array(noisy, tta=True)
         second = denoise_array(noisy, tta=True)
     finally:
@@ -56,7 +52,7 @@ def test_thread_counts(noisy):
     results = {}
     try:
         for n in (1, 2):
-            _threads(n)
+            set_threads(n)
             results[n] = (synthetic_pair(noisy, exclude_centre=True),
                           denoise_array(noisy, registry=ExpertRegistry(), tta=False))
     finally:

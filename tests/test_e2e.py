@@ -140,6 +140,26 @@ def test_sidecars(app_run):
     assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
 
 
+def test_app_output_matches_denoise_file(app_run, tmp_path):
+    """The whole app (MultiProc, sinks) writes what the library writes for the same image."""
+    from bids_auton2n.utils.io import denoise_file
+
+    source = SOURCES[0]
+    stem, suffix = source.split(".")[0].rsplit("_", 1)
+    result = denoise_file(app_run["bids"] / source, tmp_path / "library.nii.gz",
+                          noise_map=tmp_path / "library_noise.nii.gz")
+    for desc, library in (("denoised", "library.nii.gz"), ("noise", "library_noise.nii.gz")):
+        app = nb.load(app_run["out"] / f"{stem}_desc-{desc}_{suffix}.nii.gz")
+        ours = nb.load(tmp_path / library)
+        assert np.asanyarray(app.dataobj).tobytes() == np.asanyarray(ours.dataobj).tobytes()
+        np.testing.assert_array_equal(app.affine, ours.affine)
+    meta = json.loads((app_run["out"] / f"{stem}_desc-denoised_{suffix}.json").read_text())
+    for key, value in result.provenance().items():
+        if key != "TimingsSeconds":
+            assert meta[key] == value, key
+    assert sorted(meta["TimingsSeconds"]) == sorted(result.timings)  # the sink sorts keys
+
+
 def test_noise_estimates_match_the_generated_noise(app_run):
     """The demo images carry Rician noise of a known percentage of the phantom's pure
     reference tissue; the estimate's sigma (image units) must find it. (Its percentage is
@@ -208,7 +228,8 @@ def test_group_table_and_report(app_run):
 def test_rerun_resumes_from_work_dir(app_run):
     """A second run with the same work dir reuses finished nodes (no recomputation)."""
     work = app_run["work"]
-    results = sorted(work.glob("auton2n_wf/sub_*_wf/anat_*_wf/cnn_denoise/result_cnn_denoise.pklz"))
+    results = sorted(work.glob(
+        "auton2n_wf/sub_*_wf/anat_*_wf/denoise_wf/cnn_denoise/result_cnn_denoise.pklz"))
     assert len(results) == len(SOURCES)
     stamps = [p.stat().st_mtime_ns for p in results]
     code = main([str(app_run["bids"]), str(app_run["out"]), "participant", "--write-noise-map",

@@ -115,6 +115,33 @@ def test_no_writable_temporary_folder_is_one_line_error(sandbox, tiny_bids, tmp_
     assert "--tmpfs /tmp" in lines[0]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a folder to another uid (needs root)")
+@pytest.mark.parametrize("folder", ["output", "work"])
+def test_output_or_work_folder_of_another_user_is_one_line_error(
+        sandbox, tiny_bids, tmp_path, folder):
+    """``docker run -u 12345:12345 -v $PWD/out:/out`` where Docker (root) created ``out``: an
+    existing folder this uid cannot write gives exit 73 and one line, before any work. Here
+    the folder belongs to uid 1000, which the sandbox does not map (as root's folder is to
+    a container's uid 12345)."""
+    out, work, scratch = tmp_path / "out", tmp_path / "work", tmp_path / "scratch"
+    for path in (out, work, scratch):
+        path.mkdir()
+    foreign = {"output": out, "work": work}[folder]
+    os.chown(foreign, 1000, 1000)
+    foreign.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch)}
+    done = subprocess.run(
+        sandbox([sys.executable, "-m", "bids_auton2n.cli.run", tiny_bids, out, "participant",
+                 "-w", work], cwd=scratch, env=env),
+        capture_output=True, text=True)
+    assert done.returncode == 73, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]  # after the line saying what the run does
+    assert error.startswith(f"bids_auton2n: {foreign}: cannot write the {folder} directory ("), error
+    assert "belongs to uid" in error
+    assert list(foreign.iterdir()) == []
+
+
 def test_logname_set_for_nipype_cluster_plugins_without_one():
     """Nipype's SLURM/SGE/PBS plugins name jobs with os.environ["LOGNAME"]; a job started
     with an empty environment (env -i, cron, some schedulers) has none."""

@@ -180,7 +180,8 @@ def test_app_gives_each_image_its_share_of_mem_gb():
     assert NipypeSettings(nprocs=2, omp_nthreads=2, mem_gb=6).image_mem_gb() == 6.0
     assert NipypeSettings(nprocs=4, omp_nthreads=2).image_mem_gb() is None
     workflow = init_anat_denoise_wf(contrast="T1w", mem_gb=3.0)
-    heavy = [workflow.get_node(n) for n in ("estimate_noise", "cnn_denoise", "rinlm_fusion")]
+    heavy = [workflow.get_node(f"denoise_wf.{n}")
+             for n in ("estimate_noise", "cnn_denoise", "rinlm_fusion")]
     assert all(n.inputs.mem_gb == 3.0 and n.mem_gb == 3.0 for n in heavy)
 
 

@@ -8,15 +8,12 @@ import json
 import nibabel as nb
 import numpy as np
 
-from bids_auton2n.denoise.pipeline import (
-    KEPT_FROM_SOURCE,
-    denoise_file,
-    noise_sidecar,
-    output_image,
-)
+from bids_auton2n.denoise.pipeline import noise_sidecar, output_image
+from bids_auton2n.utils.io import KEPT_FROM_SOURCE, denoise_file
 from bids_auton2n.denoise.noise import NoiseEstimate
-from bids_auton2n.reports.core import write_boilerplate
+from bids_auton2n.reports.boilerplate import write_boilerplate
 from bids_auton2n.utils.bids import write_derivative_description
+from bids_auton2n.workflows.base import init_denoise_wf
 
 
 def test_output_of_a_magnitude_image_has_no_negative_voxel():
@@ -59,10 +56,7 @@ def test_int16_input_is_written_as_float32_with_its_grid(tmp_path, test_experts_
 
 
 def test_methods_text_says_what_is_kept_and_clipped(tmp_path):
-    from bids_auton2n import config
-
-    config.reset()
-    text = write_boilerplate(tmp_path, config.to_dict()["workflow"]).read_text()
+    text = write_boilerplate(tmp_path, init_denoise_wf(contrast="T1w")).read_text()
     assert KEPT_FROM_SOURCE in text
     assert "negative output values are set to 0" in text
     assert "header of their source" not in text

@@ -89,3 +89,16 @@ def test_crop_keeps_world_coordinates(t1w):
 def test_bad_contrast():
     with pytest.raises(ValueError, match="contrast"):
         icbm152_phantom("FLAIR")
+
+
+def test_synthetic_head_is_piecewise_constant_and_seeded():
+    from bids_auton2n.denoise.phantom import SYNTHETIC_HEAD_INTENSITY, synthetic_head
+
+    shape = (24, 28, 24)
+    head = synthetic_head(shape, "T1w", np.random.default_rng(3))
+    assert head.shape == shape and head.dtype == np.float32
+    assert set(np.unique(head)) == set(SYNTHETIC_HEAD_INTENSITY["T1w"])
+    assert head[0, 0, 0] == 0.0 and head[12, 14, 12] == 30.0  # air corner, ventricle at the centre
+    np.testing.assert_array_equal(head, synthetic_head(shape, "T1w", np.random.default_rng(3)))
+    t2 = synthetic_head(shape, "T2w", np.random.default_rng(3))
+    assert t2[12, 14, 12] == 100.0  # CSF is the T2w reference tissue

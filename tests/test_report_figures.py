@@ -97,7 +97,7 @@ def test_group_flags_structure_removed_and_writes_no_empty_reason():
 
 
 def test_threshold_study_chooses_between_clean_and_over_smoothed_outputs():
-    from bids_auton2n.bench.structure_threshold import choose_flag
+    from bids_auton2n.bench.studies.structure_threshold import choose_flag
 
     def row(output, value, selection=True):
         return {"output": output, "structure_removed": value, "selection": selection}

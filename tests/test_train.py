@@ -12,7 +12,7 @@ import torch
 from bids_auton2n.cli.train import main as train_main
 from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file, write_manifest_entry
 from bids_auton2n.denoise.network import ResidualDenoiser3D
-from bids_auton2n.denoise.pipeline import InputImageError
+from bids_auton2n.utils.io import InputImageError
 from bids_auton2n.train import curriculum
 from bids_auton2n.train.curriculum import (
     eligible_volumes,

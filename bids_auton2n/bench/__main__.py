@@ -1,7 +1,10 @@
 """``bids_auton2n-bench``: compare our denoiser with the tools users would pick instead.
 
-Full run (hours on a laptop CPU): ``python -m bids_auton2n.bench``; CI-sized smoke run:
-``python -m bids_auton2n.bench --quick``. See docs/benchmark.md.
+Full run (hours on a laptop CPU): ``bids_auton2n-bench``; CI-sized smoke run:
+``bids_auton2n-bench --quick``. See docs/benchmark.md.
+
+``bids_auton2n-bench STUDY [options]`` runs one of the studies behind the project's other
+figures (:data:`~bids_auton2n.bench.studies.STUDIES`; ``bids_auton2n-bench STUDY --help``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from . import report
 from .harness import (DEFAULT_DATA_DIR, FULL_LEVELS, QUICK_CROP, QUICK_LEVELS, QUICK_REAL_SCANS,
                       REAL_SCANS, BenchmarkConfig, run_benchmark)
 from .methods import METHODS
+from .studies import STUDIES, run_study
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -24,26 +28,33 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
+    studies = "\n".join(f"  {name:<26} {what}" for name, (_, what) in STUDIES.items())
     p = argparse.ArgumentParser(prog="bids_auton2n-bench", description=__doc__,
+                                epilog=f"studies (bids_auton2n-bench STUDY --help):\n{studies}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: crop {'x'.join(map(str, QUICK_CROP))}, levels {QUICK_LEVELS}, "
                         "T1w phantom and one real scan")
     p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<full|quick>)")
     p.add_argument("--methods", type=_csv, help=f"comma-separated subset of: {', '.join(METHODS)}")
-    p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)), help="noise levels in percent")
-    p.add_argument("--datasets", type=_csv, help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention)")
-    p.add_argument("--real-scans", type=_csv, help=f"files in --data-dir (default: {', '.join(REAL_SCANS)}); "
-                                                    "'none' for no real scans")
+    p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)),
+                   help="noise levels in percent")
+    p.add_argument("--datasets", type=_csv,
+                   help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention)")
+    p.add_argument("--real-scans", type=_csv,
+                   help=f"files in --data-dir (default: {', '.join(REAL_SCANS)}); 'none' for no real scans")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop every volume to this size")
+    p.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="crop every volume to this size")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per method process")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per method and volume")
     return p
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STUDIES:
+        return run_study(argv[0], argv[1:])
     args = parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
     config = BenchmarkConfig(

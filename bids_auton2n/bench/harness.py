@@ -39,7 +39,9 @@ REAL_SCANS = {  # file in the data folder -> contrast
     "seg3D_MR.nii.gz": "T1w",
 }
 QUICK_REAL_SCANS = ("stroke_T1.nii.gz",)
-DEFAULT_DATA_DIR = Path("/work/shared/data")
+#: Folder of the project's real scans (``--data-dir``): ``$BIDS_AUTON2N_DATA_DIR``, else
+#: ``../shared/data`` from the current folder.
+DEFAULT_DATA_DIR = Path(os.environ.get("BIDS_AUTON2N_DATA_DIR", "../shared/data"))
 #: Manjón/Coupé demo convention: 8-bit range, PSNR over voxels whose truth exceeds this.
 MAX_CONVENTION_PEAK = 255.0
 MAX_CONVENTION_FLOOR = 10.0
@@ -95,9 +97,11 @@ def phantom_cases(config: BenchmarkConfig):
         if dataset == "T1w-max":
             # Manjón/Coupé demos: image scaled to 0-255, sigma = p % of the maximum.
             clean = (clean * (MAX_CONVENTION_PEAK / clean.max())).astype(np.float32)
-            reference, score_mask, peak = MAX_CONVENTION_PEAK, clean > MAX_CONVENTION_FLOOR, MAX_CONVENTION_PEAK
+            reference, peak = MAX_CONVENTION_PEAK, MAX_CONVENTION_PEAK
+            score_mask = clean > MAX_CONVENTION_FLOOR
         else:
-            reference, score_mask, peak = phantom.reference_intensity, phantom.head_mask, float(clean[phantom.head_mask].max())
+            reference, score_mask = phantom.reference_intensity, phantom.head_mask
+            peak = float(clean[phantom.head_mask].max())
         for level in config.levels:
             seed = SEED_BASE[dataset] + int(round(10 * level))
             yield Case(
@@ -256,7 +260,8 @@ def run_benchmark(config: BenchmarkConfig, log=print) -> dict:
                 boundary = metrics.tissue_boundaries(case.labels)
                 if case.dataset not in ceilings:
                     clean_labels = metrics.kmeans_tissues(case.clean, case.brain_mask, case.contrast)
-                    ceilings[case.dataset] = metrics.dice_scores(clean_labels, case.labels, case.brain_mask)["mean"]
+                    ceilings[case.dataset] = metrics.dice_scores(
+                        clean_labels, case.labels, case.brain_mask)["mean"]
             else:
                 head, background = real_scan_masks(case.noisy)
             for method in config.methods:

@@ -110,13 +110,16 @@ def markdown(record: dict) -> str:
                       f"BrainWeb convention: sigma = p % of the reference tissue "
                       f"({'WM' if dataset == 'T1w' else 'CSF'}), PSNR peak = clean maximum over the head")
         shape = next(r["shape"] for r in rows if r["dataset"] == dataset)
-        out += [f"## Phantom {dataset} ({'x'.join(map(str, shape))}, Rician noise)", "", convention + ".", ""]
+        out += [f"## Phantom {dataset} ({'x'.join(map(str, shape))}, Rician noise)", "",
+                convention + ".", ""]
         header = ["method"] + [f"{level:g} %" for level in levels]
-        for key, name, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("dice", "k-means Dice (mean CSF/GM/WM)", 4)):
+        for key, name, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4),
+                                  ("dice", "k-means Dice (mean CSF/GM/WM)", 4)):
             out += [f"**{name}**", ""]
             table = [[m] + [_cell(rows, m, dataset, level, key, digits) for level in levels] for m in methods]
             if key == "dice" and dataset in record["dice_ceiling"]:
-                table.append(["clean image (ceiling)"] + [_fmt(record["dice_ceiling"][dataset], 4)] * len(levels))
+                ceiling = _fmt(record["dice_ceiling"][dataset], 4)
+                table.append(["clean image (ceiling)"] + [ceiling] * len(levels))
             out += _table(header, table)
 
     phantom_rows = [r for r in rows if r["phantom"] and r["dataset"] != "T1w-max"]
@@ -125,14 +128,17 @@ def markdown(record: dict) -> str:
         edge_level = levels[0] if levels else None
         residual_level = levels[len(levels) // 2] if levels else None
         out += ["## Edges and method noise (phantoms, BrainWeb convention)", "",
-                f"Edge ratio = mean gradient magnitude on tissue boundaries, output / clean, at {_fmt(edge_level, 0)} % "
-                "(clean-ish input; 1 keeps edges, < 1 blurs). Residual = noisy − output, "
-                f"at {_fmt(residual_level, 0)} %: whiteness = energy of its 3x3x3 local mean relative to white noise "
-                "(1 = no structure), and correlation of |residual| with the clean gradient magnitude (0 = no edges removed).", ""]
+                "Edge ratio = mean gradient magnitude on tissue boundaries, output / clean, at "
+                f"{_fmt(edge_level, 0)} % (clean-ish input; 1 keeps edges, < 1 blurs). Residual = "
+                f"noisy − output, at {_fmt(residual_level, 0)} %: whiteness = energy of its 3x3x3 local "
+                "mean relative to white noise (1 = no structure), and correlation of |residual| with "
+                "the clean gradient magnitude (0 = no edges removed).", ""]
         datasets = list(dict.fromkeys(r["dataset"] for r in phantom_rows))
-        header = ["method"] + [f"{d} {name}" for d in datasets for name in ("edge ratio", "whiteness", "corr(|r|,|∇x|)")]
+        header = ["method"] + [f"{d} {name}" for d in datasets
+                               for name in ("edge ratio", "whiteness", "corr(|r|,|∇x|)")]
         table = [[m] + [value for d in datasets for value in (
-            _cell(rows, m, d, edge_level, "edge_ratio", 3), _cell(rows, m, d, residual_level, "residual_whiteness", 3),
+            _cell(rows, m, d, edge_level, "edge_ratio", 3),
+            _cell(rows, m, d, residual_level, "residual_whiteness", 3),
             _cell(rows, m, d, residual_level, "residual_edge_corr", 3))] for m in methods]
         out += _table(header, table)
 
@@ -141,7 +147,8 @@ def markdown(record: dict) -> str:
                 "Residual = input − output inside the head: its standard deviation (what was removed), its "
                 "whiteness (1 = no structure), its correlation with the output's gradient magnitude; and the "
                 "standard deviation in the air background (n/a when skull-stripped to zeros).", ""]
-        header = ["method"] + [f"{d.split('.')[0]} {n}" for d in real_datasets for n in ("resid. std", "whiteness", "corr", "bg std")]
+        header = ["method"] + [f"{d.split('.')[0]} {n}" for d in real_datasets
+                               for n in ("resid. std", "whiteness", "corr", "bg std")]
         table = [[m] + [value for d in real_datasets for value in (
             _cell(rows, m, d, None, "residual_std", 2), _cell(rows, m, d, None, "residual_whiteness", 3),
             _cell(rows, m, d, None, "residual_edge_corr", 3), _cell(rows, m, d, None, "background_std", 2))]
@@ -157,7 +164,8 @@ def markdown(record: dict) -> str:
     if failures:
         out += ["## Not run", ""]
         out += _table(["method", "status", "reason", "volumes"],
-                      [[m, s, reason.replace("|", "/"), f"{len(v)} ({', '.join(v[:3])}{', …' if len(v) > 3 else ''})"]
+                      [[m, s, reason.replace("|", "/"),
+                        f"{len(v)} ({', '.join(v[:3])}{', …' if len(v) > 3 else ''})"]
                        for (m, s, reason), v in failures.items()])
     out += ["## Methods", ""] + [f"* `{m}`: {METHODS[m].description}" for m in methods] + [""]
     out += ["## Machine", "", "```", json.dumps(machine, indent=1), "```", ""]
@@ -166,11 +174,11 @@ def markdown(record: dict) -> str:
 
 def _cost_section(rows, methods) -> list[str]:
     out = ["## Cost per volume (whole process)", "",
-           "Median over volumes of the same size; wall = whole process (Python start, imports, I/O, method), "
-           "method = the call alone; peak memory = maximum resident set size of the process "
-           f"({next((r.get('memory_source') for r in rows if r.get('memory_source')), 'n/a')}). Ratios are peer / ours "
-           "(above 1: ours is faster or lighter). Timings taken on a shared machine are inflated by contention; see the load "
-           "average in the machine record.", ""]
+           "Median over volumes of the same size; wall = whole process (Python start, imports, I/O, "
+           "method), method = the call alone; peak memory = maximum resident set size of the process "
+           f"({next((r.get('memory_source') for r in rows if r.get('memory_source')), 'n/a')}). "
+           "Ratios are peer / ours (above 1: ours is faster or lighter). Timings taken on a shared "
+           "machine are inflated by contention; see the load average in the machine record.", ""]
     shapes = list(dict.fromkeys(tuple(r["shape"]) for r in rows))
     for shape in shapes:
         subset = [r for r in rows if tuple(r["shape"]) == shape]
@@ -190,11 +198,13 @@ def _cost_section(rows, methods) -> list[str]:
                 for k, v in r["timings"].items():
                     stages.setdefault(k, []).append(v)
             stage_text = ", ".join(f"{k} {_fmt(_median(v), 1)}" for k, v in stages.items())
-            table.append([m, _fmt(wall, 1), _fmt(_median([r["method_seconds"] for r in done]), 1), _fmt(rss, 0),
-                          stage_text, _fmt(wall / ours_wall if ours_wall else None, 2),
+            table.append([m, _fmt(wall, 1), _fmt(_median([r["method_seconds"] for r in done]), 1),
+                          _fmt(rss, 0), stage_text, _fmt(wall / ours_wall if ours_wall else None, 2),
                           _fmt(rss / ours_rss if ours_rss else None, 2)])
-        out += [f"**Volumes {'x'.join(map(str, shape))}** ({len({(r['dataset'], r['level']) for r in subset})} volumes)", ""]
-        out += _table(["method", "wall (s)", "method (s)", "peak RSS (MiB)", "our stages (s)", "time ratio", "memory ratio"], table)
+        n_volumes = len({(r["dataset"], r["level"]) for r in subset})
+        out += [f"**Volumes {'x'.join(map(str, shape))}** ({n_volumes} volumes)", ""]
+        out += _table(["method", "wall (s)", "method (s)", "peak RSS (MiB)", "our stages (s)",
+                       "time ratio", "memory ratio"], table)
     return out
 
 

@@ -34,7 +34,8 @@ def run_job(job_file: Path) -> dict:
 
         image = nib.load(job["in_file"])
         noisy = np.asarray(image.get_fdata(dtype=np.float32))
-        given = MethodInput(contrast=job["contrast"], voxel_size=tuple(float(z) for z in image.header.get_zooms()[:3]),
+        given = MethodInput(contrast=job["contrast"],
+                            voxel_size=tuple(float(z) for z in image.header.get_zooms()[:3]),
                             true_sigma=job.get("true_sigma"), threads=int(job["threads"]))
         try:
             from bids_auton2n.denoise.experts import ExpertWeightsError

@@ -26,29 +26,6 @@ DEMO_IMAGES = (
     ("02", "2", None, "T2w", 5.0),
 )
 
-#: The ellipsoid head of scripts/guard_validation.py (no longer the demo's images): mean
-#: intensity of background, scalp, skull, CSF, GM, WM by contrast (arbitrary units).
-_INTENSITIES = {
-    "T1w": (0.0, 70.0, 10.0, 30.0, 65.0, 100.0),
-    "T2w": (0.0, 60.0, 10.0, 100.0, 60.0, 40.0),
-}
-
-
-def _phantom(shape, contrast: str, rng: np.random.Generator) -> np.ndarray:
-    """Clean head-like volume: scalp, skull, CSF, folded GM ribbon, WM."""
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    radius = np.sqrt(sum((g / s) ** 2 for g, s in zip(grid, (0.9, 0.95, 0.85))))
-    angle = np.arctan2(grid[1], grid[0])
-    folds = 0.04 * np.sin(8 * angle + rng.uniform(0, np.pi)) * np.cos(6 * grid[2])
-    labels = np.zeros(shape, dtype=np.int8)
-    for label, outer in ((1, 1.0), (2, 0.92), (3, 0.85), (4, 0.80 + folds), (5, 0.58 + folds)):
-        labels[radius <= outer] = label
-    ventricles = np.sqrt((grid[0] / 0.12) ** 2 + (grid[1] / 0.3) ** 2 + (grid[2] / 0.2) ** 2)
-    labels[ventricles <= 1] = 3
-    values = np.asarray(_INTENSITIES[contrast], dtype=np.float32)
-    return values[labels]
-
-
 #: Voxel size (mm) of the demo's images; the tests' dataset uses 3 mm.
 DEMO_VOXEL_MM = 2.0
 

@@ -10,11 +10,15 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import DEFAULT_SUFFIXES
+from ..denoise import CONTRASTS
+from ..utils.exit_codes import (
+    EXIT_CANTCREAT as EX_CANTCREAT,
+    EXIT_DATAERR as EX_DATAERR,
+    EXIT_NOINPUT as EX_NOINPUT,
+    EXIT_SOFTWARE as EX_SOFTWARE,
+    EXIT_USAGE as EX_USAGE,
+)
 from .parser import HelpFormatter, add_denoising_options, add_threads_option
-
-#: BSD sysexits codes, as the BIDS execution specification uses them.
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CANTCREAT = 64, 65, 66, 70, 73
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("in_file", type=Path, help="noisy 3D NIfTI image")
     parser.add_argument("out_file", type=Path, nargs="?",
                         help="denoised image to write (not needed with --estimate-only)")
-    parser.add_argument("--contrast", choices=DEFAULT_SUFFIXES,
+    parser.add_argument("--contrast", choices=CONTRASTS,
                         help="image contrast (default: the file's BIDS suffix, else T1w); "
                              "sets the reference tissue of the noise percentage")
     add_denoising_options(parser)
@@ -61,16 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-    import torch
-
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
 def _fail(message: str, code: int) -> int:
     print(f"bids_auton2n-denoise: error: {message}", file=sys.stderr)
     return code
@@ -90,7 +84,7 @@ def _unwritable(path: Path | None) -> str | None:
 
 def _missing(path: Path | None) -> str | None:
     """The one-line error of a missing input (or a broken link, an annexed file without its
-    content), worded as :func:`~.pipeline.load_volume` does."""
+    content), worded as :func:`~bids_auton2n.utils.io.load_volume` does."""
     if path is None or (path.exists() and not path.is_symlink()):
         return None
     from ..utils.inputs import unreadable_reason
@@ -115,7 +109,9 @@ def run(argv: list[str] | None = None) -> int:
             return _fail(problem, EX_CANTCREAT)
     logging.basicConfig(level=logging.WARNING if opts.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    _set_threads(opts.omp_nthreads)
+    from ..utils.threads import set_threads
+
+    set_threads(opts.omp_nthreads)
     if opts.mem_gb is not None:
         if not opts.mem_gb > 0:
             parser.error("--mem-gb must be > 0")
@@ -124,10 +120,10 @@ def run(argv: list[str] | None = None) -> int:
         set_memory_limit(opts.mem_gb)
 
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
-    from ..denoise.pipeline import (
-        InputImageError, contrast_from_filename, denoise_file, estimate_file_noise, noise_sidecar,
-    )
+    from ..denoise.pipeline import noise_sidecar
     from ..utils.atomic import write_text_atomic
+    from ..utils.bids import contrast_from_filename
+    from ..utils.io import InputImageError, denoise_file, estimate_file_noise
 
     contrast = opts.contrast or contrast_from_filename(opts.in_file)
     try:

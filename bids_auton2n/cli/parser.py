@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..utils.bids import EXIT_NOINPUT, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, BIDSAppError
+from ..utils.bids import BIDSAppError
+from ..utils.exit_codes import EXIT_NOINPUT, EXIT_UNKNOWN_LEVEL, EXIT_USAGE
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -217,6 +218,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g_perf.add_argument("--stop-on-first-crash", action="store_true",
                         help="stop at the first failing step instead of finishing the "
                         "other images")
+    g_perf.add_argument("--config-file", type=Path, metavar="FILE",
+                        help="repeat an earlier run: its settings, saved in "
+                        "<work-dir>/runs/<run>/config.json; the options given here that differ "
+                        "from their defaults take precedence")
     g_perf.add_argument("--reports-only", action="store_true",
                         help="only (re)build the reports from an earlier run's outputs")
     g_perf.add_argument("--notrack", action="store_true",
@@ -227,21 +232,62 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Settings the command line always gives, also when it repeats a run (``--config-file``).
+_FROM_COMMAND_LINE = {("execution", "bids_dir"), ("execution", "output_dir"),
+                      ("execution", "analysis_level")}
+
+
 def parse_args(args=None) -> None:
     """Parse ``args`` and fill :mod:`bids_auton2n.config`.
+
+    With ``--config-file`` the settings of the earlier run are loaded
+    (:func:`bids_auton2n.config.load`), then every setting the command line gives a value other
+    than its default, and the positional arguments, replace theirs.
 
     Raises
     ------
     BIDSAppError
-        Usage errors (64), unknown analysis level (17), missing filter/plugin files (66).
+        Usage errors (64), unknown analysis level (17), missing filter/plugin/config files (66).
     """
+    opts = _build_parser().parse_args(args)
+    _fill_config(opts)
+    if opts.config_file:
+        _repeat_run(opts)
+
+
+def _repeat_run(opts) -> None:
+    """Settings of ``opts.config_file`` where the command line left the defaults."""
+    import json
+
+    from .. import config
+
+    if not opts.config_file.is_file():
+        raise BIDSAppError(f"{opts.config_file}: config file does not exist", EXIT_NOINPUT)
+    chosen = config.to_dict()
+    _fill_config(_build_parser().parse_args(
+        [str(opts.bids_dir), str(opts.output_dir), opts.analysis_level]))
+    defaults = config.to_dict()
+    try:
+        config.load(opts.config_file)
+    except (ValueError, TypeError, AttributeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise BIDSAppError(f"{opts.config_file}: not a bids_auton2n config file ({exc})",
+                           EXIT_USAGE) from None
+    merged = config.to_dict()
+    for section, values in chosen.items():
+        for key, value in values.items():
+            if value != defaults[section][key] or (section, key) in _FROM_COMMAND_LINE:
+                merged[section][key] = value
+    config.from_dict(json.loads(json.dumps(merged)), new_run=False)
+
+
+def _fill_config(opts) -> None:
+    """Set :mod:`bids_auton2n.config` from parsed options (defaults for the rest)."""
     import yaml
 
     from .. import config
     from ..utils.bids import load_bids_filters
     from ..utils.environment import default_work_dir
 
-    opts = _build_parser().parse_args(args)
     if opts.analysis_level not in ANALYSIS_LEVELS:
         raise BIDSAppError(
             f"unknown analysis level {opts.analysis_level!r} "

@@ -11,12 +11,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..utils.bids import (
-    EXIT_CANTCREAT,
-    EXIT_FAILURE,
-    EXIT_NOINPUT,
-    BIDSAppError,
-)
+from ..utils.bids import BIDSAppError
+from ..utils.exit_codes import EXIT_CANTCREAT, EXIT_FAILURE, EXIT_NOINPUT
 
 LOGGER = logging.getLogger("bids_auton2n")
 NIPYPE_LOGGERS = ("nipype.workflow", "nipype.interface", "nipype.utils")
@@ -161,7 +157,8 @@ def run_participant() -> int:
     from nipype import config as nipype_config
 
     from .. import config
-    from ..reports.core import generate_reports, previous_runs, write_boilerplate
+    from ..reports.boilerplate import write_boilerplate
+    from ..reports.core import generate_reports, previous_runs
     from ..utils.atomic import remove_stale_staging, write_text_atomic
     from ..utils.bids import (
         check_paths,
@@ -184,7 +181,8 @@ def run_participant() -> int:
     remove_stale_staging(execution.output_dir)
 
     if execution.reports_only:
-        subjects = sorted(p.name[4:] for p in execution.output_dir.glob("sub-*") if p.is_dir())
+        subjects = sorted(p.name.removeprefix("sub-")
+                          for p in execution.output_dir.glob("sub-*") if p.is_dir())
         if execution.participant_label:
             subjects = [s for s in subjects if s in execution.participant_label]
         earlier = previous_runs(execution.output_dir)
@@ -250,7 +248,8 @@ def run_participant() -> int:
                                execution.run_uuid, rejected=rejected)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
         write_text_atomic(status_file, json.dumps(status, indent=2))
-        write_boilerplate(execution.output_dir, config.to_dict()["workflow"])
+        if workflow is not None:  # None: every image was refused before the workflow
+            write_boilerplate(execution.output_dir, workflow)
         failures = {}
         for record in status:
             if record["status"] != "success":
@@ -273,23 +272,16 @@ def run_participant() -> int:
     return 0
 
 
-def derivative_path(source: str, bids_dir: Path, output_dir: Path, desc: str = "denoised") -> Path:
-    """Where the derivative of ``source`` lands (``desc`` is the last entity in BIDS)."""
-    relative = Path(source).absolute().relative_to(Path(bids_dir).absolute())
-    stem = relative.name.split(".")[0]
-    entities, suffix = stem.rsplit("_", 1)
-    return Path(output_dir) / relative.parent / f"{entities}_desc-{desc}_{suffix}.nii.gz"
-
-
 def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
                   rejected=None) -> list[dict]:
     """Success/failure of every planned image, failures with the error from its crash file
     (or, for ``rejected`` images, the reason they were not run)."""
+    from ..utils.bids import derivative_path, file_entities
     from ..workflows.base import image_workflow_name
 
     records = []
     for source in sources:
-        subject = Path(source).name.split("_")[0][4:]
+        subject = file_entities(source)["subject"]
         crash_dir = Path(output_dir) / f"sub-{subject}" / "log" / run_uuid
         marker = f".{image_workflow_name(source)}."
         error = None
@@ -298,7 +290,7 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
             if marker in text:
                 lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
                 error = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])
-                # "bids_auton2n.denoise.pipeline.InputImageError: ..." -> "InputImageError: ..."
+                # "bids_auton2n.utils.io.InputImageError: ..." -> "InputImageError: ..."
                 error = re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", error)
                 break
         error = (rejected or {}).get(source, error)

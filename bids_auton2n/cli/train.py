@@ -2,13 +2,13 @@
 
 Curriculum (the shipped experts)::
 
-    bids_auton2n-train --data-dir /work/shared/data --out bids_auton2n/data/experts \\
+    bids_auton2n-train --data-dir ../shared/data --out bids_auton2n/data/experts \\
         --work-dir /tmp/auton2n-train --total-budget-min 40
 
 Single model trained on all levels (ablation of the mixture of experts; one
 weight file registered at the lowest level), for exactly N Adam steps::
 
-    bids_auton2n-train --single-model --data-dir /work/shared/data --out single_registry \
+    bids_auton2n-train --single-model --data-dir ../shared/data --out single_registry \
         --work-dir /tmp/single-work --max-steps 2724 --patience 1000 --total-budget-min 0
 
 Fine-tuning on a dataset's own scans (writes a registry directory for ``--registry``
@@ -31,13 +31,15 @@ from pathlib import Path
 
 from ..denoise.experts import ExpertRegistry, ExpertWeightsError, default_root
 from ..denoise.inference import resolve_device
-from ..denoise.pipeline import CONTRASTS, InputImageError
+from ..denoise import CONTRASTS
 from ..train.curriculum import (
     CURRICULUM_BASE, FINETUNE_BASE, LEVELS, MAX_NOISE_RATIO, TRAINING_SCANS, finetune,
     load_volumes, train_curriculum, train_single_model,
 )
 from ..train.data import BASES
 from ..train.trainer import SELECTION_METRICS, TrainConfig
+from ..utils.io import InputImageError
+from ..utils.threads import set_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--seed", type=int, default=0)
     net.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     net.add_argument("--threads", type=int,
-                     help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+                     help="CPU threads for torch and numba (default: theirs; 1 is faster on a busy "
+                          "machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
     command = shlex.join([parser.prog, *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        resolve_device(args.device, threads=args.threads)
+        resolve_device(args.device)
+        set_threads(args.threads)
     except ValueError as error:
         parser.error(str(error))
     config = TrainConfig(

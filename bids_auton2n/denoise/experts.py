@@ -66,7 +66,13 @@ def default_root() -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -75,7 +81,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def expert_filename(level: float) -> str:
-    """File name of the expert for ``level`` percent: ``expert_01pct.pt``, ``expert_2p5pct.pt``."""
+    """File name of the expert for ``level`` percent: ``expert_01pct.pt``, ``expert_2p5pct.pt``.
+
+    Parameters
+    ----------
+    level : float
+        Noise level of the expert, percent.
+    """
     if float(level).is_integer():
         return f"expert_{int(level):02d}pct.pt"
     return f"expert_{float(level):g}pct.pt".replace(".", "p", 1)

@@ -13,7 +13,7 @@ working arrays get the rest of the budget.
 
 The setting is process-wide, like a thread count (:func:`set_memory_limit`; the
 ``bids_auton2n-denoise --mem-gb`` option and the app's nodes set it). Bytes per voxel of
-each stage were measured as peak RSS growth (``python -m bids_auton2n.bench.memory``).
+each stage were measured as peak RSS growth (``bids_auton2n-bench memory``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 LOGGER = logging.getLogger("bids_auton2n.denoise")
 
 #: The process before it reads an image (Python, torch, numba, Nipype): peak RSS measured
-#: after the imports, ``bids_auton2n.bench.memory`` ("imports").
+#: after the imports, ``bids_auton2n-bench memory`` ("imports").
 PROCESS_BYTES = 550_000_000
 
 #: Whole-volume arrays held while the stages run, in bytes per voxel of the image: input
@@ -45,7 +45,13 @@ _limit_bytes: int | None = None
 
 
 def set_memory_limit(gb: float | None) -> None:
-    """Budget of one image's denoising in GB (10^9 bytes); ``None``: unlimited."""
+    """Set the budget of one image's denoising, process-wide.
+
+    Parameters
+    ----------
+    gb : float or None
+        GB (10^9 bytes), > 0; ``None``: unlimited (every stage on the whole volume).
+    """
     global _limit_bytes
     if gb is not None and not gb > 0:
         raise ValueError(f"memory limit must be > 0 GB, got {gb}")
@@ -53,12 +59,19 @@ def set_memory_limit(gb: float | None) -> None:
 
 
 def memory_limit_bytes() -> int | None:
+    """The budget set by :func:`set_memory_limit`, in bytes (None: unlimited)."""
     return _limit_bytes
 
 
 @contextmanager
 def memory_limit(gb: float | None):
-    """:func:`set_memory_limit` for the duration of a ``with`` block."""
+    """:func:`set_memory_limit` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    gb : float or None
+        As for :func:`set_memory_limit`; the previous budget is restored on exit.
+    """
     before = _limit_bytes
     set_memory_limit(gb)
     try:
@@ -68,7 +81,13 @@ def memory_limit(gb: float | None):
 
 
 def working_bytes(n_voxels: int) -> int | None:
-    """What the working arrays of one stage may take for an image of ``n_voxels``."""
+    """What the working arrays of one stage may take (bytes; None: no budget).
+
+    Parameters
+    ----------
+    n_voxels : int
+        Voxels of the image (its whole-volume arrays are taken off the budget first).
+    """
     if _limit_bytes is None:
         return None
     return _limit_bytes - PROCESS_BYTES - RESIDENT_BYTES_PER_VOXEL * n_voxels
@@ -103,7 +122,17 @@ def slab_planes(shape, *, bytes_per_voxel: int, halo: int, n_voxels: int | None 
 
 def slabs(n_planes: int, planes: int | None, halo: int):
     """``(start, stop, read_start, read_stop)`` of each slab: the planes it writes and the
-    planes it reads (``halo`` more on each side, clipped to the volume)."""
+    planes it reads (``halo`` more on each side, clipped to the volume).
+
+    Parameters
+    ----------
+    n_planes : int
+        Planes of the volume along axis 0.
+    planes : int or None
+        Planes per slab (:func:`slab_planes`); None: one slab, the whole volume.
+    halo : int
+        Planes read on each side of a slab.
+    """
     planes = planes or n_planes
     for start in range(0, n_planes, planes):
         stop = min(start + planes, n_planes)
@@ -121,7 +150,15 @@ MIN_TILE_EDGE = 48
 
 
 def cnn_tile(crop_shape, n_voxels: int) -> tuple[int, int, int] | None:
-    """Sliding-window tile for a CNN crop under the budget, or None (no limit: default)."""
+    """Sliding-window tile for a CNN crop under the budget, or None (no limit: default).
+
+    Parameters
+    ----------
+    crop_shape : tuple of int
+        The head's bounding box the network runs on.
+    n_voxels : int
+        Voxels of the whole image.
+    """
     budget = working_bytes(n_voxels)
     if budget is None:
         return None

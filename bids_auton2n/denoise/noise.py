@@ -6,7 +6,7 @@ independent noise, ``std(x - y) = sqrt(2) * sigma``.  Because ``y`` is picked
 by patch similarity, its noise is not quite independent of ``x``'s and the
 substituted voxel carries a small anatomical mismatch, so the raw value is
 corrected by a linear model fitted on real scans with known added noise
-(``scripts/calibrate_noise.py`` -> ``bids_auton2n/data/noise_calibration.json``).
+(``bids_auton2n-calibrate-noise`` -> ``bids_auton2n/data/noise_calibration.json``).
 
 Estimator (what the calibration was fitted for)
 -----------------------------------------------
@@ -290,7 +290,7 @@ def reference_intensity(x: np.ndarray, mask: np.ndarray, contrast: str) -> Refer
 
 @lru_cache(maxsize=1)
 def load_calibration() -> dict:
-    """Calibration record written by ``scripts/calibrate_noise.py``."""
+    """Calibration record written by ``bids_auton2n-calibrate-noise``."""
     text = resources.files("bids_auton2n").joinpath("data/noise_calibration.json").read_text()
     return json.loads(text)
 
@@ -317,7 +317,7 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray, mask: np.ndarray, *,
     voxels it keeps, the ``flattest_fraction`` with the smallest gradient
     magnitude of the image smoothed by ``flatness_smoothing`` are used.  The
     calibration holds for the defaults only (the other values are for
-    ``scripts/noise_estimator_variants.py``).
+    ``bids_auton2n-bench noise-estimator-variants``).
     """
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:

@@ -1,6 +1,10 @@
-"""Fuzzy ICBM152 phantom with Rician noise, for benchmarks.
+"""Phantoms with Rician noise: the fuzzy ICBM152 benchmark phantom and a synthetic head.
 
-**Benchmark material only.** The ICBM152 2009a template is an average of 152 brains: it is
+:func:`synthetic_head` is a piecewise-constant head of nested ellipsoids (no template or atlas
+behind it), the demo's images and the validation object of the guard and of the registry
+comparison.
+
+**ICBM152: benchmark material only.** The ICBM152 2009a template is an average of 152 brains: it is
 used here to *measure* denoisers (PSNR, SSIM, segmentation Dice against known tissue
 memberships). It must never be used to train the experts or to calibrate the noise estimator.
 
@@ -49,6 +53,13 @@ HEAD_LAYERS_MM = (("skull", 4.0), ("fat", 8.0), ("skin", 10.0))
 LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "non-brain head"}
 
 _ICBM_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+#: Mean intensity of background, scalp, skull, CSF, GM, WM of :func:`synthetic_head` by
+#: contrast (arbitrary units; the reference tissue, WM for T1w and CSF for T2w, is at 100).
+SYNTHETIC_HEAD_INTENSITY = {
+    "T1w": (0.0, 70.0, 10.0, 30.0, 65.0, 100.0),
+    "T2w": (0.0, 60.0, 10.0, 100.0, 60.0, 40.0),
+}
 
 
 @dataclass
@@ -163,6 +174,36 @@ def icbm152_phantom(contrast: str = "T1w") -> Phantom:
     )
 
 
+def synthetic_head(shape, contrast: str, rng: np.random.Generator) -> np.ndarray:
+    """Clean head-like volume: scalp, skull, CSF, folded GM ribbon, WM, ventricles.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Voxel grid; the head fills it (ellipsoid semi-axes 0.9, 0.95, 0.85 of the half-extent).
+    contrast : {"T1w", "T2w"}
+        Tissue intensities, :data:`SYNTHETIC_HEAD_INTENSITY`.
+    rng : numpy.random.Generator
+        Draws the phase of the cortical folds.
+
+    Returns
+    -------
+    ndarray, float32
+        Piecewise-constant intensities (no partial volume).
+    """
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radius = np.sqrt(sum((g / s) ** 2 for g, s in zip(grid, (0.9, 0.95, 0.85))))
+    angle = np.arctan2(grid[1], grid[0])
+    folds = 0.04 * np.sin(8 * angle + rng.uniform(0, np.pi)) * np.cos(6 * grid[2])
+    labels = np.zeros(shape, dtype=np.int8)
+    for label, outer in ((1, 1.0), (2, 0.92), (3, 0.85), (4, 0.80 + folds), (5, 0.58 + folds)):
+        labels[radius <= outer] = label
+    ventricles = np.sqrt((grid[0] / 0.12) ** 2 + (grid[1] / 0.3) ** 2 + (grid[2] / 0.2) ** 2)
+    labels[ventricles <= 1] = 3
+    values = np.asarray(SYNTHETIC_HEAD_INTENSITY[contrast], dtype=np.float32)
+    return values[labels]
+
+
 def add_rician_noise(clean: np.ndarray, percent: float, reference_intensity: float, seed: int) -> np.ndarray:
     """Rician noise: magnitude of the clean signal plus complex Gaussian noise.
 
@@ -197,6 +238,17 @@ def crop(phantom: Phantom, shape: tuple[int, int, int]) -> Phantom:
     """Crop a phantom to ``shape`` around the centre of its brain (for --quick runs and tests).
 
     The affine is shifted so the crop stays in the same world space.
+
+    Parameters
+    ----------
+    phantom : Phantom
+        The phantom to crop (:func:`icbm152_phantom`).
+    shape : tuple of int
+        Size of the crop; it must fit in the phantom.
+
+    Returns
+    -------
+    Phantom
     """
     full = phantom.clean.shape
     if any(s > f or s < 1 for s, f in zip(shape, full)):

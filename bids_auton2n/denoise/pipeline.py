@@ -1,8 +1,10 @@
 """The Auto-N2N denoising pipeline: estimate → select expert → CNN + TTA → RI-NLM fusion → guard.
 
-Every caller (the single-image command, the Nipype interfaces, the benchmark) goes through
-:func:`denoise_array` or its file-level wrapper :func:`denoise_file`, so the steps and the
-provenance record are the same everywhere.
+Arrays in, arrays out. Every caller goes through :func:`denoise_array` (the single-image command
+through its file-level wrapper :func:`bids_auton2n.utils.io.denoise_file`, the benchmark directly)
+or, in the BIDS-App's Nipype nodes (:mod:`bids_auton2n.interfaces.denoise`), through the very
+functions it composes, so the steps and the provenance record are the same everywhere
+(``tests/test_workflow_equivalence.py`` checks the two give the same bytes).
 
 References
 ----------
@@ -20,12 +22,11 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .. import __version__
+from . import CONTRASTS
 from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
@@ -34,17 +35,6 @@ from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, referen
 from .rinlm import ri_nlm
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
-
-#: BIDS suffixes the app denoises; used to infer the contrast from a file name.
-CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw")
-
-
-#: Fewest voxels along any axis of an image: the edge of the patches (3x3x3) of the pairs.
-MIN_EDGE = 3
-
-
-class InputImageError(ValueError):
-    """An input image that cannot be denoised; the message names the file."""
 
 
 @dataclass
@@ -62,6 +52,7 @@ class DenoiseResult:
     device: str
     guard: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    expert_selection: str = "nearest"
 
     def provenance(self) -> dict:
         """JSON-serialisable record for sidecars and reports."""
@@ -72,6 +63,7 @@ class DenoiseResult:
                  "SHA256": self.weights_sha256[_level_key(c.level)]}
                 for c in self.experts
             ],
+            "ExpertSelection": self.expert_selection,
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
             "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
@@ -90,11 +82,9 @@ def _level_key(level: float) -> str:
 
 def _camel_case(key: str) -> str:
     """``reference_tissue`` -> ``ReferenceTissue``, ``n_voxels`` -> ``NumberOfVoxels``."""
-    words = key.split("_")
-    if words[0] == "n" and len(words) > 1:
-        words[0] = "number_of"
-        words = "_".join(words).split("_")
-    return "".join(word.capitalize() for word in words)
+    if key.startswith("n_"):
+        key = "number_of" + key[1:]
+    return key.replace("_", " ").title().replace(" ", "")
 
 
 def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
@@ -103,6 +93,13 @@ def noise_sidecar(noise: NoiseEstimate, source: str) -> dict:
     The one definition of those keys (``Sigma``, ``Percent``, ``ReferenceTissue``,
     ``ReferenceIntensity``, ...: each field of :class:`~.noise.NoiseEstimate`), with
     ``Source``: ``"estimated"`` or ``"user"``.
+
+    Parameters
+    ----------
+    noise : NoiseEstimate
+        The estimate (or the user's ``--noise-level``) the image was denoised with.
+    source : str
+        ``"estimated"`` or ``"user"``: where the noise level came from.
     """
     return {**{_camel_case(k): v for k, v in noise.to_dict().items()}, "Source": source}
 
@@ -204,19 +201,37 @@ def denoise_array(
         noise=noise,
         noise_source=noise_source,
         experts=choices,
-        weights_sha256={_level_key(c.level): registry.sha256(c.level) for c in choices},
+        weights_sha256=expert_hashes(registry, choices),
         tta=tta,
         fusion=fusion,
         rician=rician,
         device=str(torch_device),
         guard=guard,
         timings=timings,
+        expert_selection=expert_selection(expert, blend),
     )
 
 
 def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
                     percent: float) -> NoiseEstimate:
-    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`."""
+    """A user-given noise level (percent of the reference tissue) as a :class:`NoiseEstimate`.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0 (:func:`~.intensity.sanitize`).
+    mask : ndarray of bool
+        Head mask (the reference tissue is measured in it).
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue.
+    percent : float
+        Noise level, percent of the reference tissue's intensity (>= 0).
+
+    Returns
+    -------
+    NoiseEstimate
+        ``raw_std`` is NaN (nothing was measured).
+    """
     if not np.isfinite(percent) or percent < 0:
         raise ValueError(f"noise level must be a non-negative percentage, got {percent}")
     reference = reference_intensity(finite, mask, contrast)
@@ -232,17 +247,81 @@ def noise_for_level(finite: np.ndarray, *, mask: np.ndarray, contrast: str,
 
 def choose_experts(registry: ExpertRegistry, percent: float, *, expert: float | None = None,
                    blend: bool = False) -> list[ExpertChoice]:
-    """The user's expert if given (it must be in the registry), else the registry's choice."""
+    """The user's expert if given (it must be in the registry), else the registry's choice.
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+        Where the experts come from.
+    percent : float
+        Noise level (percent of the reference tissue) the registry selects for.
+    expert : float, optional
+        Level of the expert to use instead of the selection.
+    blend : bool
+        Blend the two experts bracketing ``percent`` instead of taking the nearest.
+
+    Returns
+    -------
+    list of ExpertChoice
+        Levels and weights (summing to 1).
+    """
     if expert is None:
         return registry.select(percent, blend=blend)
     registry.entry(expert)  # fails clearly for a level the registry does not have
     return [ExpertChoice(level=float(expert), weight=1.0)]
 
 
+def expert_selection(expert: float | None, blend: bool) -> str:
+    """How :func:`choose_experts` chose: ``"user"`` (``expert`` given), ``"blend"`` or ``"nearest"``.
+
+    Parameters
+    ----------
+    expert, blend
+        The arguments of :func:`choose_experts`.
+    """
+    return "user" if expert is not None else "blend" if blend else "nearest"
+
+
+def expert_hashes(registry: ExpertRegistry, choices: list[ExpertChoice]) -> dict[str, str]:
+    """SHA-256 of the weights of each chosen expert, by level (``DenoiseResult.weights_sha256``).
+
+    Parameters
+    ----------
+    registry : ExpertRegistry
+    choices : list of ExpertChoice
+    """
+    return {_level_key(c.level): registry.sha256(c.level) for c in choices}
+
+
 def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
                 registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
                 progress: bool = False) -> np.ndarray:
-    """CNN mixture of experts in network units (reference tissue = 1), back in image units."""
+    """CNN mixture of experts in network units (reference tissue = 1), back in image units.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    noise : NoiseEstimate
+        Its ``reference_intensity`` is the unit of the networks.
+    choices : list of ExpertChoice
+        Experts and their weights.
+    registry : ExpertRegistry
+        Where their weights come from.
+    tta : bool
+        Average the identity and the three axis flips.
+    device : str or torch.device
+        See :func:`~.inference.resolve_device`.
+    mask : ndarray of bool
+        Head mask (the networks run on its bounding box).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray, float32
+        The mixture's output in image units.
+    """
     device = resolve_device(device)
     models = [(registry.load(c.level, device), c.weight) for c in choices]
     normalizer = IntensityNormalizer(noise.reference_intensity)
@@ -286,10 +365,21 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bo
 
 def output_image(denoised: np.ndarray, original: np.ndarray,
                  nonfinite: np.ndarray) -> np.ndarray:
-    """The pipeline's output as it is written, the last step of every path (library and
-    workflow): float32; no negative voxel where the input is a magnitude image (none of its
-    finite voxels is negative: the denoiser's negative values there are not signal, they are
-    set to 0); the input's NaN/Inf voxels put back where they were."""
+    """The pipeline's output as it is written, the last step of every path (library and workflow).
+
+    float32; no negative voxel where the input is a magnitude image (none of its finite voxels
+    is negative: the denoiser's negative values there are not signal, they are set to 0); the
+    input's NaN/Inf voxels put back where they were.
+
+    Parameters
+    ----------
+    denoised : ndarray
+        Output of :func:`final_image`.
+    original : ndarray
+        The input (its values are taken where ``nonfinite``; its sign decides the clipping).
+    nonfinite : ndarray of bool
+        Where the input was NaN or infinite (:func:`~.intensity.sanitize`).
+    """
     denoised = np.array(denoised, dtype=np.float32)
     original = np.asarray(original, dtype=np.float32)
     if not np.any(original[~nonfinite] < 0):
@@ -300,142 +390,27 @@ def output_image(denoised: np.ndarray, original: np.ndarray,
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
                          timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
-    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y."""
+    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y.
+
+    Parameters
+    ----------
+    finite : ndarray, 3D
+        The image, non-finite voxels set to 0.
+    contrast : {"T1w", "T2w", "FLAIR", "PDw"}
+        Selects the reference tissue of the percentage.
+    mask : ndarray of bool
+        Head mask.
+    timings : dict, optional
+        Receives the seconds of the stages ``"pairs"`` and ``"estimate"``.
+    progress : bool
+        Log each stage.
+
+    Returns
+    -------
+    NoiseEstimate
+    """
     timings = {} if timings is None else timings
     with _stage("pairs", timings, progress):
         pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
         return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
-
-
-def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
-    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``."""
-    stem = Path(path).name.split(".")[0]
-    suffix = stem.rsplit("_", 1)[-1]
-    return suffix if suffix in CONTRASTS else default
-
-
-def load_volume(path: str | Path) -> nib.Nifti1Image:
-    """Load a 3D NIfTI image, refusing what cannot be denoised.
-
-    A 4D image with a single volume is accepted as 3D. Raises :class:`InputImageError`
-    (message names the file) for a missing or unreadable file, a non-NIfTI file, a 2D or
-    multi-volume 4D image, an image thinner than a patch, and an image with no finite or no
-    non-zero voxel; a DataLad file whose content was not fetched or a broken link is said so.
-    """
-    from ..utils.inputs import unreadable_reason
-
-    path = Path(path)
-    problem = unreadable_reason(path)
-    if problem:
-        raise InputImageError(problem)
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputImageError(f"{path}: not a readable NIfTI image ({exc})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputImageError(f"{path}: not a NIfTI image ({type(img).__name__})")
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) == 4:
-        raise InputImageError(
-            f"{path}: 4D image with {shape[3]} volumes; select one first, e.g. "
-            f"`python -c \"import nibabel as nb; nb.load('{path.name}').slicer[..., 0]"
-            f".to_filename('vol0.nii.gz')\"`"
-        )
-    if len(img.shape) != 3 or min(img.shape) < 2:
-        raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
-    if min(img.shape) < MIN_EDGE:
-        raise InputImageError(
-            f"{path}: image of shape {shape} is thinner than the {MIN_EDGE}x{MIN_EDGE}x{MIN_EDGE} "
-            "patches the denoiser compares")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputImageError(f"{path}: image data cannot be read ({exc})") from None
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise InputImageError(f"{path}: image has no finite voxel (all NaN/Inf)")
-    if not np.any(data[finite]):
-        raise InputImageError(f"{path}: image is all zeros")
-    return img
-
-
-#: What a written image keeps of its source (the methods text and ``--help`` quote it).
-KEPT_FROM_SOURCE = ("voxel grid, affine (qform and sform with their codes), voxel sizes and "
-                    "units of the source; data are stored as float32 (an integer source's "
-                    "scaling applied), whatever the source's data type")
-
-
-def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's header (see :data:`KEPT_FROM_SOURCE`),
-    atomically.
-
-    Every field that describes the geometry (dim, pixdim with qfac, qform/sform codes, the
-    quaternion, srow_*, units, slice timing fields) is kept bit for bit: the image is built
-    without an affine, so nibabel does not recompute the quaternion from one. The file is
-    written under a temporary name and renamed (:func:`~bids_auton2n.utils.atomic.atomic_path`),
-    so a killed run or a full disk never leaves a partial image under ``out_file``.
-    """
-    from ..utils.atomic import atomic_path
-
-    header = reference.header.copy()
-    header.set_data_dtype(np.float32)
-    image_class = type(reference) if isinstance(reference, nib.Nifti2Image) else nib.Nifti1Image
-    out = image_class(data.astype(np.float32, copy=False), None, header)
-    out.header.set_slope_inter(1.0, 0.0)
-    with atomic_path(out_file) as tmp:
-        out.to_filename(str(tmp))
-
-
-def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """:func:`load_volume` and its data in image units (NIfTI scaling applied), float32."""
-    img = load_volume(path)
-    return img, np.asarray(img.get_fdata(dtype=np.float32))
-
-
-def _read_inputs(in_file, mask_file):
-    img, data = read_volume(in_file)
-    mask = None
-    if mask_file is not None:
-        mask_img = load_volume(mask_file)
-        if mask_img.shape != img.shape:
-            raise InputImageError(
-                f"{mask_file}: mask shape {mask_img.shape} differs from image shape {img.shape}")
-        mask = np.asanyarray(mask_img.dataobj) > 0
-    return img, data, mask
-
-
-def estimate_file_noise(in_file: str | Path, *, contrast: str | None = None,
-                        mask_file: str | Path | None = None) -> NoiseEstimate:
-    """Noise estimate of a NIfTI file (see :func:`estimate_array_noise`)."""
-    _, data, mask = _read_inputs(in_file, mask_file)
-    finite, _ = sanitize(data)
-    if mask is None:
-        mask = head_mask(finite)
-    return estimate_array_noise(finite, contrast=contrast or contrast_from_filename(in_file),
-                                mask=mask)
-
-
-def denoise_file(
-    in_file: str | Path,
-    out_file: str | Path,
-    *,
-    contrast: str | None = None,
-    mask_file: str | Path | None = None,
-    noise_map: str | Path | None = None,
-    **kwargs,
-) -> DenoiseResult:
-    """Denoise a NIfTI file and write the result (and optionally input − output).
-
-    ``contrast`` defaults to the file's BIDS suffix (T1w when it has none); the other
-    keyword arguments are those of :func:`denoise_array`.
-    """
-    img, data, mask = _read_inputs(in_file, mask_file)
-    result = denoise_array(data, contrast=contrast or contrast_from_filename(in_file),
-                           mask=mask, **kwargs)
-    save_like(result.denoised, img, out_file)
-    if noise_map is not None:
-        save_like(np.nan_to_num(data - result.denoised), img, noise_map)
-    return result

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from niworkflows.interfaces.bids import DerivativesDataSink as _DerivativesDataSink
 
-from ..denoise.pipeline import CONTRASTS
+from ..denoise import CONTRASTS
 
 #: niworkflows' anatomical and figure path patterns, with ``PDw`` added (niworkflows
 #: lists the deprecated ``PD`` only).

@@ -1,15 +1,28 @@
-"""Thin Nipype wrappers of the Auto-N2N steps in :mod:`bids_auton2n.denoise`.
+"""Nipype nodes of the Auto-N2N steps, each a thin wrapper of :mod:`bids_auton2n.denoise.pipeline`.
 
-Every interface loads its inputs, calls one step of :mod:`bids_auton2n.denoise` and writes
-the result as NIfTI (float32, same grid and affine as the input) or JSON. The order of the steps and
-the way they combine follow :func:`bids_auton2n.denoise.pipeline.denoise_array`; the
-workflow test ``test_workflow_matches_pipeline`` checks that both give the same image.
+The BIDS-App composes the denoising from these nodes in the order of
+:func:`~bids_auton2n.denoise.pipeline.denoise_array`, and every node calls the function that
+``denoise_array`` calls for its step:
+
+* :class:`EstimateNoise` reads, checks and sanitises the image (the only node that does), makes
+  the head mask, then ``estimate_array_noise`` or ``noise_for_level``;
+* :class:`SelectExperts`: ``choose_experts``;
+* :class:`CNNDenoise`: ``run_experts``;
+* :class:`FuseRINLM`: ``final_image`` and ``output_image``;
+* :class:`DenoiseProvenance`: ``DenoiseResult.provenance`` (the sidecar).
+
+Files travel between the nodes (the sanitised float32 image, its head mask, the CNN output)
+with small records (the noise estimate and the chosen experts, as dicts); no node reads
+another's state back from JSON. ``tests/test_workflow_equivalence.py`` checks that the
+workflow's image and sidecar equal those of :func:`~bids_auton2n.utils.io.denoise_file`, byte
+for byte, for every option.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nb
@@ -25,101 +38,133 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..denoise.pipeline import CONTRASTS
+from ..denoise import CONTRASTS
 
 
-def _registry(experts_dir):
-    from ..denoise.experts import ExpertRegistry
-
-    return ExpertRegistry(experts_dir if isdefined(experts_dir) and experts_dir else None)
-
-
-def _limit_threads(n_threads: int) -> None:
-    """Keep torch and numba within the cores Nipype granted this node."""
-    import numba
-    import torch
-
-    torch.set_num_threads(max(1, n_threads))
-    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+class _DenoiseStepInputSpec(BaseInterfaceInputSpec):
+    omp_nthreads = traits.Int(desc="threads of torch and numba in this node (default: as they are)")
+    mem_gb = traits.Float(desc="memory budget of this node's image (GB): slabs and tiles fit it "
+                          "(default: whole volume)")
 
 
-def _limit_memory(mem_gb) -> None:
-    """This node's share of ``--mem-gb`` (None: unlimited); workers run many nodes."""
-    from ..denoise.memory import set_memory_limit
+class DenoiseStep(SimpleInterface):
+    """The prologue the denoising nodes share.
 
-    set_memory_limit(mem_gb if isdefined(mem_gb) and mem_gb else None)
+    :meth:`_run_interface` limits torch and numba to the node's ``omp_nthreads`` (the cores
+    Nipype granted it) and the stages' working memory to its ``mem_gb`` (its share of
+    ``--mem-gb``; unset, the whole volume: a worker process runs many nodes, so the setting
+    is made by every node), then runs :meth:`_run_step` and returns its outputs; the helpers read
+    and write the float32 images that travel between the nodes, in the node's folder.
+    """
+
+    input_spec = _DenoiseStepInputSpec
+
+    def _run_interface(self, runtime):
+        from ..denoise.memory import set_memory_limit
+        from ..utils.threads import set_threads
+
+        if isdefined(self.inputs.omp_nthreads):
+            set_threads(max(1, self.inputs.omp_nthreads))
+        mem_gb = self.inputs.mem_gb
+        set_memory_limit(mem_gb if isdefined(mem_gb) and mem_gb else None)
+        self._cwd = Path(runtime.cwd)
+        self._results.update(self._run_step())
+        return runtime
+
+    def _run_step(self) -> dict:
+        """The node's work; returns its outputs."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _read(path) -> tuple[nb.Nifti1Image, np.ndarray]:
+        """A float32 image another node wrote, and its data."""
+        img = nb.load(path)
+        return img, np.asarray(img.dataobj, dtype=np.float32)
+
+    def _save(self, data: np.ndarray, reference: nb.Nifti1Image, name: str) -> str:
+        """Write ``data`` in the node folder with the header of ``reference``; return its path."""
+        from ..utils.io import save_like
+
+        out_file = self._cwd / name
+        save_like(data, reference, out_file)
+        return str(out_file)
+
+    @staticmethod
+    def _registry(experts_dir):
+        from ..denoise.experts import ExpertRegistry
+
+        return ExpertRegistry(experts_dir if isdefined(experts_dir) and experts_dir else None)
 
 
-def _save_like(data: np.ndarray, reference: nb.Nifti1Image, out_file: Path) -> str:
-    from ..denoise.pipeline import save_like
-
-    save_like(data, reference, out_file)
-    return str(out_file)
-
-
-class _EstimateNoiseInputSpec(BaseInterfaceInputSpec):
+class _EstimateNoiseInputSpec(_DenoiseStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
     contrast = traits.Enum(*CONTRASTS, mandatory=True, desc="BIDS suffix of in_file")
     noise_level = traits.Float(desc="user-given noise level (percent); skips the estimate")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernels")
-    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _EstimateNoiseOutputSpec(TraitedSpec):
-    out_json = File(exists=True, desc="noise record (NoiseEstimate.to_dict() + Source)")
+    finite_file = File(exists=True, desc="the image in image units, float32, non-finite voxels 0: "
+                                         "what the other nodes read")
+    nonfinite_file = File(exists=True, desc="the input's values where they are not finite, 0 "
+                                            "elsewhere (only written for an image that has some)")
     mask_file = File(exists=True, desc="head mask (noise estimate, CNN bounding box)")
+    noise = traits.Dict(desc="the NoiseEstimate's fields")
+    noise_source = traits.Enum("estimated", "user", desc="where the noise level comes from")
     percent = traits.Float(desc="noise in percent of the reference tissue")
     sigma = traits.Float(desc="noise standard deviation in image units")
-    runtime_s = traits.Float(desc="seconds spent")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class EstimateNoise(SimpleInterface):
-    """Head mask and noise level (both units) of one image (:func:`~.noise.estimate_noise`)."""
+class EstimateNoise(DenoiseStep):
+    """Read and sanitise the image once; its head mask and noise level (both units).
+
+    :func:`~bids_auton2n.utils.io.read_volume` (refuses what cannot be denoised),
+    :func:`~bids_auton2n.denoise.intensity.sanitize`, :func:`~bids_auton2n.denoise.noise.head_mask`,
+    then :func:`~bids_auton2n.denoise.pipeline.estimate_array_noise` or, with ``noise_level``,
+    :func:`~bids_auton2n.denoise.pipeline.noise_for_level`.
+    """
 
     input_spec = _EstimateNoiseInputSpec
     output_spec = _EstimateNoiseOutputSpec
 
-    def _run_interface(self, runtime):
+    def _run_step(self):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
-        from ..denoise.pipeline import (InputImageError, estimate_array_noise, noise_for_level,
-                                        read_volume)
+        from ..denoise.pipeline import estimate_array_noise, noise_for_level
+        from ..utils.io import InputImageError, read_volume
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
-        _limit_memory(self.inputs.mem_gb)
         img, data = read_volume(self.inputs.in_file)
-        finite, _ = sanitize(data)
+        finite, nonfinite = sanitize(data)
         mask = head_mask(finite)
+        timings: dict[str, float] = {}
         if isdefined(self.inputs.noise_level):
             noise = noise_for_level(finite, mask=mask, contrast=self.inputs.contrast,
                                     percent=self.inputs.noise_level)
             source = "user"
         else:
             try:
-                noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask)
+                noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask,
+                                             timings=timings)
             except ValueError as exc:  # e.g. an image too small to find enough voxels
                 raise InputImageError(f"{self.inputs.in_file}: the noise cannot be estimated "
                                       f"({exc}); give it with --noise-level") from None
             source = "estimated"
-
+        outputs = {
+            "finite_file": self._save(finite, img, "image.nii.gz"),
+            "noise": asdict(noise), "noise_source": source, "percent": float(noise.percent),
+            "sigma": float(noise.sigma), "timings": timings,
+        }
+        if nonfinite.any():
+            outputs["nonfinite_file"] = self._save(np.where(nonfinite, data, 0), img,
+                                                   "nonfinite.nii.gz")
         mask_img = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)
         mask_img.set_data_dtype(np.uint8)
-        mask_file = Path(runtime.cwd) / "head_mask.nii.gz"
-        mask_img.to_filename(str(mask_file))
-        out_json = Path(runtime.cwd) / "noise.json"
-        out_json.write_text(json.dumps({**noise.to_dict(), "Source": source}, indent=2))
-        self._results.update(
-            out_json=str(out_json),
-            mask_file=str(mask_file),
-            percent=float(noise.percent),
-            sigma=float(noise.sigma),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+        outputs["mask_file"] = str(self._cwd / "head_mask.nii.gz")
+        mask_img.to_filename(outputs["mask_file"])
+        return outputs
 
 
-class _SelectExpertsInputSpec(BaseInterfaceInputSpec):
+class _SelectExpertsInputSpec(_DenoiseStepInputSpec):
     percent = traits.Float(mandatory=True, desc="noise level (percent)")
     expert = traits.Float(desc="user-chosen expert level; overrides the selection")
     blend = traits.Bool(False, usedefault=True, desc="blend the two bracketing experts")
@@ -127,159 +172,140 @@ class _SelectExpertsInputSpec(BaseInterfaceInputSpec):
 
 
 class _SelectExpertsOutputSpec(TraitedSpec):
-    out_json = File(exists=True, desc="selected experts: level, weight, SHA-256")
-    levels = traits.List(traits.Float, desc="selected expert levels (percent)")
+    experts = traits.List(traits.Dict, desc="chosen experts: ExpertChoice fields (level, weight)")
+    weights_sha256 = traits.Dict(desc="SHA-256 of each chosen expert's weights, by level")
+    selection = traits.Str(desc="how they were chosen: user, blend or nearest")
 
 
-class SelectExperts(SimpleInterface):
-    """Pick the expert(s) for a noise level (:meth:`ExpertRegistry.select`)."""
+class SelectExperts(DenoiseStep):
+    """Pick the expert(s) for a noise level (:func:`~bids_auton2n.denoise.pipeline.choose_experts`)."""
 
     input_spec = _SelectExpertsInputSpec
     output_spec = _SelectExpertsOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.pipeline import choose_experts
+    def _run_step(self):
+        from ..denoise.pipeline import choose_experts, expert_hashes, expert_selection
 
-        registry = _registry(self.inputs.experts_dir)
-        choices = choose_experts(
-            registry, self.inputs.percent, blend=self.inputs.blend,
-            expert=self.inputs.expert if isdefined(self.inputs.expert) else None,
-        )
-        record = {
-            "Registry": str(registry.root),
-            "Experts": [
-                {"NoiseLevelPercent": c.level, "Weight": c.weight,
-                 "SHA256": registry.sha256(c.level)}
-                for c in choices
-            ],
-            "Selection": "user" if isdefined(self.inputs.expert) else
-            ("blend" if self.inputs.blend else "nearest"),
-        }
-        out_json = Path(runtime.cwd) / "experts.json"
-        out_json.write_text(json.dumps(record, indent=2))
-        self._results.update(out_json=str(out_json), levels=[c.level for c in choices])
-        return runtime
+        expert = self.inputs.expert if isdefined(self.inputs.expert) else None
+        registry = self._registry(self.inputs.experts_dir)
+        choices = choose_experts(registry, self.inputs.percent, expert=expert,
+                                 blend=self.inputs.blend)
+        return {"experts": [asdict(c) for c in choices],
+                "weights_sha256": expert_hashes(registry, choices),
+                "selection": expert_selection(expert, self.inputs.blend)}
 
 
-class _CNNDenoiseInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+class _CNNDenoiseInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
     mask_file = File(exists=True, mandatory=True, desc="head mask")
-    noise_json = File(exists=True, mandatory=True, desc="noise record (reference intensity)")
-    experts_json = File(exists=True, mandatory=True, desc="selected experts")
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
     experts_dir = Directory(desc="expert registry (default: shipped experts)")
     tta = traits.Bool(True, usedefault=True, desc="average the flips (test-time augmentation)")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="torch CPU threads")
-    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _CNNDenoiseOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="CNN output in image units")
     device = traits.Str(desc="torch device that ran")
-    runtime_s = traits.Float(desc="seconds spent")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class CNNDenoise(SimpleInterface):
-    """Mixture-of-experts CNN in network units (:func:`~.inference.cnn_denoise`)."""
+class CNNDenoise(DenoiseStep):
+    """Mixture-of-experts CNN (:func:`~bids_auton2n.denoise.pipeline.run_experts`)."""
 
     input_spec = _CNNDenoiseInputSpec
     output_spec = _CNNDenoiseOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.inference import resolve_device
+    def _run_step(self):
         from ..denoise.experts import ExpertChoice
-        from ..denoise.intensity import sanitize
+        from ..denoise.inference import resolve_device
         from ..denoise.noise import NoiseEstimate
-        from ..denoise.pipeline import read_volume, run_experts
+        from ..denoise.pipeline import run_experts
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
-        _limit_memory(self.inputs.mem_gb)
-        img, data = read_volume(self.inputs.in_file)
-        finite, _ = sanitize(data)
+        img, finite = self._read(self.inputs.in_file)
         mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj) > 0
-        noise_record = json.loads(Path(self.inputs.noise_json).read_text())
-        noise_record.pop("Source")
-        experts = json.loads(Path(self.inputs.experts_json).read_text())["Experts"]
-        choices = [ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts]
         device = resolve_device(self.inputs.device)
-        cnn = run_experts(finite, NoiseEstimate(**noise_record), choices,
-                          _registry(self.inputs.experts_dir), tta=self.inputs.tta,
+        start = time.perf_counter()
+        cnn = run_experts(finite, NoiseEstimate(**self.inputs.noise),
+                          [ExpertChoice(**e) for e in self.inputs.experts],
+                          self._registry(self.inputs.experts_dir), tta=self.inputs.tta,
                           device=device, mask=mask)
-        self._results.update(
-            out_file=_save_like(cnn, img, Path(runtime.cwd) / "cnn.nii.gz"),
-            device=str(device),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+        return {"timings": {"cnn": time.perf_counter() - start}, "device": str(device),
+                "out_file": self._save(cnn, img, "cnn.nii.gz")}
 
 
-class _FuseRINLMInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="noisy anatomical image")
+class _FuseRINLMInputSpec(_DenoiseStepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="EstimateNoise's finite_file")
+    nonfinite_file = File(exists=True, desc="EstimateNoise's nonfinite_file, if any")
     cnn_file = File(exists=True, mandatory=True, desc="CNN output (image units)")
     sigma = traits.Float(mandatory=True, desc="noise standard deviation in image units")
     fusion = traits.Bool(True, usedefault=True, desc="average CNN and guided RI-NLM")
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
-    omp_nthreads = traits.Int(1, usedefault=True, desc="threads of the numba kernel")
-    mem_gb = traits.Float(desc="memory budget of this image (GB): slabs and tiles fit it")
 
 
 class _FuseRINLMOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="denoised image, non-finite input voxels restored")
     noise_image = File(exists=True, desc="residual: input minus denoised")
-    runtime_s = traits.Float(desc="seconds spent")
+    timings = traits.Dict(desc="seconds of the stages (DenoiseResult.timings keys)")
 
 
-class FuseRINLM(SimpleInterface):
+class FuseRINLM(DenoiseStep):
     """Average the CNN output with RI-NLM guided by it (paper's final image), then guard it.
 
-    :func:`~.pipeline.final_image`: both steps optional.
+    :func:`~bids_auton2n.denoise.pipeline.final_image` (both steps optional), then the output
+    as written (:func:`~bids_auton2n.denoise.pipeline.output_image`: no negative voxel in a
+    magnitude image, the input's non-finite voxels put back).
     """
 
     input_spec = _FuseRINLMInputSpec
     output_spec = _FuseRINLMOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.intensity import sanitize
-        from ..denoise.pipeline import final_image, output_image, read_volume
+    def _run_step(self):
+        from ..denoise.pipeline import final_image, output_image
 
-        start = time.perf_counter()
-        _limit_threads(self.inputs.omp_nthreads)
-        _limit_memory(self.inputs.mem_gb)
-        img, original = read_volume(self.inputs.in_file)
-        finite, nonfinite = sanitize(original)
-        cnn = np.asanyarray(nb.load(self.inputs.cnn_file).dataobj).astype(np.float32)
-        denoised = output_image(
-            final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
-                        guard=self.inputs.guard, rician=self.inputs.rician),
-            original, nonfinite)
-        cwd = Path(runtime.cwd)
-        self._results.update(
-            out_file=_save_like(denoised, img, cwd / "denoised.nii.gz"),
-            noise_image=_save_like(np.nan_to_num(original - denoised), img, cwd / "noise.nii.gz"),
-            runtime_s=time.perf_counter() - start,
-        )
-        return runtime
+        img, finite = self._read(self.inputs.in_file)
+        _, cnn = self._read(self.inputs.cnn_file)
+        timings: dict[str, float] = {}
+        denoised = final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
+                               guard=self.inputs.guard, rician=self.inputs.rician,
+                               timings=timings)
+        original = finite
+        nonfinite = np.zeros(finite.shape, dtype=bool)
+        if isdefined(self.inputs.nonfinite_file):
+            _, values = self._read(self.inputs.nonfinite_file)
+            nonfinite = ~np.isfinite(values)
+            original = np.where(nonfinite, values, finite)
+        denoised = output_image(denoised, original, nonfinite)
+        with np.errstate(invalid="ignore"):  # inf - inf at restored voxels: 0 in the residual
+            residual = np.nan_to_num(original - denoised)
+        return {"timings": timings,
+                "out_file": self._save(denoised, img, "denoised.nii.gz"),
+                "noise_image": self._save(residual, img, "noise.nii.gz")}
 
 
 class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     source_file = File(exists=True, mandatory=True, desc="raw BIDS image")
     bids_dir = Directory(exists=True, mandatory=True, desc="raw BIDS dataset root")
     source_metadata = traits.Dict(desc="sidecar metadata of the source (BIDS inheritance)")
-    noise_json = File(exists=True, mandatory=True)
-    experts_json = File(exists=True, mandatory=True)
+    noise = traits.Dict(mandatory=True, desc="the NoiseEstimate's fields")
+    noise_source = traits.Str(mandatory=True, desc="estimated or user")
+    experts = traits.List(traits.Dict, mandatory=True, desc="chosen experts (level, weight)")
+    weights_sha256 = traits.Dict(mandatory=True, desc="SHA-256 of the experts' weights")
+    selection = traits.Str(mandatory=True, desc="how the experts were chosen")
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
     rician = traits.Bool(True, usedefault=True)
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
-    estimate_s = traits.Float(0.0, usedefault=True, desc="seconds: mask, pair and estimate")
-    cnn_s = traits.Float(0.0, usedefault=True, desc="seconds: CNN experts with TTA")
-    rinlm_s = traits.Float(0.0, usedefault=True, desc="seconds: RI-NLM fusion and guard")
-    denoised_file = File(exists=True, mandatory=True, desc="the denoised image (for its hash)")
+    estimate_timings = traits.Dict(desc="EstimateNoise's timings")
+    cnn_timings = traits.Dict(desc="CNNDenoise's timings")
+    fusion_timings = traits.Dict(desc="FuseRINLM's timings")
+    denoised_file = File(exists=True, mandatory=True,
+                         desc="the denoised image (the record is remade when it changes)")
 
 
 class _ProvenanceOutputSpec(TraitedSpec):
@@ -288,7 +314,7 @@ class _ProvenanceOutputSpec(TraitedSpec):
 
 
 class DenoiseProvenance(SimpleInterface):
-    """Sidecar record of one denoised image (:meth:`DenoiseResult.provenance` layout).
+    """Sidecar record of one denoised image: :meth:`DenoiseResult.provenance` and BIDS fields.
 
     The source's own metadata is carried forward; ``Sources`` are BIDS URIs.
     """
@@ -302,24 +328,24 @@ class DenoiseProvenance(SimpleInterface):
         from ..denoise.pipeline import DenoiseResult
         from ..utils.bids import bids_uri
 
-        noise_record = json.loads(Path(self.inputs.noise_json).read_text())
-        source = noise_record.pop("Source")
-        experts = json.loads(Path(self.inputs.experts_json).read_text())
-        timings = {"estimate": self.inputs.estimate_s, "cnn": self.inputs.cnn_s,
-                   "rinlm": self.inputs.rinlm_s}
+        timings = {}
+        for stage in (self.inputs.estimate_timings, self.inputs.cnn_timings,
+                      self.inputs.fusion_timings):
+            timings.update(stage if isdefined(stage) else {})
         timings["total"] = sum(timings.values())
         result = DenoiseResult(
             denoised=None,
-            noise=NoiseEstimate(**noise_record),
-            noise_source=source,
-            experts=[ExpertChoice(e["NoiseLevelPercent"], e["Weight"]) for e in experts["Experts"]],
-            weights_sha256={f"{e['NoiseLevelPercent']:g}": e["SHA256"] for e in experts["Experts"]},
+            noise=NoiseEstimate(**self.inputs.noise),
+            noise_source=self.inputs.noise_source,
+            experts=[ExpertChoice(**e) for e in self.inputs.experts],
+            weights_sha256=dict(self.inputs.weights_sha256),
             tta=self.inputs.tta,
             fusion=self.inputs.fusion,
             rician=self.inputs.rician,
             device=self.inputs.device,
             guard=self.inputs.guard,
             timings=timings,
+            expert_selection=self.inputs.selection,
         )
         carried = dict(self.inputs.source_metadata) if isdefined(self.inputs.source_metadata) else {}
         metadata = {
@@ -330,7 +356,6 @@ class DenoiseProvenance(SimpleInterface):
             + (", flip test-time augmentation" if self.inputs.tta else "")
             + (", fused with RI-NLM" if self.inputs.fusion else "") + ").",
             **result.provenance(),
-            "ExpertSelection": experts["Selection"],
             "FineTuned": self.inputs.finetuned,
             "SourceSHA256": sha256_file(self.inputs.source_file),
         }
@@ -340,21 +365,20 @@ class DenoiseProvenance(SimpleInterface):
         return runtime
 
 
-class _FineTuneInputSpec(BaseInterfaceInputSpec):
+class _FineTuneInputSpec(_DenoiseStepInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of the dataset")
     experts_dir = Directory(desc="registry to start from (default: shipped experts)")
     time_budget_s = traits.Float(600.0, usedefault=True,
                                  desc="time budget of all of fine-tuning (preparation included)")
     max_steps = traits.Int(desc="Adam-step limit (default: none)")
     device = traits.Str("auto", usedefault=True)
-    omp_nthreads = traits.Int(1, usedefault=True)
 
 
 class _FineTuneOutputSpec(TraitedSpec):
     experts_dir = Directory(exists=True, desc="registry of the fine-tuned expert")
 
 
-class FineTune(SimpleInterface):
+class FineTune(DenoiseStep):
     """Self-supervised fine-tuning of the expert nearest the dataset's median noise level.
 
     Wraps :func:`bids_auton2n.train.finetune`, shared by all images of the run.
@@ -363,22 +387,19 @@ class FineTune(SimpleInterface):
     input_spec = _FineTuneInputSpec
     output_spec = _FineTuneOutputSpec
 
-    def _run_interface(self, runtime):
-        from ..denoise.pipeline import contrast_from_filename
+    def _run_step(self):
         from ..train import TrainConfig, finetune
+        from ..utils.bids import contrast_from_filename
 
-        _limit_threads(self.inputs.omp_nthreads)
-        registry = _registry(self.inputs.experts_dir)
-        out_dir = Path(runtime.cwd) / "finetuned_experts"
+        out_dir = self._cwd / "finetuned_experts"
         finetune(
             [(f, contrast_from_filename(f)) for f in self.inputs.in_files],
             out_dir=out_dir,
             time_budget_s=self.inputs.time_budget_s,
-            registry=registry,
+            registry=self._registry(self.inputs.experts_dir),
             config=TrainConfig(level=0.0, device=self.inputs.device,
                                max_steps=self.inputs.max_steps
                                if isdefined(self.inputs.max_steps) else None),
             progress=False,
         )
-        self._results["experts_dir"] = str(out_dir)
-        return runtime
+        return {"experts_dir": str(out_dir)}

@@ -136,7 +136,7 @@ def compare_iqms(before: np.ndarray, after: np.ndarray, *, contrast: str, zooms)
 #: ``structure_removed`` above which an image is flagged in the reports and the group table.
 #: Chosen on generated images and real scans with simulated noise (not on templates), see
 #: ``benchmarks/results/structure_removed_threshold.md``
-#: (``python -m bids_auton2n.bench.structure_threshold``): outputs where only noise went, and
+#: (``bids_auton2n-bench structure-threshold``): outputs where only noise went, and
 #: our pipeline's, reach 0.105 there; a Gaussian over-smoothing of 1-2 voxels at least 0.19.
 #: On the held-out philips scan: ours 0.08-0.10, over-smoothed 0.65 and more.
 STRUCTURE_REMOVED_FLAG = 0.15

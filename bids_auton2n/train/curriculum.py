@@ -37,7 +37,7 @@ import torch
 
 from .. import __version__
 from ..denoise.experts import ExpertRegistry, write_manifest_entry
-from ..denoise.pipeline import contrast_from_filename
+from ..utils.bids import contrast_from_filename
 from .data import (
     BASES, MultiLevelSampler, PatchSampler, TrainingVolume, parse_volume_spec, prepare_volume,
 )
@@ -56,7 +56,7 @@ FIRST_LEVEL_SHARE = 2.0
 #: than the level would teach the expert a higher level than its own.
 MAX_NOISE_RATIO = 1.25
 #: The real scans of the project's training set and their contrasts
-#: (``/work/shared/data``, see its README and ``docs/model-card.md``).
+#: (``../shared/data``, see its README and ``docs/model-card.md``).
 TRAINING_SCANS = (
     ("stroke_T1.nii.gz", "T1w"),
     ("stroke_T2.nii.gz", "T2w"),

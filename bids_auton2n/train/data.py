@@ -51,7 +51,9 @@ from ..denoise.experts import ExpertRegistry, _atomic_write, sha256_file
 from ..denoise.intensity import IntensityNormalizer, sanitize
 from ..denoise.noise import estimate_noise, head_mask
 from ..denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS, synthetic_pair
-from ..denoise.pipeline import CONTRASTS, denoise_array, load_volume
+from ..denoise import CONTRASTS
+from ..denoise.pipeline import denoise_array
+from ..utils.io import load_volume
 
 LOGGER = logging.getLogger("bids_auton2n.train")
 
@@ -153,7 +155,7 @@ def prepare_volume(
     Parameters
     ----------
     path : path-like
-        3D NIfTI file (checked by :func:`~bids_auton2n.denoise.pipeline.load_volume`).
+        3D NIfTI file (checked by :func:`~bids_auton2n.utils.io.load_volume`).
     contrast : {"T1w", "T2w", "FLAIR", "PDw"}
     work_dir : path-like, optional
         Cache directory for the synthetic pairs (and a denoised base); no caching

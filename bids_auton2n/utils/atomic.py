@@ -27,7 +27,13 @@ STAGING_DIR = ".bids_auton2n-staging"
 
 def temporary_sibling(path: str | Path) -> Path:
     """Hidden, unique name next to ``path`` with the same extensions (``.nii.gz`` stays
-    ``.nii.gz``, so writers that pick the format from the name still do)."""
+    ``.nii.gz``, so writers that pick the format from the name still do).
+
+    Parameters
+    ----------
+    path : str or Path
+        The final name.
+    """
     path = Path(path)
     stem, dot, extensions = path.name.partition(".")
     return path.with_name(f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{dot}{extensions}")
@@ -44,6 +50,13 @@ def _fsync(path: Path) -> None:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` in one step.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final name.
 
     Examples
     --------
@@ -64,7 +77,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """``Path(path).write_text(text)``, atomically (see the module docstring)."""
+    """``Path(path).write_text(text)``, atomically (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to replace.
+    text : str
+        Its new content.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -72,7 +93,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def move_into_place(source: str | Path, destination: str | Path) -> Path:
-    """Rename a finished file onto its final name (same file system), after flushing it."""
+    """Rename a finished file onto its final name (same file system), after flushing it.
+
+    Parameters
+    ----------
+    source : str or Path
+        The finished file (e.g. in a :func:`staging_dir`).
+    destination : str or Path
+        Its final name (folders created).
+    """
     source, destination = Path(source), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     _fsync(source)
@@ -83,7 +112,13 @@ def move_into_place(source: str | Path, destination: str | Path) -> Path:
 @contextmanager
 def staging_dir(root: str | Path) -> Iterator[Path]:
     """A private folder under ``root/.bids_auton2n-staging/`` (same file system as the
-    final outputs), removed afterwards whatever happens."""
+    final outputs), removed afterwards whatever happens.
+
+    Parameters
+    ----------
+    root : str or Path
+        The output folder the staged files will be moved into.
+    """
     base = Path(root) / STAGING_DIR
     folder = base / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
@@ -98,7 +133,13 @@ def staging_dir(root: str | Path) -> Iterator[Path]:
 
 
 def remove_stale_staging(root: str | Path) -> list[Path]:
-    """Remove staging folders left by killed processes of this host; returns them."""
+    """Remove staging folders left by killed processes of this host; returns them.
+
+    Parameters
+    ----------
+    root : str or Path
+        The output folder.
+    """
     base = Path(root) / STAGING_DIR
     removed = []
     host = socket.gethostname()

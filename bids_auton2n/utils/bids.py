@@ -1,8 +1,7 @@
-"""Input collection and derivative-dataset bookkeeping for the BIDS-App.
+"""Input collection, BIDS file names and derivative-dataset bookkeeping for the BIDS-App.
 
-Exit codes follow the BIDS execution specification (Table 7 of
-https://github.com/bids-standard/execution-spec): BIDS-related codes 16-18 and the BSD
-``sysexits`` codes 64-74.
+File names are parsed by pybids (:func:`file_entities`), nowhere by hand. Exit codes come from
+:mod:`bids_auton2n.utils.exit_codes`.
 """
 
 from __future__ import annotations
@@ -12,22 +11,36 @@ import os
 from pathlib import Path
 
 from .. import __url__, __version__
+from ..denoise import CONTRASTS
+from .exit_codes import (  # noqa: F401 (EXIT_FAILURE, EXIT_CANTCREAT: used via this module)
+    EXIT_CANTCREAT,
+    EXIT_FAILURE,
+    EXIT_INVALID_BIDS,
+    EXIT_NOINPUT,
+    EXIT_NOTHING_SELECTED,
+    EXIT_UNKNOWN_LEVEL,
+    EXIT_USAGE,
+)
 from .atomic import write_text_atomic
 
-EXIT_FAILURE = 1  # some image(s) failed; the others are written
-EXIT_INVALID_BIDS = 16  # the input dataset failed BIDS validation / is not a BIDS dataset
-EXIT_UNKNOWN_LEVEL = 17  # unknown analysis level
-EXIT_NOTHING_SELECTED = 18  # entity-based filtering options selected no files
-EXIT_USAGE = 64  # the command was used incorrectly
-EXIT_NOINPUT = 66  # the input data was missing or unreadable
-EXIT_CANTCREAT = 73  # an output file/directory cannot be created
+#: Top-level folders that hold no raw data (BIDS exempts them; pybids does not index them).
+EXEMPT_FOLDERS = ("derivatives", "sourcedata", "code", "stimuli", "models")
+
 
 #: Name of the raw dataset in ``DatasetLinks`` (so ``Sources`` read ``bids:raw:sub-...``).
 RAW_DATASET_LINK = "raw"
 
 
 class BIDSAppError(RuntimeError):
-    """An error the command line reports in one line, with its exit code."""
+    """An error the command line reports in one line, with its exit code.
+
+    Parameters
+    ----------
+    message : str
+        The line to print.
+    exit_code : int
+        One of :mod:`bids_auton2n.utils.exit_codes`.
+    """
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -39,6 +52,20 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) 
 
     Writing is allowed inside the input dataset only under its ``derivatives/`` folder,
     as BIDS reserves that place for derived data.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Input dataset.
+    output_dir : Path
+        Derivatives folder.
+    work_dir : Path, optional
+        Nipype's working folder.
+
+    Raises
+    ------
+    BIDSAppError
+        Missing input (66), not a BIDS dataset (16), an output inside the input (64).
     """
     bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
     if not bids_dir.is_dir():
@@ -77,17 +104,28 @@ def validate_dataset(bids_dir: Path, *, max_listed: int = 5) -> None:
     without network access or Node.js; the full JavaScript/Deno validator is not
     required. Folders BIDS exempts (``derivatives``, ``sourcedata``, ``code``, ``stimuli``,
     hidden files) and paths listed in ``.bidsignore`` are skipped.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Input dataset.
+    max_listed : int
+        How many of the invalid names the error message lists.
+
+    Raises
+    ------
+    BIDSAppError
+        With exit code 16, naming the invalid files.
     """
     from bids_validator import BIDSValidator
 
     bids_dir = Path(bids_dir).absolute()
-    exempt = {"derivatives", "sourcedata", "code", "stimuli", "models"}
     ignored = _bidsignore_patterns(bids_dir)
     validator = BIDSValidator()
     invalid = []
     for path in sorted(bids_dir.rglob("*")):
         relative = path.relative_to(bids_dir)
-        if path.is_dir() or relative.parts[0] in exempt:
+        if path.is_dir() or relative.parts[0] in EXEMPT_FOLDERS:
             continue
         if any(part.startswith(".") for part in relative.parts):
             continue
@@ -116,8 +154,15 @@ def _bidsignore_patterns(bids_dir: Path) -> list[str]:
 def make_layout(bids_dir: Path, *, database_dir: Path | None = None, ignore=()):
     """Index ``bids_dir`` with pybids (validation is :func:`validate_dataset`'s job).
 
-    ``ignore``: files left out of the index, e.g. the sidecars :func:`invalid_sidecars`
-    found (pybids raises on the first malformed JSON file of a dataset).
+    Parameters
+    ----------
+    bids_dir : Path
+        Input dataset.
+    database_dir : Path, optional
+        Where pybids keeps its index (default: in memory).
+    ignore : sequence of Path
+        Files left out of the index, e.g. the sidecars :func:`invalid_sidecars` found
+        (pybids raises on the first malformed JSON file of a dataset).
     """
     import re
 
@@ -137,12 +182,19 @@ def make_layout(bids_dir: Path, *, database_dir: Path | None = None, ignore=()):
     )
 
 
-#: Top-level folders that hold no raw data (BIDS exempts them; pybids does not index them).
-EXEMPT_FOLDERS = ("derivatives", "sourcedata", "code", "stimuli", "models")
-
-
 def invalid_sidecars(bids_dir: Path) -> dict[Path, str]:
-    """JSON files of the raw dataset that cannot be read as BIDS metadata, with why."""
+    """JSON files of the raw dataset that cannot be read as BIDS metadata, with why.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Input dataset (its exempt folders, :data:`EXEMPT_FOLDERS`, and hidden ones skipped).
+
+    Returns
+    -------
+    dict
+        Path of each bad sidecar to a one-line reason.
+    """
     from .inputs import sidecar_problem
 
     bids_dir = Path(bids_dir).absolute()
@@ -160,7 +212,20 @@ def invalid_sidecars(bids_dir: Path) -> dict[Path, str]:
 
 def screen_images(subjects: dict[str, list[str]], bad_sidecars: dict[Path, str]) -> dict[str, str]:
     """Images that cannot be denoised as they are, with a one-line reason naming the file:
-    unreadable (annexed without content, broken link) or described by a bad sidecar."""
+    unreadable (annexed without content, broken link) or described by a bad sidecar.
+
+    Parameters
+    ----------
+    subjects : dict
+        Participant label to its images (:func:`collect_anatomicals`).
+    bad_sidecars : dict
+        :func:`invalid_sidecars` of the dataset.
+
+    Returns
+    -------
+    dict
+        Each refused image to its reason; the other images are denoised.
+    """
     from .inputs import sidecar_applies, unreadable_reason
 
     rejected = {}
@@ -181,14 +246,32 @@ def collect_anatomicals(
     *,
     participant_label=(),
     session_label=(),
-    suffixes=("T1w", "T2w", "FLAIR", "PDw"),
+    suffixes=CONTRASTS,
     bids_filters=None,
 ) -> dict[str, list[str]]:
     """Anatomical images to denoise, by subject label.
 
-    Raises :class:`BIDSAppError` with exit code 18 when a requested participant or session
-    does not exist or the filters select nothing, and 66 when the dataset holds no
-    anatomical image of the requested suffixes at all.
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        Index of the input dataset (:func:`make_layout`).
+    participant_label, session_label : sequence of str
+        Labels to keep (without ``sub-``/``ses-``); empty: all.
+    suffixes : sequence of str
+        Contrasts to denoise.
+    bids_filters : dict, optional
+        pybids entity filters (:func:`load_bids_filters`).
+
+    Returns
+    -------
+    dict
+        Sorted image paths by participant label.
+
+    Raises
+    ------
+    BIDSAppError
+        Exit code 18 when a requested participant or session does not exist or the filters
+        select nothing, 66 when the dataset holds no anatomical image of the suffixes at all.
     """
     subjects = layout.get_subjects()
     if participant_label:
@@ -232,6 +315,11 @@ def load_bids_filters(path: Path) -> dict:
     Every key must be a BIDS entity pybids knows (``acquisition``, ``run``, ...; a typo
     would otherwise make pybids raise mid-query) and every value a string, an integer, a
     boolean, ``null`` or a list of those.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON file: entity filters, or fMRIPrep-style ``{"t1w": {...}}`` (merged).
     """
     path = Path(path)
     if not path.is_file():
@@ -273,14 +361,84 @@ def _check_filters(path: Path, filters: dict) -> None:
                 f"of those, not {json.dumps(value)}", EXIT_USAGE)
 
 
+def file_entities(path: str | Path) -> dict[str, str]:
+    """BIDS entities of a file's name (pybids' ``parse_file_entities``), as strings.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file; only its name is parsed (folders do not add entities).
+
+    Returns
+    -------
+    dict
+        Entity name (``subject``, ``session``, ``acquisition``, ``run``, ..., ``suffix``,
+        ``extension``) to its value as written in the name (``run-01`` gives ``"01"``).
+    """
+    from bids.layout import parse_file_entities
+
+    # pybids finds ``sub-`` after a folder separator only
+    entities = parse_file_entities("/" + Path(path).name)
+    return {key: str(value) for key, value in entities.items()}
+
+
+def contrast_from_filename(path: str | Path, default: str = "T1w") -> str:
+    """The BIDS suffix of ``path`` if it names a supported contrast, else ``default``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file name.
+    default : str
+        The contrast of a name without a supported suffix.
+    """
+    suffix = file_entities(path).get("suffix")
+    return suffix if suffix in CONTRASTS else default
+
+
+def derivative_path(source: str, bids_dir: Path, output_dir: Path, desc: str = "denoised") -> Path:
+    """Where the derivative of ``source`` lands (``desc`` is the last entity in BIDS).
+
+    Parameters
+    ----------
+    source : str
+        Raw image inside ``bids_dir``.
+    bids_dir, output_dir : Path
+        Raw dataset root and derivatives root.
+    desc : str
+        The derivative's ``desc`` entity.
+    """
+    relative = Path(source).absolute().relative_to(Path(bids_dir).absolute())
+    entities = file_entities(relative)
+    stem = relative.name[: -len(entities.get("extension", ""))]
+    prefix = stem[: -len(entities["suffix"])]
+    return Path(output_dir) / relative.parent / f"{prefix}desc-{desc}_{entities['suffix']}.nii.gz"
+
+
 def bids_uri(path: str | Path, bids_dir: str | Path) -> str:
-    """BIDS URI of a raw file, e.g. ``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``."""
+    """BIDS URI of a raw file, e.g. ``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``.
+
+    Parameters
+    ----------
+    path : str or Path
+        File inside ``bids_dir``.
+    bids_dir : str or Path
+        Raw dataset root (the ``raw`` of ``DatasetLinks``).
+    """
     relative = Path(path).absolute().relative_to(Path(bids_dir).absolute())
     return f"bids:{RAW_DATASET_LINK}:{relative.as_posix()}"
 
 
 def write_derivative_description(bids_dir: Path, output_dir: Path) -> Path:
-    """Create or update ``dataset_description.json`` of the derivatives dataset."""
+    """Create or update ``dataset_description.json`` of the derivatives dataset.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Raw dataset (its name, BIDS version and DOI are carried over).
+    output_dir : Path
+        Derivatives root.
+    """
     bids_dir, output_dir = Path(bids_dir).absolute(), Path(output_dir).absolute()
     generated_by = {
         "Name": "bids-auton2n",

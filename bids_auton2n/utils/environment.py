@@ -44,7 +44,13 @@ SCRATCH_HINT = ("mount a writable folder on /tmp (docker run --tmpfs /tmp, or ap
 
 
 def user_name(environ=os.environ) -> str:
-    """The login name as ``getpass.getuser()`` would find it, ``uid<N>`` without any."""
+    """The login name as ``getpass.getuser()`` would find it, ``uid<N>`` without any.
+
+    Parameters
+    ----------
+    environ : mapping
+        The environment to read (default: this process's).
+    """
     for variable in USER_VARIABLES:
         if environ.get(variable):
             return environ[variable]
@@ -57,7 +63,13 @@ def user_name(environ=os.environ) -> str:
 
 
 def ensure_user_identity(environ=os.environ) -> None:
-    """Set ``LOGNAME`` and ``USER`` where unset, so neither ``getpass`` nor Nipype fails."""
+    """Set ``LOGNAME`` and ``USER`` where unset, so neither ``getpass`` nor Nipype fails.
+
+    Parameters
+    ----------
+    environ : mapping
+        The environment to complete (default: this process's).
+    """
     name = user_name(environ)
     for variable in ("LOGNAME", "USER"):
         if not environ.get(variable):
@@ -65,7 +77,13 @@ def ensure_user_identity(environ=os.environ) -> None:
 
 
 def writable_dir(path: str | Path) -> bool:
-    """``path`` is a folder this process may write, or could be created as one."""
+    """``path`` is a folder this process may write, or could be created as one.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder, existing or not (then its nearest existing parent is checked).
+    """
     path = Path(path).absolute()
     while not path.exists():
         if path.parent == path:
@@ -114,7 +132,15 @@ def _private_scratch() -> Path | None:
 def redirect_caches(environ=os.environ) -> dict[str, str]:
     """Point each cache whose default place is unwritable at a private temporary folder.
 
-    Returns the variables set (name -> folder).
+    Parameters
+    ----------
+    environ : mapping
+        The environment to complete (default: this process's).
+
+    Returns
+    -------
+    dict
+        The variables set (name -> folder).
     """
     moved = {}
     scratch = None
@@ -179,7 +205,13 @@ def check_scratch() -> str | None:
 
 def default_work_dir(cwd: str | Path | None = None) -> Path:
     """``./work`` where the current folder is writable (fMRIPrep's default), else
-    ``$TMPDIR/bids_auton2n-<uid>/work`` (a read-only container root or current folder)."""
+    ``$TMPDIR/bids_auton2n-<uid>/work`` (a read-only container root or current folder).
+
+    Parameters
+    ----------
+    cwd : str or Path, optional
+        The current folder (default: this process's).
+    """
     local = (Path.cwd() if cwd is None else Path(cwd)).absolute() / "work"
     if writable_dir(local):
         return local
@@ -188,7 +220,15 @@ def default_work_dir(cwd: str | Path | None = None) -> Path:
 
 
 def unwritable_reason(path: str | Path, error: OSError) -> str:
-    """Why ``path`` could not be written, with the folder's owner when permissions are why."""
+    """Why ``path`` could not be written, with the folder's owner when permissions are why.
+
+    Parameters
+    ----------
+    path : str or Path
+        What could not be written.
+    error : OSError
+        The error writing it raised.
+    """
     reason = error.strerror or str(error)
     if error.errno in (errno.EACCES, errno.EPERM):
         existing = Path(path).absolute()

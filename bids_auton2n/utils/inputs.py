@@ -29,7 +29,14 @@ def _datalad_hint(path: Path) -> str:
 
 
 def unreadable_reason(path: str | Path) -> str | None:
-    """Why ``path`` cannot be read as a data file, or None (the content is not checked)."""
+    """Why ``path`` cannot be read as a data file, or None (the content is not checked).
+
+    Parameters
+    ----------
+    path : str or Path
+        A data file: missing, a broken link or a DataLad/git-annex file whose content was
+        not fetched (a link into the annex or a pointer file) are said so.
+    """
     path = Path(path)
     if path.is_symlink() and not path.exists():
         target = os.readlink(path)
@@ -50,7 +57,13 @@ def unreadable_reason(path: str | Path) -> str | None:
 
 
 def sidecar_problem(path: str | Path) -> str | None:
-    """Why the JSON file ``path`` cannot be used as a BIDS sidecar, or None."""
+    """Why the JSON file ``path`` cannot be used as a BIDS sidecar, or None.
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file (unreadable, not UTF-8, not JSON, not an object: one line each).
+    """
     path = Path(path)
     reason = unreadable_reason(path)
     if reason:
@@ -67,17 +80,24 @@ def sidecar_problem(path: str | Path) -> str | None:
 
 
 def _entities(path: Path) -> dict:
-    from bids.layout import parse_file_entities
+    from .bids import file_entities
 
-    entities = parse_file_entities(str(path))
+    entities = file_entities(path)
     entities.pop("extension", None)
-    entities.pop("datatype", None)
     return entities
 
 
 def sidecar_applies(sidecar: str | Path, image: str | Path) -> bool:
     """BIDS inheritance: ``sidecar`` sits in the image's folder or above it, has its suffix,
-    and each of its entities has the image's value."""
+    and each of its entities has the image's value.
+
+    Parameters
+    ----------
+    sidecar : str or Path
+        A JSON file of the dataset.
+    image : str or Path
+        A raw image of the dataset.
+    """
     sidecar, image = Path(sidecar).absolute(), Path(image).absolute()
     if sidecar.parent not in image.parents:
         return False
@@ -87,7 +107,15 @@ def sidecar_applies(sidecar: str | Path, image: str | Path) -> bool:
 
 def check_label(label: str, what: str = "participant") -> str:
     """``label`` without its ``sub-``/``ses-`` prefix if it is a BIDS label, else raises
-    ``ValueError`` saying why (``../x``, spaces, unicode letters, empty)."""
+    ``ValueError`` saying why (``../x``, spaces, unicode letters, empty).
+
+    Parameters
+    ----------
+    label : str
+        As given on the command line.
+    what : str
+        The entity it labels, for the message (``participant``, ``session``).
+    """
     if not LABEL.fullmatch(label):
         raise ValueError(f"invalid {what} label {label!r}: BIDS labels are ASCII letters and "
                          "digits only")

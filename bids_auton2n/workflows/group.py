@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 
 from ..interfaces.qc import ComputeIQMs
 from ..utils.atomic import atomic_path
+from ..utils.bids import file_entities
 
 #: Columns of ``group_denoising.tsv`` in order.
 COLUMNS = (
@@ -19,21 +20,16 @@ COLUMNS = (
     "fwhm_before", "fwhm_after", "structure_removed", "runtime_s", "outlier", "error",
 )
 
-_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq",
-             "reconstruction": "rec", "run": "run"}
-
-
-#: Columns whose values keep their BIDS prefix (``sub-01``, ``ses-1``), as in
-#: ``participants.tsv`` and ``sessions.tsv``.
-_PREFIXED = ("subject", "session")
+#: Entities of the source name that are columns of the table; ``subject`` and ``session``
+#: keep their BIDS prefix (``sub-01``, ``ses-1``), as in ``participants.tsv`` and ``sessions.tsv``.
+_ENTITIES = ("subject", "session", "acquisition", "reconstruction", "run", "suffix")
 
 
 def _entities(source: str) -> dict:
-    name = Path(source).name.split(".")[0]
-    found = {key: (re.search(rf"(?:^|_)({short}-([a-zA-Z0-9]+))", name) or [None] * 3)[
-        1 if key in _PREFIXED else 2] for key, short in _ENTITIES.items()}
-    found["suffix"] = name.rsplit("_", 1)[-1]
-    return found
+    found = file_entities(source)
+    prefixes = {"subject": "sub-", "session": "ses-"}
+    return {key: None if found.get(key) is None
+            else prefixes.get(key, "") + str(found[key]) for key in _ENTITIES}
 
 
 def init_group_wf(*, images: list[dict], work_dir: str, name: str = "auton2n_group_wf"):
@@ -70,7 +66,21 @@ def init_group_wf(*, images: list[dict], work_dir: str, name: str = "auton2n_gro
 
 def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                     participant_label=(), plugin=None) -> tuple[Path, Path, int]:
-    """Compute the group table and report; returns (tsv, html, number of failed images)."""
+    """Compute the group table and report; returns (tsv, html, number of failed images).
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Raw dataset root.
+    output_dir : Path
+        Derivatives root of the participant level (its status logs list the images).
+    work_dir : Path
+        Nipype's working folder (the IQM nodes run under ``group/``).
+    participant_label : sequence of str
+        Participants to include; empty: all.
+    plugin : dict, optional
+        Nipype plugin name and arguments (:meth:`~bids_auton2n.config.NipypeSettings.get_plugin`).
+    """
     import pandas as pd
 
     from ..reports.core import read_status

@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """Calibrate the Auto-N2N noise estimator on real scans with known added noise.
 
 Writes ``bids_auton2n/data/noise_calibration.json`` (read by
 :mod:`bids_auton2n.denoise.noise`).
 
-Data: the real single-subject scans of ``/work/shared/data`` (never brain
-templates: ICBM152 is kept for measurement, ``scripts/measure_noise_estimate.py``).
+Data: the project's real single-subject scans (:data:`SCANS`; never brain templates: ICBM152
+is kept for measurement, ``bids_auton2n-bench noise-estimate``).
 
 The scans already carry unknown noise (sigma0).  To reach the low end of the
 range (1 %), each scan is first pre-denoised with the project's RI-NLM filter
@@ -23,17 +22,14 @@ loss (linear or robust, :data:`LOSS_GRID`) is the one with the lowest leave-one-
 error on these real scans (:func:`calibrate`).
 RI-NLM runs twice, its guide being the current base smoothed by a 1-voxel Gaussian.
 
-Usage::
-
-    python scripts/calibrate_noise.py [--data /work/shared/data] [--cache work/noise_calibration.npz]
+Command: ``bids_auton2n-calibrate-noise [--data-dir DIR] [--cache work/noise_calibration.npz]``
+(:mod:`bids_auton2n.cli.calibrate_noise`).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -42,14 +38,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import least_squares
 
-from bids_auton2n.denoise.intensity import sanitize
-from bids_auton2n.denoise.noise import (
+from ..denoise.intensity import sanitize
+from ..denoise.noise import (
     FLATNESS_SMOOTHING, FLATTEST_FRACTION, MIN_SNR, head_mask, noise_pair, raw_noise_statistic,
     reference_intensity,
 )
-from bids_auton2n.denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS
-from bids_auton2n.denoise.phantom import add_rician_noise
-from bids_auton2n.denoise.rinlm import ri_nlm
+from ..denoise.pairs import PATCH_RADIUS, SEARCH_RADIUS
+from ..denoise.phantom import add_rician_noise
+from ..denoise.rinlm import ri_nlm
 
 SCANS = {
     "stroke_T1.nii.gz": "T1w",
@@ -64,7 +60,8 @@ GUIDE_SMOOTHING = 1.0
 #: RI-NLM passes (each with the raw estimate of what is left) to push the residual sigma0
 #: far below the 1 % level, where it would be confounded with the intercept.
 DENOISING_PASSES = 2
-OUTPUT = Path(__file__).resolve().parents[1] / "bids_auton2n" / "data" / "noise_calibration.json"
+#: The calibration record the estimator reads (:func:`~bids_auton2n.denoise.noise.load_calibration`).
+OUTPUT = Path(__file__).resolve().parents[1] / "data" / "noise_calibration.json"
 
 
 def denoised_base(scan: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -177,7 +174,8 @@ def fit(table: dict, loss: str = "linear", f_scale: float = 1.0) -> dict:
         "rmse_percent": float(np.sqrt(np.mean(error**2))),
         "max_abs_error_percent": float(np.max(np.abs(error))),
         "residual_sigma0_percent": {
-            names[int(k)]: float(100 * sigma0[i] / reference[table["scan"] == k][0]) for i, k in enumerate(scans)
+            names[int(k)]: float(100 * sigma0[i] / reference[table["scan"] == k][0])
+            for i, k in enumerate(scans)
         },
         "rmse_percent_per_scan": {
             names[int(k)]: float(np.sqrt(np.mean(error[table["scan"] == k] ** 2))) for k in scans
@@ -203,20 +201,33 @@ def calibrate(table: dict) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="npz of the raw statistics: reused if present, written otherwise")
-    parser.add_argument("--output", type=Path, default=OUTPUT)
-    args = parser.parse_args(argv)
-    if args.cache is not None and args.cache.is_file():
-        table = dict(np.load(args.cache))
+def run_calibration(data_dir: Path, *, cache: Path | None = None, output: Path = OUTPUT,
+                    command: str) -> dict:
+    """Measure (or read from ``cache``), fit and write the calibration record to ``output``.
+
+    Parameters
+    ----------
+    data_dir : Path
+        Folder holding the :data:`SCANS`.
+    cache : Path, optional
+        npz of the raw statistics: reused if present, written otherwise.
+    output : Path
+        Calibration record to write (default: the one the package ships).
+    command : str
+        The command line, recorded in the calibration.
+
+    Returns
+    -------
+    dict
+        The record written.
+    """
+    if cache is not None and cache.is_file():
+        table = dict(np.load(cache))
     else:
-        table = measure(args.data)
-        if args.cache is not None:
-            args.cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.cache, **table)
+        table = measure(data_dir)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, **table)
     result = calibrate(table)
     record = {
         "model": {
@@ -237,7 +248,7 @@ def main(argv=None) -> int:
         },
         "data": {
             "scans": {name: contrast for name, contrast in SCANS.items()},
-            "source": str(args.data),
+            "source": str(data_dir),
             "base": f"scan pre-denoised with {DENOISING_PASSES} passes of ri_nlm (guide = Gaussian"
                     f"({GUIDE_SMOOTHING}) of the current base, sigma = its uncorrected estimate, Rician)",
             "added_noise": "Rician, percent of the base's reference tissue",
@@ -246,12 +257,7 @@ def main(argv=None) -> int:
         },
         "points": {k: np.asarray(v).tolist() for k, v in table.items()},
         "date": datetime.date.today().isoformat(),
-        "command": "python scripts/calibrate_noise.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
     }
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({"model": record["model"], "fit": record["fit"]}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    output.write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Gain of self-supervised fine-tuning on the noisy phantom itself over the shipped expert.
 
 For each noise level, the benchmark's noisy ICBM152 T1w phantom crop (96x112x88, Rician noise,
@@ -19,35 +18,30 @@ to the table; ``--stages full`` refreshes the full-pipeline rows only.
 
 Usage::
 
-    python scripts/finetune_gain.py [--levels 3 5 9] [--epochs 4] [--variant self]
+    bids_auton2n-bench finetune-gain [--levels 3 5 9] [--epochs 4] [--variant self]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
-import sys
 from pathlib import Path
 
 import nibabel as nib
-import numba
 import numpy as np
-import torch
 
-from bids_auton2n.bench.harness import BenchmarkConfig, phantom_cases
-from bids_auton2n.bench.metrics import psnr
-from bids_auton2n.denoise.experts import ExpertRegistry, sha256_file
-from bids_auton2n.denoise.intensity import sanitize
-from bids_auton2n.denoise.noise import head_mask
-from bids_auton2n.train import TrainConfig, finetune
-from bids_auton2n.train.data import BASES, cached_pair
+from ...denoise.experts import ExpertRegistry, sha256_file
+from ...denoise.intensity import sanitize
+from ...denoise.noise import head_mask
+from ...train import TrainConfig, finetune
+from ...train.data import BASES, cached_pair
+from ...utils.threads import set_threads
+from ..harness import BenchmarkConfig, phantom_cases
+from ..metrics import psnr
+from ._common import command_line, pipeline_revision, study_parser, write_keeping_notes
+from .ablation_single_model import CROP, STAGES, measure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_single_model import (  # noqa: E402
-    CROP, STAGES, measure, pipeline_revision, write_keeping_notes,
-)
+NAME = "finetune-gain"
 
 DEFAULT_OUT = Path("benchmarks/results/finetune_gain.md")
 DEFAULT_WORK = Path("/tmp/bids_auton2n-finetune-gain")
@@ -63,7 +57,7 @@ def noisy_file(case, work: Path) -> Path:
     return path
 
 
-def finetune_case(case, work: Path, args) -> ExpertRegistry:
+def finetune_case(case, work: Path, args, command: str) -> ExpertRegistry:
     """Fine-tuned registry of one noisy phantom (reused when trained with these settings from
     the currently shipped expert)."""
     config = TrainConfig(level=0.0, patch_size=args.patch_size, batch_size=args.batch_size,
@@ -85,11 +79,11 @@ def finetune_case(case, work: Path, args) -> ExpertRegistry:
                 and entry.get("finetuned_from", {}).get("sha256")
                 == ExpertRegistry().sha256(entry["initialised_from"])):
             return done
-    command = shlex.join(["scripts/finetune_gain.py", *sys.argv[1:]])
     out = finetune([noisy_file(case, work)], start_level=args.start_level, out_dir=work / "registry",
                    time_budget_s=None, max_epochs=args.epochs, seed=args.seed,
                    work_dir=work / "train", add_noise_to_level=args.add_noise_to_level,
-                   exclude_centre=args.exclude_centre, base=args.base, config=config, command=command, progress=False)
+                   exclude_centre=args.exclude_centre, base=args.base, config=config, command=command,
+                   progress=False)
     return ExpertRegistry(out)
 
 
@@ -151,11 +145,11 @@ def tables(results: dict) -> list[str]:
         lines += [
             f"### Variant `{variant}`: {rows['description']}",
             "",
-            f"`NUMBA_NUM_THREADS=1 python {_first_command(rows)}`",
+            f"`NUMBA_NUM_THREADS=1 {_first_command(rows)}`",
             "",
             "| noise | noisy | start expert | fine-tuning: steps, kept epoch, val N2N loss start → best "
-            "| corr(pair noise, input noise): paper / Noise2Sim pair | CNN: shipped | CNN: fine-tuned | Δ | full: shipped "
-            "| full: fine-tuned | Δ |",
+            "| corr(pair noise, input noise): paper / Noise2Sim pair | CNN: shipped | CNN: fine-tuned "
+            "| Δ | full: shipped | full: fine-tuned | Δ |",
             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key in sorted(rows["levels"], key=float):
@@ -177,8 +171,8 @@ def tables(results: dict) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--levels", nargs="+", type=float, default=[3.0, 5.0, 9.0])
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (the budget)")
     parser.add_argument("--steps-per-epoch", type=int, default=50)
@@ -201,8 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)
+    command = command_line(NAME, argv)
 
     shipped = ExpertRegistry()
     store = args.out.with_suffix(".json")
@@ -227,7 +221,7 @@ def main(argv=None) -> int:
     config = BenchmarkConfig(out_dir=args.out.parent, levels=tuple(args.levels), datasets=("T1w",),
                              crop_shape=CROP)
     for case in phantom_cases(config):
-        tuned = finetune_case(case, args.work / args.variant / f"{case.level:g}pct", args)
+        tuned = finetune_case(case, args.work / args.variant / f"{case.level:g}pct", args, command)
         row = variant["levels"].setdefault(f"{case.level:g}", {})
         row.update(noisy=psnr(case.clean, case.noisy, case.score_mask, case.peak), seed=case.seed,
                    training=training_record(tuned),
@@ -245,7 +239,8 @@ def main(argv=None) -> int:
         store.write_text(json.dumps(results, indent=2) + "\n")
 
     runs = "; ".join(
-        f"`{name}`: " + ", ".join(f"{stage} rows at `{run['revision']}` (load {run['load_average_1min_at_start']})"
+        f"`{name}`: " + ", ".join(f"{stage} rows at `{run['revision']}` "
+                                  f"(load {run['load_average_1min_at_start']})"
                                   for stage, run in rows.get("runs", {}).items())
         for name, rows in results["variants"].items())
     lines = [
@@ -272,7 +267,7 @@ def main(argv=None) -> int:
         "the fusion stage. This table was last written by:",
         "",
         "```bash",
-        "NUMBA_NUM_THREADS=1 python " + shlex.join(["scripts/finetune_gain.py", *sys.argv[1:]]),
+        "NUMBA_NUM_THREADS=1 " + command,
         "```",
         "",
         f"Measured at: {runs}.",
@@ -282,6 +277,3 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Choose the do-no-harm guard's threshold on a validation object that is not the benchmark.
 
 The object is the demo's synthetic head (nested ellipsoids: scalp, skull, CSF, folded GM,
-WM, ventricles; ``bids_auton2n.cli.demo``) at 144x176x144, with a 0.6-voxel Gaussian for
-partial volume: sharp, high-contrast boundaries, the case where a denoiser removes
+WM, ventricles; :func:`~bids_auton2n.denoise.phantom.synthetic_head`) at 144x176x144, with a
+0.6-voxel Gaussian for partial volume: sharp, high-contrast boundaries, the case where a denoiser removes
 structure.  No template or atlas is involved, so the ICBM152 benchmark stays untouched.
 For each Rician noise level the default pipeline runs once with and once without RI-NLM
 fusion, with the guard off; the guard is then applied to its output at several thresholds
@@ -12,31 +11,31 @@ object (peak = clean maximum) is printed.
 
 Usage::
 
-    python scripts/guard_validation.py [--levels 0 0.5 1 3 9] [--thresholds 1 1.5 2 3]
+    bids_auton2n-bench guard-validation [--levels 0 0.5 1 3 9] [--thresholds 1 1.5 2 3]
 """
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from bids_auton2n.bench.metrics import psnr
-from bids_auton2n.cli.demo import _phantom
-from bids_auton2n.denoise.guard import limit_residual
-from bids_auton2n.denoise.phantom import add_rician_noise
-from bids_auton2n.denoise.pipeline import denoise_array
+from ...denoise.guard import limit_residual
+from ...denoise.phantom import add_rician_noise, synthetic_head
+from ...denoise.pipeline import denoise_array
+from ..metrics import psnr
+from ._common import study_parser
+
+NAME = "guard-validation"
 
 
 def validation_head() -> tuple[np.ndarray, np.ndarray]:
     """The validation object (clean, with partial volume) and its piecewise-constant original."""
-    sharp = _phantom((144, 176, 144), "T1w", np.random.default_rng(5))
+    sharp = synthetic_head((144, 176, 144), "T1w", np.random.default_rng(5))
     return ndi.gaussian_filter(sharp, 0.6), sharp
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.5, 1.0, 3.0, 9.0])
     parser.add_argument("--thresholds", nargs="+", type=float, default=[1.0, 1.5, 2.0, 3.0])
     args = parser.parse_args(argv)
@@ -58,6 +57,3 @@ def main(argv=None) -> int:
                   + " | ".join(f"{value:.2f}" for value in guarded) + " |", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Measure the noise estimator on the ICBM152 phantom (benchmark only, never fitted on).
 
 For each contrast and Rician noise level ``p = 1..9 %`` of the phantom's reference
@@ -9,21 +8,22 @@ T1w) and of its reference tissue.
 
 Usage::
 
-    python scripts/measure_noise_estimate.py [--contrasts T1w T2w] [--json out.json]
+    bids_auton2n-bench noise-estimate [--contrasts T1w T2w] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from bids_auton2n.denoise.noise import estimate_noise
-from bids_auton2n.denoise.phantom import TISSUE_INTENSITY, add_rician_noise, icbm152_phantom
+from ...denoise.noise import estimate_noise
+from ...denoise.phantom import TISSUE_INTENSITY, add_rician_noise, icbm152_phantom
+from ._common import study_parser
+
+NAME = "noise-estimate"
 
 
 def measure(contrast: str, levels, seed: int) -> list[dict]:
@@ -61,8 +61,8 @@ def measure(contrast: str, levels, seed: int) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--contrasts", nargs="+", default=["T1w", "T2w"])
     parser.add_argument("--levels", nargs="+", type=float, default=list(range(1, 10)))
     parser.add_argument("--seed", type=int, default=20260)
@@ -78,6 +78,3 @@ def main(argv=None) -> int:
             json.dump(rows, handle, indent=2)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Ablation of the mixture of experts: the five experts against one model trained on all levels.
 
 The single model is trained by ``bids_auton2n-train --single-model`` with the same scans,
@@ -21,43 +20,32 @@ full-pipeline rows (e.g. after a change of the fusion stage) and keeps the CNN r
 
 Usage::
 
-    python scripts/ablation_single_model.py --single-registry REGISTRY [--stages cnn full]
+    bids_auton2n-bench ablation-single-model --single-registry REGISTRY [--stages cnn full]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
-import torch
 
-from bids_auton2n.bench.harness import BenchmarkConfig, phantom_cases
-from bids_auton2n.bench.metrics import psnr
-from bids_auton2n.denoise.experts import ExpertRegistry
-from bids_auton2n.denoise.pipeline import denoise_array
-from bids_auton2n.train.curriculum import git_revision
+from ...denoise.experts import ExpertRegistry
+from ...denoise.pipeline import denoise_array
+from ...utils.threads import set_threads
+from ..harness import BenchmarkConfig, phantom_cases
+from ..metrics import psnr
+from ._common import command_line, pipeline_revision, study_parser, write_keeping_notes
+
+NAME = "ablation-single-model"
 
 CROP = (96, 112, 88)
 LEVELS = (1.0, 3.0, 5.0, 7.0, 9.0)
 DEFAULT_OUT = Path("benchmarks/results/ablation_single_model.md")
 DEFAULT_REGISTRY = Path("benchmarks/results/ablation_single_model_registry")
 STAGES = ("cnn", "full")
-
-
-def pipeline_revision() -> str:
-    """Git revision, marked ``+modified-pipeline`` when ``pipeline.py`` differs from it."""
-    root = Path(__file__).resolve().parents[1]
-    changed = subprocess.run(["git", "status", "--porcelain", "bids_auton2n/denoise/"], cwd=root,
-                             capture_output=True, text=True, check=False).stdout.strip()
-    return git_revision().replace("-dirty", "") + ("+uncommitted-denoise-changes" if changed else "")
 
 
 def measure(case, stage: str, registry: ExpertRegistry, expert: float) -> tuple[dict, np.ndarray]:
@@ -74,18 +62,6 @@ def measure(case, stage: str, registry: ExpertRegistry, expert: float) -> tuple[
         "estimated_percent": round(result.noise.percent, 3),
         "seconds": round(time.perf_counter() - started, 1),
     }, result.denoised
-
-
-#: Text below this line of a results file is the author's reading; regenerating keeps it.
-NOTES_MARKER = "<!-- reading below: written by hand, kept when the tables are regenerated -->"
-
-
-def write_keeping_notes(path: Path, text: str) -> None:
-    """Write generated ``text`` to ``path``, keeping the hand-written part after :data:`NOTES_MARKER`."""
-    notes = ""
-    if path.is_file() and NOTES_MARKER in path.read_text():
-        notes = path.read_text().split(NOTES_MARKER, 1)[1]
-    path.write_text(text.rstrip("\n") + "\n\n" + NOTES_MARKER + (notes or "\n"))
 
 
 def table(results: dict, levels) -> list[str]:
@@ -109,8 +85,8 @@ def _db(value) -> str:
     return "n/m" if value is None else f"{value:.2f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--single-registry", type=Path, default=DEFAULT_REGISTRY,
                         help="registry written by bids_auton2n-train --single-model")
     parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
@@ -118,8 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)
 
     experts, single = ExpertRegistry(), ExpertRegistry(args.single_registry)
     store = args.out.with_suffix(".json")
@@ -178,7 +153,7 @@ def main(argv=None) -> int:
         "",
         "```bash",
         f"NUMBA_NUM_THREADS=1 {manifest['command']}",
-        "NUMBA_NUM_THREADS=1 python " + shlex.join(["scripts/ablation_single_model.py", *sys.argv[1:]]),
+        "NUMBA_NUM_THREADS=1 " + command_line(NAME, argv),
         "```",
         "",
         "Measured at: " + "; ".join(
@@ -191,6 +166,3 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,9 @@
 """Peak memory of the denoising of one big scan under memory budgets (``--mem-gb``).
 
-    python -m bids_auton2n.bench.memory --data-dir ../shared/data --scan uih_T1w_sess1 \\
+    bids_auton2n-bench memory --data-dir ../shared/data --scan uih_T1w_sess1 \\
         --mem-gb none 4 2 --out benchmarks/results/memory.md
+
+A crop (``--crop X Y Z``, taken at the centre) makes a small check of the same thing.
 
 Each setting runs in its own process: the scan is read, then :func:`denoise_array` runs
 with ``progress=True``; at each stage's start and end the process's peak resident set
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA_DIR = Path("../shared/data")
+from ..harness import DEFAULT_DATA_DIR
+from ._common import command_line, publish, study_parser
+
 _STAGE = re.compile(r"^(\w+) (\.\.\.|done in )")
 
 
@@ -60,14 +63,13 @@ class _StagePeaks(logging.Handler):
 
 
 def _child(args) -> int:
-    from ..denoise.memory import set_memory_limit
-    from ..denoise.pipeline import contrast_from_filename, denoise_array, read_volume
+    from ...denoise.memory import set_memory_limit
+    from ...denoise.pipeline import denoise_array
+    from ...utils.bids import contrast_from_filename
+    from ...utils.io import load_volume, read_volume
+    from ...utils.threads import set_threads
 
-    import numba
-    import torch
-
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)
     set_memory_limit(None if args.mem_gb == "none" else float(args.mem_gb))
     tracker = _StagePeaks("imports")
     tracker.mark("read")
@@ -75,7 +77,13 @@ def _child(args) -> int:
     logger.addHandler(tracker)
     logger.setLevel(logging.INFO)
     start = time.perf_counter()
-    _, data = read_volume(args.scan_file)
+    if args.crop:  # only the block is read into memory (nibabel's array proxy)
+        img = load_volume(args.scan_file)
+        corner = [(n - min(c, n)) // 2 for n, c in zip(img.shape, args.crop)]
+        block = tuple(slice(o, o + c) for o, c in zip(corner, args.crop))
+        data = np.asarray(img.dataobj[block], dtype=np.float32)
+    else:
+        _, data = read_volume(args.scan_file)
     tracker.mark("mask")  # denoise_array's head mask comes before its first stage line
     result = denoise_array(data, contrast=contrast_from_filename(args.scan_file),
                            tta=args.tta, progress=True)
@@ -98,14 +106,15 @@ def _gb(value: int) -> str:
     return f"{value / 1e9:.2f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bids_auton2n.bench.memory",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str]) -> int:
+    """Run the study (``bids_auton2n-bench memory``); ``argv``: its options."""
+    parser = study_parser("memory", __doc__)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--scan", default="uih_T1w_sess1", help="file stem in --data-dir")
     parser.add_argument("--mem-gb", nargs="+", default=["none", "4", "2"],
                         help="settings to measure ('none': no budget)")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="denoise the centre block of this size instead of the whole scan")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tta", dest="tta", action="store_false")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bids_auton2n-memory"))
@@ -133,9 +142,11 @@ def main(argv=None) -> int:
     records, outputs = [], []
     for setting in args.mem_gb:
         save = args.work / f"denoised_{setting}.npy"
-        command = [sys.executable, "-m", "bids_auton2n.bench.memory", "--child", "--scan-file",
-                   str(scan), "--mem-gb", setting, "--threads", str(args.threads), "--save",
-                   str(save)] + ([] if args.tta else ["--no-tta"])
+        command = [sys.executable, "-m", "bids_auton2n.bench", "memory", "--child",
+                   "--scan-file", str(scan), "--mem-gb", setting, "--threads", str(args.threads),
+                   "--save", str(save)] + ([] if args.tta else ["--no-tta"])
+        if args.crop:
+            command += ["--crop", *map(str, args.crop)]
         print(f"[memory] --mem-gb {setting} ...", file=sys.stderr, flush=True)
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
         if done.returncode:
@@ -155,10 +166,10 @@ def _write_table(records, outputs, args, argv) -> int:
     reference = np.load(outputs[0])
     stages = list(dict.fromkeys(k for r in records for k in r["stage_peak_rss_bytes"]))
     lines = [
-        f"Peak resident memory of `denoise_array` on `{args.scan}` "
+        f"Peak resident memory of `denoise_array` on `{args.scan}`{' (centre crop)' if args.crop else ''} "
         f"({'x'.join(map(str, records[0]['shape']))}, {records[0]['voxels'] / 1e6:.1f} M voxels), "
         f"{args.threads} threads, TTA {'on' if args.tta else 'off'}; "
-        f"`python -m bids_auton2n.bench.memory {' '.join(argv or sys.argv[1:])}`. Peaks in GB "
+        f"`{command_line('memory', argv)}`. Peaks in GB "
         "(10^9 bytes) per stage (VmHWM from the stage's start to the next one's; 'imports': "
         "the process before reading the scan). Times come from a shared machine: not "
         "performance figures.",
@@ -175,13 +186,5 @@ def _write_table(records, outputs, args, argv) -> int:
             + " | ".join(_gb(peaks[s]) if s in peaks else "" for s in stages)
             + f" | {record['wall_s']} | {record['sigma']:.6g} | "
             f"{100 * diff / record['reference_intensity']:.2e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(lines, args.out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

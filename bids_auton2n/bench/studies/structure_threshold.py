@@ -1,8 +1,10 @@
 """Where to flag ``structure_removed`` (:func:`bids_auton2n.reports.iqms.structure_removed`).
 
-``python -m bids_auton2n.bench.structure_threshold [--data-dir DIR] [--out FILE]``
+Usage::
 
-Objects: generated heads (the ellipsoid head of ``cli.demo._phantom``) and real scans,
+    bids_auton2n-bench structure-threshold [--data-dir DIR] [--out FILE]
+
+Objects: generated heads (:func:`~bids_auton2n.denoise.phantom.synthetic_head`) and real scans,
 centre-cropped, with Rician noise added at 3 % and 6 % of their reference tissue. Never
 brain templates or atlases (benchmark material). ``philips_ADNI_MPRAGE_T1w`` is the
 project's held-out validation scan: it is measured and listed, but not used for the choice.
@@ -21,7 +23,6 @@ of the over-smoothed outputs, over the selection objects, rounded to 0.05.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .harness import DEFAULT_DATA_DIR
+from ..harness import DEFAULT_DATA_DIR
+from ._common import command_line, study_parser
+
+NAME = "structure-threshold"
 
 #: Real scans (file in --data-dir, contrast) used for the choice; crop edge in voxels.
 SELECTION_SCANS = (("stroke_T1.nii.gz", "T1w"), ("stroke_T2.nii.gz", "T2w"),
@@ -54,12 +58,12 @@ def _objects(data_dir: Path):
     """(name, contrast, clean volume, used for the choice) of every object."""
     import nibabel as nb
 
-    from ..cli.demo import _phantom
-    from ..denoise.noise import head_mask
+    from ...denoise.noise import head_mask
+    from ...denoise.phantom import synthetic_head
 
     rng = np.random.default_rng(0)
     for contrast in ("T1w", "T2w"):
-        yield f"generated head {contrast}", contrast, _phantom((80, 96, 80), contrast, rng), True
+        yield f"generated head {contrast}", contrast, synthetic_head((80, 96, 80), contrast, rng), True
     for scans, selection in ((SELECTION_SCANS, True), (VALIDATION_SCANS, False)):
         for name, contrast in scans:
             path = data_dir / name
@@ -73,10 +77,10 @@ def _objects(data_dir: Path):
 
 def measure(data_dir: Path) -> list[dict]:
     """One row per (object, noise level, output)."""
-    from ..denoise.noise import head_mask, reference_intensity
-    from ..denoise.phantom import add_rician_noise
-    from ..denoise.pipeline import denoise_array
-    from ..reports.iqms import structure_removed
+    from ...denoise.noise import head_mask, reference_intensity
+    from ...denoise.phantom import add_rician_noise
+    from ...denoise.pipeline import denoise_array
+    from ...reports.iqms import structure_removed
 
     rows = []
     for seed, (name, contrast, clean, selection) in enumerate(_objects(data_dir)):
@@ -108,11 +112,11 @@ def choose_flag(rows: list[dict]) -> tuple[float, float, float]:
     return kept, removed, round(20 * (kept + removed) / 2) / 20
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], command: str) -> str:
     kept, removed, flag = choose_flag(rows)
     outputs = list(dict.fromkeys(r["output"] for r in rows))
     lines = ["# Threshold of the structure-removed measure", "",
-             "Command: `python -m bids_auton2n.bench.structure_threshold`",
+             f"Command: `{command}`",
              "", "Objects: generated heads and real scans (centre crops of "
              f"{CROP}^3 voxels) with Rician noise at {', '.join(f'{v:g}' for v in LEVELS)} % "
              "of the reference tissue. `philips_ADNI_MPRAGE_T1w` (held-out validation scan) "
@@ -131,19 +135,14 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bids_auton2n.bench.structure_threshold",
-                                     description=__doc__.split("\n\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/structure_removed_threshold.md"))
     opts = parser.parse_args(argv)
-    text = report(measure(opts.data_dir))
+    text = report(measure(opts.data_dir), command_line(NAME, argv))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(text)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

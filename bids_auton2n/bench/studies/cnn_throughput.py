@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Measure the CPU throughput of ResidualDenoiser3D and the accuracy cost of speed options.
 
 For each variant (fp32, channels_last_3d, bf16 autocast, torch.compile, tile
@@ -13,7 +12,7 @@ Peak FLOP/s is reported two ways:
   Zen 5, 2 x 512-bit FMA pipes, 16 fp32 lanes; clock from /proc/cpuinfo);
 * empirical: best fp32 ``torch.mm`` of two ``--mm-size`` square matrices.
 
-Accuracy input: a block of a real scan (default /work/shared/data/stroke_T1.nii.gz)
+Accuracy input: a block of a real scan (default ``stroke_T1.nii.gz`` of ``--data-dir``)
 divided by a reference intensity (95th percentile of the non-zero voxels, a
 rough white-matter proxy) plus Gaussian noise of ``--noise`` percent.  Unless
 ``--weights`` is given, the network is randomly initialised (seed 0) with its
@@ -23,12 +22,11 @@ magnitude, not denoising quality.
 
 Example::
 
-    python scripts/cnn_throughput.py --size 64 --repeats 2
+    bids_auton2n-bench cnn-throughput --size 64 --repeats 2
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import time
@@ -37,8 +35,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from bids_auton2n.denoise.inference import cnn_denoise
-from bids_auton2n.denoise.network import ResidualDenoiser3D
+from ...denoise.inference import cnn_denoise
+from ...denoise.network import ResidualDenoiser3D
+from ..harness import DEFAULT_DATA_DIR
+from ._common import study_parser
+
+NAME = "cnn-throughput"
 
 #: Keep a speed option only if it costs at most this much PSNR (dB).
 PSNR_TOLERANCE_DB = 0.05
@@ -122,9 +124,9 @@ def forward_variant(model, x, *, channels_last=False, bf16=False):
     return run
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default="/work/shared/data/stroke_T1.nii.gz")
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
+    parser.add_argument("--input", default=str(DEFAULT_DATA_DIR / "stroke_T1.nii.gz"))
     parser.add_argument("--size", type=int, default=64, help="edge of the cubic test block")
     parser.add_argument("--noise", type=float, default=3.0, help="added noise, percent")
     parser.add_argument("--repeats", type=int, default=2)
@@ -175,7 +177,8 @@ def main(argv=None):
         print(f"torch.compile first call (compile + run): {time.perf_counter() - start:.1f} s")
         variants["fp32 torch.compile"] = forward_variant(compiled, noisy)
 
-    header = "| variant | s / forward | GFLOP/s | % theor. peak | % mm peak | PSNR vs clean (dB) | dPSNR vs fp32 (dB) | PSNR vs fp32 output (dB) | keep |"
+    header = ("| variant | s / forward | GFLOP/s | % theor. peak | % mm peak | PSNR vs clean (dB) "
+              "| dPSNR vs fp32 (dB) | PSNR vs fp32 output (dB) | keep |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, run in variants.items():
@@ -200,6 +203,7 @@ def main(argv=None):
     seconds = min(_timed(run) for _ in range(args.repeats))
     _report("fp32, 1 thread", seconds, flops, theoretical / cores, measured_peak / cores, clean,
             run().numpy()[0, 0], reference_psnr, reference_output)
+    return 0
 
 
 def _report(name, seconds, flops, theoretical, measured_peak, clean, output, reference_psnr,
@@ -215,6 +219,3 @@ def _report(name, seconds, flops, theoretical, measured_peak, clean, output, ref
         flush=True,
     )
 
-
-if __name__ == "__main__":
-    main()

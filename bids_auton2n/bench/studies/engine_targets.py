@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Measure the engine against the targets of the engine issue, in one run.
 
 * synthetic pair generation and RI-NLM on a 197x233x189 volume (<= 10 s and <= 15 s),
@@ -13,25 +12,23 @@ reported separately. Writes Markdown to stdout and, with ``--out``, to a file.
 
 Usage::
 
-    python scripts/engine_targets.py [--threads 2] [--out benchmarks/results/engine_targets.md]
+    bids_auton2n-bench engine-targets [--threads 2] [--out benchmarks/results/engine_targets.md]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from . import cnn_throughput, noise_estimate
+from ._common import command_line, study_parser
 
-import cnn_throughput  # noqa: E402  (sibling script: FLOP counting and peak estimates)
-import measure_noise_estimate  # noqa: E402
+NAME = "engine-targets"
 
 
 def _timed(function, *args, **kwargs):
@@ -45,8 +42,8 @@ def _centre_crop(volume: np.ndarray, shape) -> np.ndarray:
     return volume[tuple(slice(a, a + t) for a, t in zip(starts, shape))]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--noise", type=float, default=3.0, help="percent of WM")
     parser.add_argument("--out", type=Path)
@@ -57,16 +54,16 @@ def main(argv=None) -> int:
     from dipy.denoise.nlmeans import nlmeans
     from dipy.denoise.noise_estimate import estimate_sigma
 
-    from bids_auton2n.denoise.inference import resolve_device
-    from bids_auton2n.denoise.network import ResidualDenoiser3D
-    from bids_auton2n.denoise.noise import head_mask
-    from bids_auton2n.denoise.pairs import synthetic_pair
-    from bids_auton2n.denoise.phantom import add_rician_noise, icbm152_phantom
-    from bids_auton2n.denoise.pipeline import denoise_array
-    from bids_auton2n.denoise.rinlm import ri_nlm
+    from ...denoise.inference import resolve_device
+    from ...denoise.network import ResidualDenoiser3D
+    from ...denoise.noise import head_mask
+    from ...denoise.pairs import synthetic_pair
+    from ...denoise.phantom import add_rician_noise, icbm152_phantom
+    from ...denoise.pipeline import denoise_array
+    from ...denoise.rinlm import ri_nlm
+    from ...utils.threads import set_threads
 
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)
     rows = []
     load_before = os.getloadavg()[0]
 
@@ -137,10 +134,12 @@ def main(argv=None) -> int:
                  dipy_s + dipy_sigma_s, ""))
     rows.append(("ratio ours / DIPY", ours / (dipy_s + dipy_sigma_s), "<= 2"))
 
-    noise_rows = measure_noise_estimate.measure("T1w", range(1, 10), seed=20260)
+    noise_rows = noise_estimate.measure("T1w", range(1, 10), seed=20260)
 
     lines = [
         "# Engine targets",
+        "",
+        f"`{command_line(NAME, argv)}`.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"threads {args.threads}, torch {torch.__version__}, numba {numba.__version__}; "
@@ -170,6 +169,3 @@ def main(argv=None) -> int:
         args.out.write_text(text)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

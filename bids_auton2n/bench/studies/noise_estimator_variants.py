@@ -1,22 +1,20 @@
-#!/usr/bin/env python
 """Which flat-voxel fraction and smoothing the noise statistic should use, judged on real scans.
 
 For every (FLATTEST_FRACTION, FLATNESS_SMOOTHING) variant the calibration of
-``scripts/calibrate_noise.py`` is refitted on the real scans (same bases, levels and seeds,
-loss chosen by the same leave-one-scan-out rule) and its fit and cross-validation errors
-reported; the error of that calibrated variant on the ICBM152 T1w phantom
-(Rician 1-9 %, benchmark material: measured, never used to choose) is printed beside it.
-The pair of each noisy volume is computed once for all variants.  Output:
+``bids_auton2n-calibrate-noise`` (:mod:`bids_auton2n.train.noise_calibration`) is refitted on
+the real scans (same bases, levels and seeds, loss chosen by the same leave-one-scan-out rule)
+and its fit and cross-validation errors reported; the error of that calibrated variant on the
+ICBM152 T1w phantom (Rician 1-9 %, benchmark material: measured, never used to choose) is
+printed beside it. The pair of each noisy volume is computed once for all variants.  Output:
 ``benchmarks/results/noise_estimator_variants.md``.
 
 Usage::
 
-    python scripts/noise_estimator_variants.py [--out FILE]
+    bids_auton2n-bench noise-estimator-variants [--data-dir DIR] [--out FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -24,13 +22,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import calibrate_noise  # noqa: E402
-from ablation_single_model import write_keeping_notes  # noqa: E402
+from ...denoise import noise
+from ...denoise.intensity import sanitize
+from ...denoise.phantom import add_rician_noise, icbm152_phantom
+from ...train import noise_calibration
+from ..harness import DEFAULT_DATA_DIR
+from ._common import command_line, study_parser, write_keeping_notes
 
-from bids_auton2n.denoise import noise  # noqa: E402
-from bids_auton2n.denoise.intensity import sanitize  # noqa: E402
-from bids_auton2n.denoise.phantom import add_rician_noise, icbm152_phantom  # noqa: E402
+NAME = "noise-estimator-variants"
 
 VARIANTS = list(itertools.product((0.02, 0.05, 0.1, 0.2), (1.0, 2.0)))
 
@@ -46,21 +45,20 @@ def raw_statistics(noisy: np.ndarray) -> dict:
     return statistics
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
+    parser.add_argument("--data-dir", "--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-                        / "noise_estimator_variants.md")
+                        default=Path("benchmarks") / "results" / "noise_estimator_variants.md")
     args = parser.parse_args(argv)
     shipped = (noise.FLATTEST_FRACTION, noise.FLATNESS_SMOOTHING)
     rows = []
-    for index, (name, contrast) in enumerate(calibrate_noise.SCANS.items()):
-        scan, _ = sanitize(nib.load(str(args.data / name)).get_fdata(dtype=np.float32))
+    for index, (name, contrast) in enumerate(noise_calibration.SCANS.items()):
+        scan, _ = sanitize(nib.load(str(args.data_dir / name)).get_fdata(dtype=np.float32))
         mask = noise.head_mask(scan)
-        base, _, _ = calibrate_noise.denoised_base(scan, mask)
+        base, _, _ = noise_calibration.denoised_base(scan, mask)
         reference = noise.reference_intensity(base, mask, contrast).intensity
-        for level in calibrate_noise.LEVELS:
+        for level in noise_calibration.LEVELS:
             noisy = add_rician_noise(base, level, reference, seed=1000 * index + int(level))
             rows.append((index, level, level / 100 * reference, reference, raw_statistics(noisy)))
         print(f"{name} done", file=sys.stderr, flush=True)
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
     lines = [
         "# Noise estimator variants, calibrated on real scans",
         "",
-        f"`python scripts/noise_estimator_variants.py`; shipped variant: fraction {shipped[0]}, "
+        f"`{command_line(NAME, argv)}`; shipped variant: fraction {shipped[0]}, "
         f"smoothing {shipped[1]}. Fit and leave-one-scan-out (LOSO) errors in % of the reference "
         "tissue over the 45 real calibration volumes; phantom errors in % of WM at Rician 1..9 %.",
         "",
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
             "raw": np.array([row[4][variant][0] for row in rows]),
             "scale": np.array([row[4][variant][1] for row in rows]),
         }
-        fit = calibrate_noise.calibrate(table)
+        fit = noise_calibration.calibrate(table)
         chosen = min(fit["loss_selection"]["grid"], key=lambda row: row["loso_rmse_percent"])
         errors = [100 * (fit["slope"] * stats[variant][0] + fit["intercept"] * stats[variant][1]
                          - level / 100 * white_matter) / white_matter
@@ -102,6 +100,3 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Do-no-harm check of the default pipeline on the (nearly) clean ICBM152 phantom.
 
 For Rician noise of 0, 0.5 and 1 % of white matter (fixed seeds), runs
@@ -16,25 +15,26 @@ The phantom is benchmark material: measured here, never fitted on.
 
 Usage::
 
-    python scripts/do_no_harm.py [--levels 0 0.5 1] [--out benchmarks/results/do_no_harm.md]
+    bids_auton2n-bench do-no-harm [--levels 0 0.5 1] [--out benchmarks/results/do_no_harm.md]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from bids_auton2n.bench.metrics import edge_ratio, psnr, tissue_boundaries
-from bids_auton2n.denoise.phantom import add_rician_noise, icbm152_phantom
-from bids_auton2n.denoise.pipeline import denoise_array
+from ...denoise.phantom import add_rician_noise, icbm152_phantom
+from ...denoise.pipeline import denoise_array
+from ..metrics import edge_ratio, psnr, tissue_boundaries
+from ._common import command_line, study_parser
+
+NAME = "do-no-harm"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     lines = [
         "# Do no harm: default pipeline on the (nearly) clean ICBM152 T1w phantom",
         "",
-        f"`python scripts/do_no_harm.py`; load average {os.getloadavg()[0]:.2f}.",
+        f"`{command_line(NAME, argv)}`; load average {os.getloadavg()[0]:.2f}.",
         "",
         "| noise | estimated | experts | RMS change (% of WM) | PSNR in | PSNR out "
         "| edge ratio in | edge ratio out |",
@@ -74,6 +74,3 @@ def main(argv=None) -> int:
     print(text)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

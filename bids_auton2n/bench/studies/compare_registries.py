@@ -1,30 +1,28 @@
-#!/usr/bin/env python
 """Compare expert registries on validation objects that are not the benchmark.
 
 Chooses which trained registry ships, without looking at the ICBM152 benchmark phantom.
 Every registry runs the default pipeline (``denoise_array``: estimate, experts, flip TTA,
 RI-NLM fusion, do-no-harm guard) on
 
-* the guard's validation object (``guard_validation.validation_head``): the demo's
+* the guard's validation object (:func:`.guard_validation.validation_head`): the demo's
   synthetic head, piecewise constant with a 0.6-voxel partial-volume blur; PSNR over the
   object (peak = its maximum) and the gradient ratio on its tissue boundaries, at 0 % too;
 * real scans made near-clean as for the noise calibration
-  (``calibrate_noise.denoised_base``: two RI-NLM passes with a smooth guide, not a CNN, so
-  no candidate is favoured by its own output), then Rician noise added; PSNR over the head
-  mask, peak = the reference-tissue intensity.  The bases keep some residual noise and
-  are smoother than the anatomy, so absolute values are biased; the comparison between
-  registries is what counts.  All candidates trained on these scans (outside the
-  validation slab), so this is in-sample for all of them alike.
+  (:func:`~bids_auton2n.train.noise_calibration.denoised_base`: two RI-NLM passes with a smooth
+  guide, not a CNN, so no candidate is favoured by its own output), then Rician noise added;
+  PSNR over the head mask, peak = the reference-tissue intensity.  The bases keep some residual
+  noise and are smoother than the anatomy, so absolute values are biased; the comparison between
+  registries is what counts.  All candidates trained on these scans (outside the validation
+  slab), so this is in-sample for all of them alike.
 
 Usage::
 
-    python scripts/compare_registries.py shipped=bids_auton2n/data/experts new=/tmp/experts \\
+    bids_auton2n-bench compare-registries shipped=bids_auton2n/data/experts new=/tmp/experts \\
         [--levels 0 1 3 5 7 9] [--scans stroke_T1.nii.gz:T1w seg3D_MR.nii.gz:T1w] [--out FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,16 +30,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate_noise import denoised_base  # noqa: E402
-from guard_validation import validation_head  # noqa: E402
+from ...denoise.experts import ExpertRegistry
+from ...denoise.intensity import sanitize
+from ...denoise.noise import head_mask, reference_intensity
+from ...denoise.phantom import add_rician_noise
+from ...denoise.pipeline import denoise_array
+from ...train.noise_calibration import denoised_base
+from ..harness import DEFAULT_DATA_DIR
+from ..metrics import edge_ratio, psnr, tissue_boundaries
+from ._common import study_parser
+from .guard_validation import validation_head
 
-from bids_auton2n.bench.metrics import edge_ratio, psnr, tissue_boundaries  # noqa: E402
-from bids_auton2n.denoise.experts import ExpertRegistry  # noqa: E402
-from bids_auton2n.denoise.intensity import sanitize  # noqa: E402
-from bids_auton2n.denoise.noise import head_mask, reference_intensity  # noqa: E402
-from bids_auton2n.denoise.phantom import add_rician_noise  # noqa: E402
-from bids_auton2n.denoise.pipeline import denoise_array  # noqa: E402
+NAME = "compare-registries"
 
 
 def objects(data: Path, scans: list[str]):
@@ -57,12 +57,12 @@ def objects(data: Path, scans: list[str]):
         yield name, contrast or "T1w", base, mask, reference, reference, None
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = study_parser(NAME, __doc__)
     parser.add_argument("registries", nargs="+", metavar="NAME=DIR")
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 1.0, 3.0, 5.0, 7.0, 9.0])
     parser.add_argument("--scans", nargs="*", default=["stroke_T1.nii.gz:T1w", "seg3D_MR.nii.gz:T1w"])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data-dir", "--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     registries = {name: ExpertRegistry(Path(root)) for name, _, root in
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     print("\n".join(lines), flush=True)
     for index, (name, contrast, clean, mask, peak, reference, boundary) in enumerate(
-            objects(args.data, args.scans)):
+            objects(args.data_dir, args.scans)):
         # A base from real data is not noise-free: 0 % is measured on the demo head only.
         for level in args.levels if boundary is not None else [lv for lv in args.levels if lv]:
             noisy = add_rician_noise(clean, level, reference, seed=100 * index + int(10 * level))
@@ -92,6 +92,3 @@ def main(argv=None) -> int:
         args.out.write_text("\n".join(lines) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
