@@ -61,6 +61,7 @@ class WorkflowSettings:
     tta: bool = True
     fusion: bool = True
     guard: bool = True
+    wiener: bool = True
     noise_level: float | None = None
     expert: float | None = None
     blend: bool = False

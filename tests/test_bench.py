@@ -125,3 +125,27 @@ def test_quick_run_writes_table_and_plots(tmp_path):
 def test_unknown_method_is_refused(tmp_path, capsys):
     assert bench_main(["--quick", "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_a_real_scan_can_be_the_reference(tmp_path):
+    """``scan:FILE`` datasets: the scan is the truth, noise is added, its own noise is stated."""
+    import nibabel as nib
+
+    from bids_auton2n.denoise.phantom import synthetic_head
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    scan = synthetic_head((40, 44, 40), "T1w", np.random.default_rng(0))
+    scan = scan + np.random.default_rng(1).normal(0, 1.0, scan.shape).astype(np.float32)
+    nib.Nifti1Image(np.abs(scan), np.eye(4)).to_filename(data_dir / "philips_ADNI_MPRAGE_T1w.nii.gz")
+    out = tmp_path / "results"
+    rc = bench_main(["--datasets", "scan:philips_ADNI_MPRAGE_T1w.nii.gz", "--levels", "5",
+                     "--real-scans", "none", "--crop", "32", "36", "32", "--methods", "noisy",
+                     "--data-dir", str(data_dir), "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["dataset"] == "scan:philips_ADNI_MPRAGE_T1w.nii.gz" and row["shape"] == [32, 36, 32]
+    assert row["phantom"] and row["status"] == "ok"
+    assert 0.3 < row["own_noise_percent"] < 3.0  # 1 unit of white matter's 100
+    assert 20 < row["psnr"] < 40
+    assert "as reference" in (out / "results.md").read_text()

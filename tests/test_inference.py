@@ -74,15 +74,25 @@ def test_flip_equivariant_model_unchanged_by_tta(volume):
     np.testing.assert_allclose(without, _direct(BoxMean(), volume), atol=1e-6)
 
 
-def test_tta_averages_inverted_flips(volume):
+@pytest.mark.parametrize("flips, axes", [
+    (None, [(), (0, 1, 2)]),  # the default: identity and the flip of all three axes
+    ([(), (2,), (3,), (4,)], [(), (0,), (1,), (2,)]),  # the paper's single-axis flips
+])
+def test_tta_averages_inverted_flips(volume, flips, axes):
     model = ShiftDown()
-    passes = [_direct(model, volume)]
-    for axis in range(3):
-        passes.append(np.flip(_direct(model, np.ascontiguousarray(np.flip(volume, axis))), axis))
+    passes = [np.flip(_direct(model, np.ascontiguousarray(np.flip(volume, flip))), flip)
+              for flip in axes]
     expected = np.mean(passes, axis=0)
-    got = cnn_denoise(volume, [(model, 1.0)], tta=True, device="cpu")
+    got = cnn_denoise(volume, [(model, 1.0)], tta=True, device="cpu", flips=flips)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not np.allclose(got, passes[0], atol=1e-3)  # the flips did something
+
+
+def test_flips_must_be_axes_of_the_volume(volume):
+    with pytest.raises(ValueError, match="flips"):
+        cnn_denoise(volume, [(ShiftDown(), 1.0)], device="cpu", flips=[(1,)])
+    with pytest.raises(ValueError, match="flips"):
+        cnn_denoise(volume, [(ShiftDown(), 1.0)], device="cpu", flips=[])
 
 
 def test_experts_are_weighted(volume):
@@ -151,7 +161,7 @@ def test_cpu_convolutions_run_channels_last_with_the_contiguous_result(volume):
     assert weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert not weight.is_contiguous()
     expected = np.mean([np.flip(_direct(contiguous, np.flip(volume, axes).copy()), axes)
-                        for axes in ((), (0,), (1,), (2,))], axis=0)
+                        for axes in ((), (0, 1, 2))], axis=0)
     assert next(contiguous.parameters()).is_contiguous()
     np.testing.assert_allclose(out, expected, atol=1e-5)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bids_auton2n.denoise.noise import (
-    FLATTEST_FRACTION, NoiseEstimate, estimate_noise, head_mask, load_calibration, otsu_threshold,
-    reference_intensity,
+    FLATTEST_FRACTION, NoiseEstimate, _binned_mad, estimate_noise, head_mask, load_calibration,
+    noise_pair, otsu_threshold, quantization_step, reference_intensity,
 )
 
 # Concentric "head": ventricle, white matter, cortex, skull, scalp fat (outer radii, voxels).
@@ -104,6 +104,76 @@ def test_estimate_noise_skull_stripped_and_scale_equivariant():
     scaled = estimate_noise(10 * noisy)
     assert scaled.sigma == pytest.approx(10 * first.sigma, rel=1e-4)
     assert scaled.percent == pytest.approx(first.percent, rel=1e-4)
+
+
+def test_estimate_with_or_without_a_precomputed_pair_is_identical():
+    clean, _, _ = head_phantom("T1w")
+    noisy = rician(clean, 5.0, seed=4)
+    mask = head_mask(noisy)
+    assert estimate_noise(noisy, mask=mask) == estimate_noise(noisy, mask=mask,
+                                                              pair=noise_pair(noisy, mask))
+
+
+@pytest.mark.parametrize("slope, offset", [(1.0, 0.0), (133.88, 0.0), (2.0078, -7.5)])
+def test_quantization_step_of_scaled_integers(slope, offset):
+    stored = np.random.default_rng(5).integers(0, 200, size=5000)
+    image = (stored * slope + offset).astype(np.float32)
+    differences = image[1:] - image[:-1]
+    assert quantization_step(differences) == pytest.approx(slope, rel=1e-4)
+
+
+def test_quantization_step_of_continuous_values_is_zero():
+    values = np.random.default_rng(6).normal(0, 3, 5000).astype(np.float32)
+    assert quantization_step(values) == 0.0
+    assert quantization_step(np.zeros(100)) == 0.0
+
+
+@pytest.mark.parametrize("spread, centre", [(0.6, 0.0), (1.7, 0.3), (4.2, -1.0)])
+def test_binned_mad_matches_dense_dithering(spread, centre):
+    """Slow reference: every value replaced by 400 points evenly spread over its bin."""
+    values = np.round(np.random.default_rng(7).normal(centre, spread, 3001))
+    offsets = (np.arange(400) + 0.5) / 400 - 0.5
+    dithered = (values[:, None] + offsets[None, :]).ravel()
+    mad = np.median(np.abs(dithered - np.median(dithered)))
+    gaussian_std = 1.4826 * mad
+    want = np.sqrt(max(gaussian_std**2 - 1 / 12, 0.0)) / 1.4826
+    assert _binned_mad(values, 1.0) == pytest.approx(want, abs=2e-3)
+
+
+def test_binned_mad_is_continuous_in_the_spread():
+    """A plain MAD of integers jumps by whole steps; the binned one moves smoothly."""
+    base = np.random.default_rng(8).normal(0, 1, 20001)
+    spreads = np.linspace(1.5, 3.5, 21)
+    mads = np.array([_binned_mad(np.round(s * base), 1.0) for s in spreads])
+    assert np.all(np.diff(mads) > 0)
+    assert np.max(np.abs(np.diff(mads) - np.diff(spreads) * 0.6745)) < 0.02
+
+
+@pytest.fixture(scope="module")
+def icbm_head():
+    """The demo's head (nilearn's ICBM152 tissue maps), white matter at 1, cropped."""
+    from bids_auton2n.denoise.phantom import crop, icbm152_phantom
+
+    phantom = crop(icbm152_phantom("T1w"), (112, 128, 112))
+    return phantom.clean / phantom.reference_intensity
+
+
+@pytest.mark.parametrize("white_matter", [100, 250])
+def test_estimate_on_integer_images_is_monotone_and_within_a_quarter_point(icbm_head,
+                                                                          white_matter):
+    """The issue's check: the demo's head stored as integers, true noise 1-9 % of white
+    matter in 0.5 % steps.  Compared in sigma (percent of the white matter the image was
+    made with): the estimate's own reference, the median of the brightest tissue class, sits
+    below the phantom's pure-white-matter value where its memberships are partial."""
+    clean = icbm_head * white_matter
+    levels = np.arange(1.0, 9.01, 0.5)
+    estimates = []
+    for index, level in enumerate(levels):
+        noisy = np.round(rician(clean, level / 100 * white_matter, seed=100 + index))
+        estimates.append(100 * estimate_noise(noisy, contrast="T1w").sigma / white_matter)
+    estimates = np.array(estimates)
+    assert np.all(np.diff(estimates) > 0), estimates
+    assert np.max(np.abs(estimates - levels)) <= 0.25, estimates - levels
 
 
 def test_calibration_record_is_complete():

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from bids_auton2n.denoise.pairs import SEARCH_RADIUS, half_displacements, synthetic_pair
+from bids_auton2n.denoise.pairs import (
+    SEARCH_RADIUS, half_displacements, pair_values_at, synthetic_pair,
+)
 
 
 def reference_pair(x, search_radius, patch_radius, exclude_centre=False, mask=None):
@@ -113,3 +115,35 @@ def test_mask_outside_copied():
 def test_bad_input(bad, kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic_pair(bad, **kwargs)
+
+
+@pytest.mark.parametrize("exclude_centre", [False, True])
+def test_pair_values_at_equal_the_whole_pair(random_volume, exclude_centre):
+    points = np.argwhere(np.ones(random_volume.shape, dtype=bool))[::3]
+    whole = synthetic_pair(random_volume, exclude_centre=exclude_centre)
+    got = pair_values_at(random_volume, points, exclude_centre=exclude_centre)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, whole[tuple(points.T)])
+
+
+def test_pair_values_at_keep_the_tie_order_on_integer_image():
+    x = np.random.default_rng(4).integers(0, 3, size=(9, 10, 8)).astype(np.float32)
+    points = np.argwhere(np.ones(x.shape, dtype=bool))
+    for radius, patch in ((SEARCH_RADIUS, 1), (1, 2)):
+        want = reference_pair(x, radius, patch, True)
+        got = pair_values_at(x, points, search_radius=radius, patch_radius=patch,
+                             exclude_centre=True)
+        np.testing.assert_array_equal(got, want[tuple(points.T)])
+
+
+@pytest.mark.parametrize(
+    "points, kwargs, message",
+    [
+        (np.array([[0, 0, 8]]), {}, "inside the volume"),
+        (np.array([[-1, 0, 0]]), {}, "inside the volume"),
+        (np.array([[0, 0, 0]]), {"search_radius": 0}, "search_radius"),
+    ],
+)
+def test_pair_values_at_bad_input(points, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pair_values_at(np.zeros((8, 8, 8)), points, **kwargs)

@@ -99,3 +99,17 @@ def test_docs_name_only_commands_and_scripts_that_exist():
             if study not in known:
                 missing.append(f"{path.relative_to(ROOT)}: bids_auton2n-bench {study}")
     assert not missing
+
+
+def test_final_stage_study_scores_every_variant(one_torch_thread):
+    """final-stage on a small generated head: every variant scored, the Wiener stage helps."""
+    from bids_auton2n.bench.studies.final_stage import FLIP_SETS, WIENER_VARIANTS, measure
+    from bids_auton2n.denoise.experts import ExpertRegistry
+    from bids_auton2n.denoise.phantom import synthetic_head
+
+    head = synthetic_head((36, 40, 36), "T1w", np.random.default_rng(0))
+    score = measure(head, 5.0, 1, ExpertRegistry())
+    assert all(f"+ Wiener, {name}" in score for name in FLIP_SETS)
+    assert all(name in score for name in WIENER_VARIANTS)
+    assert score["Wiener (default)"] > score["noisy"] + 2
+    assert 4.0 < score["estimated noise (%)"] < 6.0

@@ -25,6 +25,7 @@ from bids_auton2n.train.data import (
     added_noise_std,
     parse_volume_spec,
     prepare_volume,
+    preprocess_scan,
     volume_from_arrays,
 )
 from bids_auton2n.train.trainer import TrainConfig, train_expert
@@ -226,6 +227,16 @@ def test_curriculum_initialises_each_level_from_the_previous(tmp_path, monkeypat
     assert [e["initialised_from"] for e in manifest["experts"]] == [None, 1.0]
 
 
+def test_curriculum_step_budget_is_shared_like_the_time(tmp_path):
+    """2:1:1 shares of 12 steps: 6, then 3 of the 6 left, then the last 3."""
+    results = train_curriculum([toy_volume()], out_dir=tmp_path / "experts",
+                               work_dir=tmp_path / "work", levels=(1, 3, 5), total_steps=12,
+                               base_config=tiny_config(max_epochs=100, patience=100),
+                               command="test", progress=False)
+    assert [r.steps for r in results] == [6, 3, 3]
+    assert all(r.stopped == "max_steps" for r in results)
+
+
 def test_manifest_records_hashes_and_provenance(tmp_path):
     out = tmp_path / "experts"
     results = train_curriculum([toy_volume()], out_dir=out, work_dir=tmp_path / "work",
@@ -387,8 +398,9 @@ def test_finetune_on_denoised_base_pairs_the_denoised_scan_and_records_it(tmp_pa
     assert record["scan_noise_percent"] == pytest.approx(denoised[0].noise.percent, abs=1e-3)
     assert record["intrinsic_noise_percent"] < record["scan_noise_percent"]
     # Rerun: the denoised base and its pairs come from the cache.
+    # (The noise estimates build no whole pair: pairs.pair_values_at, where they read.)
     load_volumes(files[:1], work_dir=tmp_path / "work", base="denoised", registry=start)
-    assert len(denoised) == 1 and len(paired) == 3
+    assert len(denoised) == 1 and len(paired) == 1
     # A recalibrated estimator runs the experts at another noise level: a new base.
     from bids_auton2n.denoise import noise as noise_module
     calibration = noise_module.load_calibration()
@@ -418,3 +430,37 @@ def test_curriculum_command_trains_on_denoised_bases_when_asked(tmp_path, datase
             assert records[0]["denoised_with"]["experts_sha256"] == {"3": start.sha256(3.0)}
         else:  # the curriculum's default recipe trains on the scans themselves
             assert all("base" not in r for r in records)
+
+
+def test_inplane_averaging_returns_the_native_grid_and_decorrelates_interpolated_noise():
+    rng = np.random.default_rng(0)
+    native = rng.standard_normal((6, 20, 30)).astype(np.float32)
+    # Reconstructed at twice the in-plane resolution: each native voxel repeated 2x2.
+    interpolated = np.repeat(np.repeat(native, 2, axis=1), 2, axis=2)
+    interpolated = np.pad(interpolated, ((0, 0), (0, 1), (0, 0)))  # an odd edge is dropped
+    averaged = preprocess_scan(interpolated, (1.0, 0.5, 0.5), "average-inplane-2x2")
+    np.testing.assert_allclose(averaged, native, atol=1e-6)
+    assert preprocess_scan(native, (1.0, 1.0, 1.0), "none") is native
+    with pytest.raises(ValueError, match="half"):
+        preprocess_scan(native, (1.0, 1.0, 1.0), "average-inplane-2x2")
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        preprocess_scan(native, (1.0, 0.5, 0.5), "blur")
+
+
+def test_preprocessed_scan_is_cached_and_recorded_apart(tmp_path):
+    clean, _ = toy_clean(0)
+    noisy = clean + 3.0 * np.random.default_rng(5).standard_normal(SHAPE)
+    image = nib.Nifti1Image(np.clip(noisy, 0, None).astype(np.float32),
+                            np.diag([1.0, 0.5, 0.5, 1.0]))
+    image.header.set_zooms((1.0, 0.5, 0.5))
+    path = tmp_path / "scan_T1w.nii.gz"
+    image.to_filename(path)
+    plain = prepare_volume(path, "T1w", work_dir=tmp_path / "work")
+    averaged = prepare_volume(path, "T1w", work_dir=tmp_path / "work",
+                              preprocess="average-inplane-2x2")
+    assert averaged.image.shape == (SHAPE[0], SHAPE[1] // 2, SHAPE[2] // 2)
+    assert plain.image.shape == SHAPE
+    assert averaged.record()["preprocessing"] == "average-inplane-2x2"
+    assert "preprocessing" not in plain.record()
+    assert averaged.sha256 == plain.sha256  # the file's hash; caches are keyed apart
+    assert len(list((tmp_path / "work" / "pairs").glob("*.npy"))) == 2

@@ -28,6 +28,7 @@ VARIANTS = {
     "--no-tta": {"tta": False},
     "--no-fusion": {"fusion": False},
     "--no-guard": {"guard": False},
+    "--no-wiener": {"wiener": False},
     "--no-fusion --no-guard": {"fusion": False, "guard": False},
     "--expert 7": {"expert": 7.0},
     "--noise-level 4": {"noise_level": 4.0},

@@ -112,6 +112,9 @@ FLAGS = {
     "--no-guard": (["--no-guard"],
                    lambda wf: _inputs(wf, "rinlm_fusion", "guard")
                    == _inputs(wf, "provenance", "guard") == [False] * N_IMAGES),
+    "--no-wiener": (["--no-wiener"],
+                    lambda wf: _inputs(wf, "rinlm_fusion", "wiener")
+                    == _inputs(wf, "provenance", "wiener") == [False] * N_IMAGES),
     "--noise-level": (["--noise-level", "4"],
                       lambda wf: _inputs(wf, "estimate_noise", "noise_level") == [4.0] * N_IMAGES),
     "--expert": (["--expert", "5"],
@@ -219,10 +222,11 @@ def test_config_file_errors(tiny_bids, tmp_path):
 
 
 @pytest.mark.parametrize("args, says, not_says", [
-    ([], ["test-time augmentation", "RI-NLM", "do-no-harm guard", "nearest to the estimate"],
+    ([], ["test-time augmentation", "RI-NLM", "collaborative Wiener", "do-no-harm guard",
+          "nearest to the estimate"],
      ["without test-time", "fine-tuned", "set by the user"]),
-    (["--no-tta", "--no-fusion", "--no-guard"], ["without test-time augmentation",
-                                                  "No RI-NLM fusion"], ["do-no-harm"]),
+    (["--no-tta", "--no-fusion", "--no-guard", "--no-wiener"],
+     ["without test-time augmentation", "No RI-NLM fusion"], ["do-no-harm", "Wiener"]),
     (["--noise-level", "4", "--blend-experts", "--finetune"],
      ["set by the user to 4 %", "blended", "fine-tuned"], ["was estimated"]),
     (["--expert", "7"], ["trained for 7 % noise was used (user choice)"], ["blended"]),

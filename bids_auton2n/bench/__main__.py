@@ -40,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=lambda s: tuple(float(v) for v in _csv(s)),
                    help="noise levels in percent")
     p.add_argument("--datasets", type=_csv,
-                   help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention)")
+                   help="phantom datasets: T1w, T2w, T1w-max (Manjón/Coupé convention), and "
+                        "scan:FILE, a real scan of --data-dir as the reference (the held-out "
+                        "philips_ADNI_MPRAGE_T1w.nii.gz)")
     p.add_argument("--real-scans", type=_csv,
                    help=f"files in --data-dir (default: {', '.join(REAL_SCANS)}); 'none' for no real scans")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)

@@ -39,6 +39,9 @@ REAL_SCANS = {  # file in the data folder -> contrast
     "seg3D_MR.nii.gz": "T1w",
 }
 QUICK_REAL_SCANS = ("stroke_T1.nii.gz",)
+#: Real scans the benchmark can use as references (``scan:FILE`` datasets) and their contrast:
+#: the project's held-out validation scan, never trained on.
+REFERENCED_SCANS = {"philips_ADNI_MPRAGE_T1w.nii.gz": "T1w"}
 #: Folder of the project's real scans (``--data-dir``): ``$BIDS_AUTON2N_DATA_DIR``, else
 #: ``../shared/data`` from the current folder.
 DEFAULT_DATA_DIR = Path(os.environ.get("BIDS_AUTON2N_DATA_DIR", "../shared/data"))
@@ -64,6 +67,7 @@ class Case:
     score_mask: np.ndarray | None = None   # where PSNR / SSIM are measured
     peak: float | None = None              # PSNR peak
     has_air: bool = True                   # real scans: uncropped, so the background is air
+    own_noise_percent: float | None = None  # referenced scans: the reference's own noise
 
     @property
     def is_phantom(self) -> bool:
@@ -89,9 +93,75 @@ def _phantom(contrast: str, crop_shape) -> Phantom:
     return crop(phantom, crop_shape) if crop_shape else phantom
 
 
+#: Prefix of a dataset that is a real scan used as the reference: ``scan:FILE`` (a file of
+#: the data folder), Rician noise added to it as to the phantoms.
+SCAN_PREFIX = "scan:"
+#: Noise seed base of the referenced scans.
+SCAN_SEED_BASE = 4000
+
+
+@dataclass
+class ReferencedScan:
+    """A real scan as a benchmark reference (:func:`referenced_scan`)."""
+
+    clean: np.ndarray
+    labels: np.ndarray
+    head_mask: np.ndarray
+    reference_intensity: float
+    affine: np.ndarray
+    contrast: str
+    own_noise_percent: float
+
+
+def referenced_scan(path: Path, contrast: str, crop_shape) -> ReferencedScan:
+    """A real scan as a benchmark reference (the held-out real-texture validation object).
+
+    The scan (cropped around the centre of its head mask when ``crop_shape`` is given) is the
+    "clean" image, its own noise included: a method is scored against the scan as it was
+    acquired, so removing the scan's own noise costs PSNR like any other change (the case
+    records that noise, estimated).  Tissue labels for the Dice measure are the k-means
+    classes of the scan inside its head mask (1-3, 0 outside); the brain mask is the head
+    mask (the scan is not skull-stripped).
+    """
+    from ..denoise.noise import estimate_noise, head_mask
+
+    image = nib.load(str(path))
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    mask = head_mask(data)
+    affine = image.affine
+    if crop_shape:
+        centre = np.round(ndi.center_of_mass(mask)).astype(int)
+        start = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, crop_shape, data.shape)]
+        window = tuple(slice(b, b + s) for b, s in zip(start, crop_shape))
+        data, mask = data[window].copy(), mask[window].copy()
+        affine = affine.copy()
+        affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=float) + affine[:3, 3]
+    own = estimate_noise(data, contrast=contrast, mask=mask)
+    labels = metrics.kmeans_tissues(data, mask, contrast).astype(np.uint8)
+    return ReferencedScan(clean=data, labels=labels, head_mask=mask,
+                          reference_intensity=own.reference_intensity, affine=affine,
+                          contrast=contrast, own_noise_percent=own.percent)
+
+
 def phantom_cases(config: BenchmarkConfig):
     """Yield the phantom cases one at a time (full-size volumes are not all held at once)."""
     for dataset in config.datasets:
+        if dataset.startswith(SCAN_PREFIX):
+            name = dataset[len(SCAN_PREFIX):]
+            scan = referenced_scan(config.data_dir / name, REFERENCED_SCANS.get(name, "T1w"),
+                                   config.crop_shape)
+            for level in config.levels:
+                seed = SCAN_SEED_BASE + int(round(10 * level))
+                yield Case(
+                    dataset=dataset, contrast=scan.contrast, level=float(level),
+                    noisy=add_rician_noise(scan.clean, level, scan.reference_intensity, seed),
+                    affine=scan.affine, seed=seed,
+                    true_sigma=level / 100.0 * scan.reference_intensity, clean=scan.clean,
+                    labels=scan.labels, brain_mask=scan.head_mask, score_mask=scan.head_mask,
+                    peak=float(scan.clean[scan.head_mask].max()),
+                    own_noise_percent=scan.own_noise_percent,
+                )
+            continue
         phantom = _phantom("T1w" if dataset == "T1w-max" else dataset, config.crop_shape)
         clean = phantom.clean
         if dataset == "T1w-max":
@@ -267,6 +337,7 @@ def run_benchmark(config: BenchmarkConfig, log=print) -> dict:
             for method in config.methods:
                 row = {"dataset": case.dataset, "contrast": case.contrast, "level": case.level,
                        "seed": case.seed, "shape": list(case.noisy.shape), "phantom": case.is_phantom,
+                       "own_noise_percent": case.own_noise_percent,
                        "method": method}
                 if METHODS[method].needs_true_sigma and case.true_sigma is None:
                     row.update(status="n/a", reason="oracle method: true sigma unknown on real scans")

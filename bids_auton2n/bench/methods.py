@@ -60,6 +60,26 @@ def _ours(**flags):
     return run
 
 
+def _paper_pipeline(noisy, given):
+    """Auto-N2N as the paper describes it, from the library's steps (four single-axis flips)."""
+    from bids_auton2n.denoise import pipeline
+    from bids_auton2n.denoise.experts import ExpertRegistry
+    from bids_auton2n.denoise.inference import cnn_denoise
+    from bids_auton2n.denoise.intensity import IntensityNormalizer
+    from bids_auton2n.denoise.noise import head_mask
+
+    mask = head_mask(noisy)
+    noise = pipeline.estimate_array_noise(noisy, contrast=given.contrast, mask=mask)
+    registry = ExpertRegistry()
+    models = [(registry.load(c.level, "cpu"), c.weight)
+              for c in pipeline.choose_experts(registry, noise.percent)]
+    units = IntensityNormalizer(noise.reference_intensity)
+    cnn = units.inverse(cnn_denoise(units.forward(noisy), models, device="cpu", mask=mask,
+                                    flips=((), (2,), (3,), (4,))))
+    return pipeline.final_image(noisy, cnn, noise.sigma, fusion=True, guard=False, rician=True,
+                                wiener=False), {}
+
+
 def _ants(noisy, given):
     import ants
 
@@ -85,6 +105,74 @@ def _bm4d(noisy, given):
     return np.asarray(bm4d.bm4d(noisy, given.true_sigma), dtype=np.float32), {}
 
 
+def _bm4d_estimated(noisy, _):
+    import bm4d
+    from skimage.restoration import estimate_sigma
+
+    # What a user gets without the true sigma: BM4D with the wavelet (Donoho-Johnstone MAD)
+    # estimate, the estimator scikit-image and the BM3D/BM4D examples pair with it.
+    sigma = float(estimate_sigma(noisy, channel_axis=None))
+    return np.asarray(bm4d.bm4d(noisy, sigma), dtype=np.float32), {"sigma": sigma}
+
+
+#: Training budget of the Noise2Void peer on each volume: N2V_STEPS Adam steps of N2V_BATCH
+#: patches of N2V_PATCH voxels (CAREamics tiles the training array into patches; the number
+#: of epochs is set to reach the steps).
+N2V_STEPS = 400
+N2V_BATCH = 8
+N2V_PATCH = (32, 32, 32)
+#: Patches CAREamics keeps for its validation.
+N2V_VAL = 2
+
+
+def _careamics_import():
+    """``careamics`` with a CPU torch: the PyPI torchvision wheel it imports is built for CUDA.
+
+    Its compiled operators cannot load against a CPU build of torch, and it then fails at
+    import registering fake kernels for two operators that were never defined.  Defining their
+    schemas lets the pure-Python part import; CAREamics' Noise2Void uses none of the operators.
+    """
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        library = torch.library.Library("torchvision", "DEF")
+        for name in ("nms", "qnms"):
+            library.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _careamics_import.library = library  # keep the definitions alive
+        import torchvision  # noqa: F401
+    import careamics
+
+    return careamics
+
+
+def _noise2void(noisy, given):
+    import tempfile
+
+    careamics = _careamics_import()
+    from careamics.config import create_n2v_config
+
+    with tempfile.TemporaryDirectory(prefix="n2v_") as work:
+        patches = int(np.prod([max(n // p, 1) for n, p in zip(noisy.shape, N2V_PATCH)])) - N2V_VAL
+        steps_per_epoch = max(-(-patches // N2V_BATCH), 1)
+        config = create_n2v_config(
+            experiment_name="bench_n2v", data_type="array", axes="ZYX", patch_size=list(N2V_PATCH),
+            batch_size=N2V_BATCH, num_epochs=max(-(-N2V_STEPS // steps_per_epoch), 1),
+            augmentations=["x_flip", "y_flip"], n_val_patches=N2V_VAL,
+        )
+        model = careamics.CAREamist(config=config, work_dir=work, enable_progress_bar=False)
+        volume = np.ascontiguousarray(noisy, dtype=np.float32)
+        model.train(train_data=volume)
+        # Tiles divisible by 2**depth of the U-Net (depth 2); smaller volumes are zero-padded.
+        tile = tuple(min(t, 4 * -(-s // 4)) for t, s in zip((64, 128, 128), volume.shape))
+        predictions, _ = model.predict(volume, data_type="array", axes="ZYX", tile_size=tile,
+                                       tile_overlap=tuple(min(o, t // 2) for o, t in
+                                                          zip((16, 32, 32), tile)))
+    output = np.squeeze(np.asarray(predictions[0]))
+    return output.astype(np.float32), {}
+
+
 def _skimage(noisy, _):
     from skimage.restoration import denoise_nl_means, estimate_sigma
 
@@ -99,17 +187,25 @@ METHODS = {
     m.name: m
     for m in (
         Method("noisy", "the noisy input, unchanged", _identity),
-        Method("ours", "Auto-N2N experts + flip TTA + RI-NLM fusion + do-no-harm guard "
-               "(denoise_array defaults)", _ours()),
-        Method("ours-noguard", "ours without the do-no-harm guard (guard=False): the paper's "
-               "pipeline", _ours(guard=False)),
-        Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no guard", _ours(fusion=False,
-                                                                                  guard=False)),
+        Method("ours", "Auto-N2N experts + flip TTA (2 passes) + RI-NLM fusion + collaborative "
+               "Wiener stage + do-no-harm guard (denoise_array defaults)", _ours()),
+        Method("ours-noguard", "ours without the do-no-harm guard (guard=False)", _ours(guard=False)),
+        Method("ours-nowiener", "ours without the collaborative Wiener stage (wiener=False)",
+               _ours(wiener=False)),
+        Method("ours-paper", "the paper's pipeline: experts, four single-axis flips, RI-NLM fusion; "
+               "no Wiener stage, no guard", _paper_pipeline),
+        Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no Wiener stage, no guard",
+               _ours(fusion=False, guard=False, wiener=False)),
         Method("ours-notta", "ours without flip TTA (tta=False)", _ours(tta=False)),
         Method("ants", "ANTs DenoiseImage via antspyx, Rician model, own noise estimate", _ants),
         Method("dipy", "DIPY blockwise nlmeans, Rician, sigma from dipy estimate_sigma(N=0)", _dipy),
         Method("bm4d", "BM4D (bm4d package) given the TRUE sigma: an oracle, Gaussian model", _bm4d,
                needs_true_sigma=True),
+        Method("bm4d-est", "BM4D (bm4d package) with sigma from scikit-image estimate_sigma "
+               "(wavelet MAD): what a user gets", _bm4d_estimated),
+        Method("n2v", f"CAREamics Noise2Void 3D trained on the noisy volume itself: about {N2V_STEPS} "
+               f"Adam steps of {N2V_BATCH} patches of {'x'.join(map(str, N2V_PATCH))} voxels",
+               _noise2void),
         Method("skimage", "scikit-image denoise_nl_means 3D, h=0.8 sigma, sigma from estimate_sigma",
                _skimage),
     )

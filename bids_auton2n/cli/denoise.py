@@ -139,7 +139,7 @@ def run(argv: list[str] | None = None) -> int:
         result = denoise_file(
             opts.in_file, opts.out_file, contrast=contrast, mask_file=opts.mask,
             noise_map=opts.noise_map, noise_level=opts.noise_level, expert=opts.expert,
-            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard,
+            blend=opts.blend, tta=opts.tta, fusion=opts.fusion, guard=opts.guard, wiener=opts.wiener,
             device=opts.device,
             rician=opts.rician, registry=registry, progress=not opts.quiet,
         )

@@ -102,9 +102,12 @@ def add_denoising_options(group) -> None:
     group.add_argument("--device", type=_device, default="auto",
                        help="torch device: auto (CUDA if available), cpu, cuda or cuda:N")
     group.add_argument("--no-tta", dest="tta", action="store_false",
-                       help="skip the flip test-time augmentation (4x faster CNN stage)")
+                       help="skip the flip test-time augmentation (2x faster CNN stage)")
     group.add_argument("--no-fusion", dest="fusion", action="store_false",
                        help="skip the RI-NLM fusion (output the CNN mixture only)")
+    group.add_argument("--no-wiener", dest="wiener", action="store_false",
+                       help="skip the collaborative Wiener stage that re-estimates the image "
+                       "from the noisy data with the fused image as pilot")
     group.add_argument("--no-guard", dest="guard", action="store_false",
                        help="skip the do-no-harm guard, which gives back what the denoiser "
                        "removed beyond what the estimated noise explains")
@@ -315,6 +318,7 @@ def _fill_config(opts) -> None:
     settings.tta = opts.tta
     settings.fusion = opts.fusion
     settings.guard = opts.guard
+    settings.wiener = opts.wiener
     settings.noise_level = opts.noise_level
     settings.expert = opts.expert
     settings.blend = opts.blend

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: BIDS suffix, else T1w)")
     source.add_argument("--data-dir", type=Path,
                         help="directory holding the project's training scans: "
-                             + ", ".join(f"{name} ({c})" for name, c in TRAINING_SCANS))
+                             + ", ".join(f"{name} ({c}{'' if p == 'none' else ', ' + p})"
+                                         for name, c, p in TRAINING_SCANS))
     source.add_argument("--max-noise-ratio", type=float, default=MAX_NOISE_RATIO,
                         help="a scan trains the p %% expert only if its own noise is <= this "
                              "times p (0: every scan trains every level)")
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     budget.add_argument("--max-steps", type=int,
                         help="Adam-step limit per model (the last epoch is cut short there)")
+    budget.add_argument("--total-steps", type=int,
+                        help="Adam steps of the whole curriculum, shared out between the levels "
+                             "as the time is (the same run on every machine)")
     budget.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     budget.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without a lower validation loss before stopping")
@@ -160,7 +164,8 @@ def main(argv=None) -> int:
             return 0
         specs = list(args.data)
         if args.data_dir is not None:
-            specs += [(args.data_dir / name, contrast) for name, contrast in TRAINING_SCANS]
+            specs += [(args.data_dir / name, contrast, preprocess)
+                      for name, contrast, preprocess in TRAINING_SCANS]
         if not specs:
             parser.error("give training scans with --data and/or --data-dir (or use --finetune)")
         if args.single_model and args.out is None:
@@ -183,6 +188,7 @@ def main(argv=None) -> int:
                 volumes, out_dir=out, work_dir=work_dir, levels=args.levels,
                 total_budget_s=total_budget_s,
                 expert_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60.0,
+                total_steps=args.total_steps,
                 base_config=config, exclude_centre=args.exclude_centre,
                 max_noise_ratio=args.max_noise_ratio or None, command=command,
                 progress=not args.no_progress,

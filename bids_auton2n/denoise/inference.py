@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,6 +37,12 @@ DEFAULT_ROI_SIZE = (160, 160, 160)
 #: of the head is not at the crop border, where the network would see
 #: replicated voxels instead of the real background.
 DEFAULT_MARGIN = 8
+#: Flip test-time augmentation, as the tensor dimensions each pass flips: the identity and the
+#: flip of all three axes at once.  The paper averages the identity and the three single-axis
+#: flips (section 2.5); on the held-out real scan (philips_ADNI_MPRAGE_T1w, 96x128x112 crop,
+#: Rician 3-9 %) these two passes gave the full pipeline's PSNR to within 0.005-0.022 dB of the
+#: four, at half the CNN's cost (benchmarks/results/final_stage_selection.md).
+TTA_FLIPS = ((), (2, 3, 4))
 #: Numerical precisions accepted by :func:`cnn_denoise` (see docs/cnn-performance.md).
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -146,14 +151,16 @@ def cnn_denoise(
     margin: int = DEFAULT_MARGIN,
     sw_batch_size: int = 1,
     precision: str = "auto",
+    flips: Sequence[tuple[int, ...]] | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Denoise a normalised 3D volume with a weighted mixture of CNN experts.
 
     ``output = sum_i w_i * mean_t T_t^-1(f_i(T_t(x))) / sum_i w_i`` over experts
     ``(f_i, w_i)`` and transforms ``T_t`` (identity and, with ``tta``, flips
-    along each of the 3 axes: 4 passes per expert), each pass run tile by tile
-    by :func:`monai.inferers.sliding_window_inference` with Gaussian blending.
+    of :data:`TTA_FLIPS`), each pass run tile by tile
+    by :func:`monai.inferers.sliding_window_inference` with Gaussian blending (a crop that
+    fits one tile is a single forward pass).
 
     Parameters
     ----------
@@ -164,7 +171,7 @@ def cnn_denoise(
         Models (e.g. from :meth:`ExpertRegistry.load`) and non-negative blending
         weights (normalised to sum 1).  Models are moved to ``device``.
     tta : bool
-        Average the identity pass with the 3 single-axis flips (paper 2.5).
+        Average the passes of :data:`TTA_FLIPS` (the identity and the flip of all axes).
     device : str or torch.device
         See :func:`resolve_device`.
     roi_size : sequence of 3 int, optional
@@ -188,6 +195,9 @@ def cnn_denoise(
         ``"bf16"`` runs the convolutions under bfloat16 autocast; ``"auto"`` (default)
         picks it where the hardware supports it (:func:`resolve_precision`).
         The input and the global skip stay fp32.
+    flips : sequence of tuples of int, optional
+        The passes of the augmentation, as the tensor dimensions (2, 3, 4) each flips;
+        default :data:`TTA_FLIPS` with ``tta``, the identity alone without.
     progress : bool
         Show a tqdm bar over the (expert, flip) passes.
 
@@ -225,12 +235,28 @@ def cnn_denoise(
     if roi_size is None:
         roi_size = crop.shape if crop.size <= MAX_SINGLE_TILE_VOXELS else DEFAULT_ROI_SIZE
     tile = tuple(min(int(r), s) for r, s in zip(roi_size, crop.shape))
-    flips = [()] + ([(2,), (3,), (4,)] if tta else [])
+    if flips is None:
+        flips = list(TTA_FLIPS) if tta else [()]
+    flips = [tuple(flip) for flip in flips]
+    if not flips or any(not set(flip) <= {2, 3, 4} for flip in flips):
+        raise ValueError(f"flips must be a non-empty list of subsets of (2, 3, 4), got {flips}")
     passes = [(model, weight, flip) for (model, _), weight in zip(experts, weights) for flip in flips]
 
     layout = memory_format(torch_device)
+    single_tile = tuple(tile) == crop.shape
+    if single_tile:
+        def predict(volume, model):
+            return model(volume)
+    else:
+        # MONAI is imported only here: importing it loads all its submodules (seconds of a
+        # command's start), and a crop that fits one tile needs no sliding window.
+        from monai.inferers import sliding_window_inference
+
+        def predict(volume, model):
+            return sliding_window_inference(
+                volume, roi_size=tile, sw_batch_size=sw_batch_size, predictor=model,
+                overlap=overlap, roi_weight_map=gaussian_weight_map(tile, torch_device))
     with torch.inference_mode():
-        blending = gaussian_weight_map(tile, torch_device)
         inputs = torch.from_numpy(crop)[None, None].to(torch_device)
         accumulated = torch.zeros_like(inputs)
         for model, weight, flip in tqdm(passes, desc="CNN passes", disable=not progress):
@@ -238,14 +264,7 @@ def cnn_denoise(
             model.to(torch_device, memory_format=layout).eval()
             flipped = torch.flip(inputs, flip) if flip else inputs
             with _autocast(torch_device, precision):
-                prediction = sliding_window_inference(
-                    flipped,
-                    roi_size=tile,
-                    sw_batch_size=sw_batch_size,
-                    predictor=model,
-                    overlap=overlap,
-                    roi_weight_map=blending,
-                )
+                prediction = predict(flipped, model)
             prediction = prediction.float()
             if flip:
                 prediction = torch.flip(prediction, flip)

@@ -31,8 +31,9 @@ from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
 from .intensity import IntensityNormalizer, sanitize
-from .noise import NoiseEstimate, estimate_noise, head_mask, noise_pair, reference_intensity
+from .noise import NoiseEstimate, estimate_noise, head_mask, reference_intensity
 from .rinlm import ri_nlm
+from .wiener import BLOCK, GROUP_SIZE, SEARCH_RADIUS, STEP, collaborative_wiener
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
 
@@ -51,6 +52,7 @@ class DenoiseResult:
     rician: bool
     device: str
     guard: bool = True
+    wiener: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     expert_selection: str = "nearest"
 
@@ -66,6 +68,9 @@ class DenoiseResult:
             "ExpertSelection": self.expert_selection,
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
+            "CollaborativeWiener": ({"BlockSize": BLOCK, "GroupSize": GROUP_SIZE,
+                                     "SearchRadius": SEARCH_RADIUS, "Step": STEP}
+                                    if self.wiener else False),
             "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
                               else False),
             "RicianNoiseModel": self.rician,
@@ -127,6 +132,7 @@ def denoise_array(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     device: str = "auto",
     rician: bool = True,
     registry: ExpertRegistry | None = None,
@@ -155,6 +161,9 @@ def denoise_array(
     guard : bool
         Give back what the denoiser removed beyond what the noise explains
         (:func:`~.guard.limit_residual`), so clean images and edges are kept.
+    wiener : bool
+        Re-estimate the image from the noisy data by collaborative Wiener filtering with the
+        fused image as pilot (:func:`~.wiener.collaborative_wiener`).
     device : {"auto", "cpu", "cuda"}
     rician : bool
         Treat the data as Rician magnitude (bias-corrected RI-NLM); ``False`` for Gaussian.
@@ -193,7 +202,7 @@ def denoise_array(
         cnn = run_experts(finite, noise, choices, registry, tta=tta, device=torch_device,
                           mask=mask, progress=progress)
     denoised = final_image(finite, cnn, noise.sigma, fusion=fusion, guard=guard, rician=rician,
-                           timings=timings, progress=progress)
+                           wiener=wiener, timings=timings, progress=progress)
     denoised = output_image(denoised, x, nonfinite)
     timings["total"] = time.perf_counter() - start
     return DenoiseResult(
@@ -207,6 +216,7 @@ def denoise_array(
         rician=rician,
         device=str(torch_device),
         guard=guard,
+        wiener=wiener,
         timings=timings,
         expert_selection=expert_selection(expert, blend),
     )
@@ -342,25 +352,35 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, rician: boo
 
 
 def final_image(finite: np.ndarray, cnn: np.ndarray, sigma: float, *, fusion: bool, guard: bool,
-                rician: bool, timings: dict | None = None, progress: bool = False) -> np.ndarray:
-    """From the CNN output to the pipeline's output: RI-NLM fusion and the do-no-harm guard.
+                rician: bool, wiener: bool = True, timings: dict | None = None,
+                progress: bool = False) -> np.ndarray:
+    """From the CNN output to the pipeline's output: RI-NLM fusion, Wiener stage, guard.
 
     The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
     RI-NLM, so that structure the network removed does not steer the filter's weights either,
-    and again to the fused image.  Each step is optional; ``timings`` receives their seconds
-    under ``"rinlm"`` and ``"guard"``.
+    and again after each later step.  The collaborative Wiener stage
+    (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot and
+    re-estimates it from the noisy data.  Each step is optional; ``timings`` receives their
+    seconds under ``"rinlm"``, ``"wiener"`` and ``"guard"``.
     """
     timings = {} if timings is None else timings
-    if guard:
+
+    def guarded(image):
+        if not guard:
+            return image
         with _stage("guard", timings, progress):
-            cnn = limit_residual(finite, cnn, sigma)
+            return limit_residual(finite, image, sigma)
+
+    image = guarded(cnn)
     if fusion:
         with _stage("rinlm", timings, progress):
-            cnn = fuse_rinlm(finite, cnn, sigma, rician=rician)
-        if guard:
-            with _stage("guard", timings, progress):
-                cnn = limit_residual(finite, cnn, sigma)
-    return cnn
+            image = fuse_rinlm(finite, image, sigma, rician=rician)
+        image = guarded(image)
+    if wiener:
+        with _stage("wiener", timings, progress):
+            image = collaborative_wiener(finite, image, sigma)
+        image = guarded(image)
+    return image
 
 
 def output_image(denoised: np.ndarray, original: np.ndarray,
@@ -390,7 +410,10 @@ def output_image(denoised: np.ndarray, original: np.ndarray,
 
 def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
                          timings: dict | None = None, progress: bool = False) -> NoiseEstimate:
-    """Auto-N2N noise estimate: synthetic pair, then the calibrated std of x − y.
+    """Auto-N2N noise estimate: the calibrated std of x − y, y the synthetic pair.
+
+    The pair is searched only at the voxels the estimate reads (see
+    :func:`~.noise.raw_noise_statistic`).
 
     Parameters
     ----------
@@ -401,7 +424,7 @@ def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
     mask : ndarray of bool
         Head mask.
     timings : dict, optional
-        Receives the seconds of the stages ``"pairs"`` and ``"estimate"``.
+        Receives the seconds of the stage ``"estimate"``.
     progress : bool
         Log each stage.
 
@@ -410,7 +433,5 @@ def estimate_array_noise(finite: np.ndarray, *, contrast: str, mask: np.ndarray,
     NoiseEstimate
     """
     timings = {} if timings is None else timings
-    with _stage("pairs", timings, progress):
-        pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
-        return estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
+        return estimate_noise(finite, contrast=contrast, mask=mask)

@@ -244,6 +244,8 @@ class _FuseRINLMInputSpec(_DenoiseStepInputSpec):
     guard = traits.Bool(True, usedefault=True,
                         desc="give back what was removed beyond what the noise explains")
     rician = traits.Bool(True, usedefault=True, desc="Rician (magnitude) noise model")
+    wiener = traits.Bool(True, usedefault=True,
+                         desc="collaborative Wiener stage with the fused image as pilot")
 
 
 class _FuseRINLMOutputSpec(TraitedSpec):
@@ -253,9 +255,9 @@ class _FuseRINLMOutputSpec(TraitedSpec):
 
 
 class FuseRINLM(DenoiseStep):
-    """Average the CNN output with RI-NLM guided by it (paper's final image), then guard it.
+    """Average the CNN output with RI-NLM guided by it (paper's final image), Wiener stage, guard.
 
-    :func:`~bids_auton2n.denoise.pipeline.final_image` (both steps optional), then the output
+    :func:`~bids_auton2n.denoise.pipeline.final_image` (every step optional), then the output
     as written (:func:`~bids_auton2n.denoise.pipeline.output_image`: no negative voxel in a
     magnitude image, the input's non-finite voxels put back).
     """
@@ -271,7 +273,7 @@ class FuseRINLM(DenoiseStep):
         timings: dict[str, float] = {}
         denoised = final_image(finite, cnn, self.inputs.sigma, fusion=self.inputs.fusion,
                                guard=self.inputs.guard, rician=self.inputs.rician,
-                               timings=timings)
+                               wiener=self.inputs.wiener, timings=timings)
         original = finite
         nonfinite = np.zeros(finite.shape, dtype=bool)
         if isdefined(self.inputs.nonfinite_file):
@@ -298,6 +300,7 @@ class _ProvenanceInputSpec(BaseInterfaceInputSpec):
     tta = traits.Bool(mandatory=True)
     fusion = traits.Bool(mandatory=True)
     guard = traits.Bool(True, usedefault=True, desc="do-no-harm guard applied")
+    wiener = traits.Bool(True, usedefault=True, desc="collaborative Wiener stage applied")
     rician = traits.Bool(True, usedefault=True)
     device = traits.Str(mandatory=True)
     finetuned = traits.Bool(False, usedefault=True, desc="experts fine-tuned on this dataset")
@@ -344,6 +347,7 @@ class DenoiseProvenance(SimpleInterface):
             rician=self.inputs.rician,
             device=self.inputs.device,
             guard=self.inputs.guard,
+            wiener=self.inputs.wiener,
             timings=timings,
             expert_selection=self.inputs.selection,
         )
@@ -354,7 +358,8 @@ class DenoiseProvenance(SimpleInterface):
             "SkullStripped": bool(carried.get("SkullStripped", False)),
             "Description": "Denoised with Auto-N2N (mixture of 3D residual CNN experts"
             + (", flip test-time augmentation" if self.inputs.tta else "")
-            + (", fused with RI-NLM" if self.inputs.fusion else "") + ").",
+            + (", fused with RI-NLM" if self.inputs.fusion else "")
+            + (", collaborative Wiener stage" if self.inputs.wiener else "") + ").",
             **result.provenance(),
             "FineTuned": self.inputs.finetuned,
             "SourceSHA256": sha256_file(self.inputs.source_file),

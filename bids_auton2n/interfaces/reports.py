@@ -80,6 +80,8 @@ class DenoiseSummary(SimpleInterface):
     output_spec = _SummaryOutputSpec
 
     def _run_interface(self, runtime):
+        from ..denoise.inference import TTA_FLIPS
+
         record = json.loads(Path(self.inputs.provenance_json).read_text())
         noise = record["NoiseEstimate"]
         experts = ", ".join(
@@ -92,9 +94,10 @@ class DenoiseSummary(SimpleInterface):
                             f"{noise['Source']})"),
             ("Expert(s)", f"{experts} &mdash; selection: {record['ExpertSelection']}"
                           + (", fine-tuned on this dataset" if record["FineTuned"] else "")),
-            ("Test-time augmentation", "flips (4 passes)" if record["TestTimeAugmentation"]
-             else "off"),
+            ("Test-time augmentation", f"flips ({len(TTA_FLIPS)} passes)"
+             if record["TestTimeAugmentation"] else "off"),
             ("RI-NLM fusion", "on" if record["RINLMFusion"] else "off"),
+            ("Collaborative Wiener stage", "on" if record.get("CollaborativeWiener") else "off"),
             ("Device", record["Device"]),
             ("Runtime", f"{record['TimingsSeconds']['total']:.1f} s"),
         ]

@@ -34,6 +34,16 @@ REFERENCES = {
         "Image Analysis},\n  volume = {16},\n  number = {1},\n  pages = {18--27},\n"
         "  year = {2012},\n  doi = {10.1016/j.media.2011.04.003}\n}",
     ),
+    "maggioni2013": (
+        "Maggioni M., Katkovnik V., Egiazarian K., Foi A. Nonlocal transform-domain filter for "
+        "volumetric data denoising and reconstruction. IEEE Transactions on Image Processing "
+        "22(1):119-133, 2013. doi:10.1109/TIP.2012.2210725",
+        "@article{maggioni2013,\n  author = {Maggioni, Matteo and Katkovnik, Vladimir and "
+        "Egiazarian, Karen and Foi, Alessandro},\n  title = {Nonlocal transform-domain filter for "
+        "volumetric data denoising and reconstruction},\n  journal = {IEEE Transactions on Image "
+        "Processing},\n  volume = {22},\n  number = {1},\n  pages = {119--133},\n"
+        "  year = {2013},\n  doi = {10.1109/TIP.2012.2210725}\n}",
+    ),
     "nipype": (
         "Gorgolewski K., et al. Nipype: a flexible, lightweight and extensible neuroimaging data "
         "processing framework in Python. Frontiers in Neuroinformatics 5:13, 2011. "

@@ -55,14 +55,21 @@ FIRST_LEVEL_SHARE = 2.0
 #: multiple of ``p``: noise can be added to a scan, never removed, so a scan noisier
 #: than the level would teach the expert a higher level than its own.
 MAX_NOISE_RATIO = 1.25
-#: The real scans of the project's training set and their contrasts
-#: (``../shared/data``, see its README and ``docs/model-card.md``).
+#: The real scans of the project's training set: file, contrast and preparation
+#: (``../shared/data``, see its README; the choices per scan are in ``docs/model-card.md``).
+#: Left out: ``philips_ADNI_MPRAGE_T1w`` (the held-out real-texture validation scan) and the
+#: two glioma scans (6.5 mm slices: 3D patches of them have no close matches, the synthetic
+#: pair is then anatomy more than noise; they are for the neighbouring-slice path).
 TRAINING_SCANS = (
-    ("stroke_T1.nii.gz", "T1w"),
-    ("stroke_T2.nii.gz", "T2w"),
-    ("stroke_FLAIR.nii.gz", "FLAIR"),
-    ("seg3D_MR.nii.gz", "T1w"),
-    ("chris_PD.nii.gz", "PDw"),
+    ("stroke_T1.nii.gz", "T1w", "none"),
+    ("stroke_T2.nii.gz", "T2w", "none"),
+    ("stroke_FLAIR.nii.gz", "FLAIR", "none"),
+    ("seg3D_MR.nii.gz", "T1w", "none"),
+    ("chris_PD.nii.gz", "PDw", "none"),
+    ("uih_T1w_sess1.nii.gz", "T1w", "average-inplane-2x2"),
+    ("uih_T1w_sess2.nii.gz", "T1w", "average-inplane-2x2"),
+    ("xa30_T1w_2mm.nii.gz", "T1w", "none"),
+    ("studyforrest_T1w_0.7mm.nii.gz", "T1w", "none"),
 )
 #: Default wall-clock budget of :func:`finetune` (seconds): ~10 min per dataset
 #: on 2 CPU cores, pair generation included.
@@ -97,6 +104,8 @@ def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None, b
                  registry=None) -> list[TrainingVolume]:
     """Prepare scans given as paths, ``"PATH:CONTRAST"`` strings or ``(path, contrast)`` pairs.
 
+    A tuple may add the scan's preparation, ``(path, contrast, preprocess)``
+    (:func:`~bids_auton2n.train.data.preprocess_scan`).
     The contrast defaults to ``contrast``, else the file's BIDS suffix, else T1w.
     ``base`` and ``registry``: see :func:`~bids_auton2n.train.data.prepare_volume`.
     """
@@ -105,13 +114,15 @@ def load_volumes(specs, *, work_dir=None, exclude_centre=False, contrast=None, b
         if isinstance(spec, TrainingVolume):
             volumes.append(spec)
             continue
+        preprocess = "none"
         if isinstance(spec, tuple):
             path, given = Path(spec[0]), spec[1]
+            preprocess = spec[2] if len(spec) > 2 else preprocess
         else:
             path, given = parse_volume_spec(str(spec))
         volumes.append(prepare_volume(
             path, given or contrast or contrast_from_filename(path), work_dir=work_dir,
-            exclude_centre=exclude_centre, base=base, registry=registry,
+            exclude_centre=exclude_centre, base=base, registry=registry, preprocess=preprocess,
         ))
     return volumes
 
@@ -161,6 +172,7 @@ def train_curriculum(
     levels=LEVELS,
     total_budget_s: float | None = None,
     expert_budget_s: float | None = None,
+    total_steps: int | None = None,
     base_config: TrainConfig | None = None,
     exclude_centre: bool = False,
     max_noise_ratio: float | None = MAX_NOISE_RATIO,
@@ -185,6 +197,11 @@ def train_curriculum(
         time an early-stopped level leaves unused goes to the next ones.
     expert_budget_s : float, optional
         Upper limit per level.
+    total_steps : int, optional
+        Adam steps of the whole curriculum, shared out like the time: each level gets the
+        steps still left times its share over the remaining shares (a level that stops
+        early hands its unused steps on).  Unlike a time budget it makes the run the same
+        on every machine.
     base_config : TrainConfig, optional
         Settings other than ``level`` and ``time_budget_s``.
     exclude_centre : bool
@@ -208,12 +225,18 @@ def train_curriculum(
     results: list[TrainResult] = []
     spent = 0.0
     previous = None
+    steps_spent = 0
     for index, level in enumerate(levels):
         budget = expert_budget_s
         if total_budget_s is not None:
             fair = max(total_budget_s - spent, 0.0) * shares[index] / sum(shares[index:])
             budget = fair if budget is None else min(budget, fair)
-        config = replace(base, level=level, time_budget_s=budget)
+        max_steps = base.max_steps
+        if total_steps is not None:
+            fair_steps = max(round((total_steps - steps_spent) * shares[index]
+                                   / sum(shares[index:])), 1)
+            max_steps = fair_steps if max_steps is None else min(max_steps, fair_steps)
+        config = replace(base, level=level, time_budget_s=budget, max_steps=max_steps)
         used = eligible_volumes(volumes, level, max_noise_ratio)
         LOGGER.info("expert %g%%: budget %s s, initialised from %s, scans %s", level,
                     "none" if budget is None else f"{budget:.0f}",
@@ -225,6 +248,7 @@ def train_curriculum(
             checkpoint=work_dir / f"expert_{level:g}.ckpt", progress=progress,
         )
         spent += result.train_seconds
+        steps_spent += result.steps
         write_manifest_entry(out_dir, level, result.state_dict, _provenance(
             used, config, result, command=command, exclude_centre=exclude_centre,
             initialised_from=None if previous is None else previous.level,

@@ -91,6 +91,8 @@ class TrainingVolume:
         Estimated noise of the scan itself; ``noise_percent`` when ``base`` is "noisy".
     denoised_with : dict or None
         With a denoised base: the registry and expert SHA-256 that denoised it.
+    preprocessing : str
+        The scan's preparation before training (:func:`preprocess_scan`).
     """
 
     name: str
@@ -105,6 +107,7 @@ class TrainingVolume:
     base: str = "noisy"
     scan_noise_percent: float | None = None
     denoised_with: dict | None = None
+    preprocessing: str = "none"
 
     def __post_init__(self):
         if self.scan_noise_percent is None:
@@ -121,6 +124,8 @@ class TrainingVolume:
             "reference_tissue": self.reference_tissue,
             "reference_intensity": round(float(self.reference_intensity), 4),
         }
+        if self.preprocessing != "none":
+            record["preprocessing"] = self.preprocessing
         if self.base != "noisy":
             record.update(base=self.base, scan_noise_percent=round(float(self.scan_noise_percent), 3),
                           denoised_with=self.denoised_with)
@@ -139,6 +144,36 @@ def parse_volume_spec(spec: str) -> tuple[Path, str | None]:
 
 #: Training bases of :func:`prepare_volume`.
 BASES = ("noisy", "denoised")
+#: Per-scan preparation before anything else (:func:`preprocess_scan`).
+PREPROCESSING = ("none", "average-inplane-2x2")
+
+
+def preprocess_scan(data: np.ndarray, zooms, recipe: str) -> np.ndarray:
+    """A scan's preparation for training, named by ``recipe``.
+
+    ``"average-inplane-2x2"``: the mean of every 2x2 block of the two axes whose voxels are
+    half the size of the third's (a partial block at the edge is dropped).  For images
+    reconstructed at twice the acquired in-plane resolution (the UIH scans: 0.5 mm from
+    230 phase-encode lines, parallel imaging R = 2.5) it returns the native grid, on which
+    neighbouring voxels' noises are far less correlated than on the interpolated one: the
+    Noise2Noise targets then carry the independent noise the method assumes.
+    """
+    if recipe not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {recipe!r} (choose {', '.join(PREPROCESSING)})")
+    if recipe == "none":
+        return data
+    zooms = np.asarray(zooms[:3], dtype=float)
+    fine = np.flatnonzero(np.isclose(zooms, zooms.max() / 2, rtol=0.05))
+    if fine.size != 2:
+        raise ValueError(f"{recipe}: needs two axes of half the third's voxel size, got {zooms}")
+    cut = tuple(slice(0, (n // 2) * 2) if axis in fine else slice(None)
+                for axis, n in enumerate(data.shape))
+    blocks = data[cut]
+    for axis in sorted(fine, reverse=True):
+        shape = list(blocks.shape)
+        shape[axis:axis + 1] = [shape[axis] // 2, 2]
+        blocks = blocks.reshape(shape).mean(axis=axis + 1)
+    return blocks.astype(np.float32)
 
 
 def prepare_volume(
@@ -149,6 +184,7 @@ def prepare_volume(
     exclude_centre: bool = False,
     base: str = "noisy",
     registry=None,
+    preprocess: str = "none",
 ) -> TrainingVolume:
     """Load a NIfTI scan and prepare it for training (pair cached in ``work_dir``).
 
@@ -172,6 +208,8 @@ def prepare_volume(
         estimate (same estimator, expressed against the scan's reference intensity).
     registry : ExpertRegistry, optional
         Registry denoising a ``"denoised"`` base (default: the shipped experts).
+    preprocess : str
+        One of :data:`PREPROCESSING`, applied to the scan first (:func:`preprocess_scan`).
     """
     if contrast not in CONTRASTS:
         raise ValueError(f"{path}: contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
@@ -179,30 +217,34 @@ def prepare_volume(
         raise ValueError(f"{path}: training base must be one of {', '.join(BASES)}, got {base!r}")
     path = Path(path)
     image = load_volume(path)
-    finite, _ = sanitize(np.asarray(image.get_fdata(dtype=np.float32)))
+    finite, _ = sanitize(preprocess_scan(np.asarray(image.get_fdata(dtype=np.float32)),
+                                         image.header.get_zooms(), preprocess))
     digest = sha256_file(path)
+    # Caches are keyed by what is trained on: the file and its preparation.
+    key = digest if preprocess == "none" else hashlib.sha256(
+        f"{digest}:{preprocess}".encode()).hexdigest()
     mask = head_mask(finite)
     if not mask.any():
         raise ValueError(f"{path}: empty head mask, nothing to train on")
     cache = None if work_dir is None else Path(work_dir) / "pairs"
-    # The noise estimate is calibrated on centre-excluded pairs (noise.noise_pair).
-    estimate_pair = cached_pair(finite, mask, exclude_centre=True, cache=cache, key=digest,
-                                label=path.name)
-    noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=estimate_pair)
+    noise = estimate_noise(finite, contrast=contrast, mask=mask)
     if base == "denoised":
-        return _denoised_base(path.name, finite, mask, noise, contrast=contrast, registry=registry,
-                              exclude_centre=exclude_centre, cache=cache, sha256=digest)
-    pair = estimate_pair if exclude_centre else cached_pair(
-        finite, mask, exclude_centre=False, cache=cache, key=digest, label=path.name)
-    return volume_from_arrays(
-        path.name, finite, pair, mask, contrast=contrast, noise_percent=noise.percent,
-        reference_tissue=noise.reference_tissue, reference_intensity=noise.reference_intensity,
-        sha256=digest,
-    )
+        volume = _denoised_base(path.name, finite, mask, noise, contrast=contrast,
+                                registry=registry, exclude_centre=exclude_centre, cache=cache,
+                                sha256=digest, cache_key=key)
+    else:
+        pair = cached_pair(finite, mask, exclude_centre=exclude_centre, cache=cache, key=key,
+                           label=path.name)
+        volume = volume_from_arrays(
+            path.name, finite, pair, mask, contrast=contrast, noise_percent=noise.percent,
+            reference_tissue=noise.reference_tissue, reference_intensity=noise.reference_intensity,
+            sha256=digest,
+        )
+    return replace(volume, preprocessing=preprocess)
 
 
 def _denoised_base(name, finite, mask, noise, *, contrast, registry, exclude_centre, cache,
-                   sha256) -> TrainingVolume:
+                   sha256, cache_key) -> TrainingVolume:
     """The scan denoised by ``registry`` as a training base (see :func:`prepare_volume`)."""
     registry = registry or ExpertRegistry()
     experts = {f"{level:g}": registry.sha256(level) for level in registry.levels}
@@ -216,15 +258,13 @@ def _denoised_base(name, finite, mask, noise, *, contrast, registry, exclude_cen
         return denoise_array(finite, contrast=contrast, mask=mask, noise_level=noise.percent,
                              registry=registry).denoised.astype(np.float32)
 
-    denoised = cached_array(cache, f"{sha256[:20]}_denoised_{registry_key[:12]}.npy",
+    denoised = cached_array(cache, f"{cache_key[:20]}_denoised_{registry_key[:12]}.npy",
                             finite.shape, denoise)
     # Pairs of the denoised image are keyed by its content (it depends on the registry).
     key = hashlib.sha256(denoised.tobytes()).hexdigest()
-    estimate_pair = cached_pair(denoised, mask, exclude_centre=True, cache=cache, key=key,
-                                label=f"{name} (denoised)")
-    own = estimate_noise(denoised, contrast=contrast, mask=mask, pair=estimate_pair)
-    pair = estimate_pair if exclude_centre else cached_pair(
-        denoised, mask, exclude_centre=False, cache=cache, key=key, label=f"{name} (denoised)")
+    own = estimate_noise(denoised, contrast=contrast, mask=mask)
+    pair = cached_pair(denoised, mask, exclude_centre=exclude_centre, cache=cache, key=key,
+                       label=f"{name} (denoised)")
     volume = replace(
         volume_from_arrays(
             name, denoised, pair, mask, contrast=contrast,

@@ -100,6 +100,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             tta=settings.tta,
             fusion=settings.fusion,
             guard=settings.guard,
+            wiener=settings.wiener,
             noise_level=settings.noise_level,
             expert=settings.expert,
             blend=settings.blend,
@@ -180,6 +181,7 @@ def init_single_subject_wf(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -206,7 +208,8 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, noise_level, expert, blend, device, finetune, write_noise_map, omp_nthreads, mem_gb
+    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, write_noise_map,
+    omp_nthreads, mem_gb
         See :func:`init_anat_denoise_wf`.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
@@ -226,6 +229,7 @@ def init_single_subject_wf(
             tta=tta,
             fusion=fusion,
             guard=guard,
+            wiener=wiener,
             noise_level=noise_level,
             expert=expert,
             blend=blend,
@@ -340,6 +344,7 @@ def init_denoise_wf(
     tta: bool = True,
     fusion: bool = True,
     guard: bool = True,
+    wiener: bool = True,
     noise_level: float | None = None,
     expert: float | None = None,
     blend: bool = False,
@@ -364,6 +369,8 @@ def init_denoise_wf(
         Average the CNN output with RI-NLM guided by it.
     guard : bool
         Give back what was removed beyond what the noise explains (do-no-harm guard).
+    wiener : bool
+        Collaborative Wiener stage with the fused image as pilot.
     noise_level : float, optional
         Noise level (percent) to use instead of the estimate.
     expert : float, optional
@@ -412,8 +419,9 @@ def init_denoise_wf(
         Noise level in percent of the reference tissue.
     """
     workflow = Workflow(name=name)
-    workflow.__desc__ = _denoise_desc(tta=tta, fusion=fusion, guard=guard, noise_level=noise_level,
-                                      expert=expert, blend=blend, finetune=finetune)
+    workflow.__desc__ = _denoise_desc(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
+                                      noise_level=noise_level, expert=expert, blend=blend,
+                                      finetune=finetune)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_OUTPUTS), name="outputnode")
     budget = {"mem_gb": mem_gb} if mem_gb else {}
@@ -426,9 +434,11 @@ def init_denoise_wf(
         select.inputs.expert = expert
     cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads, **budget),
                   name="cnn_denoise", n_procs=omp_nthreads, **budget)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, omp_nthreads=omp_nthreads, **budget),
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads,
+                             **budget),
                    name="rinlm_fusion", n_procs=omp_nthreads, **budget)
-    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, finetuned=finetune),
+    provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
+                                           finetuned=finetune),
                          name="provenance")
 
     workflow.connect([
@@ -458,9 +468,10 @@ def init_denoise_wf(
     return workflow
 
 
-def _denoise_desc(*, tta, fusion, guard, noise_level, expert, blend, finetune) -> str:
+def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, finetune) -> str:
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
+    from ..denoise.wiener import BLOCK, GROUP_SIZE
     from ..utils.io import KEPT_FROM_SOURCE
 
     if noise_level is not None:
@@ -492,7 +503,7 @@ def _denoise_desc(*, tta, fusion, guard, noise_level, expert, blend, finetune) -
                     "on the images of this dataset (Auto-N2N synthetic pairs).")
     text.append(
         "The network was applied in sliding windows"
-        + (", averaging its outputs over the identity and the three single-axis flips "
+        + (", averaging its outputs over the identity and the flip of all three axes "
            "(test-time augmentation)" if tta else ", without test-time augmentation")
         + "."
     )
@@ -502,13 +513,20 @@ def _denoise_desc(*, tta, fusion, guard, noise_level, expert, blend, finetune) -
                     "it, with a Rician noise model.")
     else:
         text.append("No RI-NLM fusion was applied (network output only).")
+    if wiener:
+        text.append("The image was then re-estimated from the noisy data by a collaborative "
+                    "Wiener filter, the second step of BM4D [@maggioni2013], with that image as "
+                    f"its pilot: blocks of {BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by "
+                    f"similarity in the pilot ({GROUP_SIZE} per group), and each coefficient of "
+                    "their 3D discrete cosine and group transforms was scaled by the Wiener gain "
+                    "the pilot gives it; block means were kept from the pilot.")
     if guard:
         text.append("Wherever the removed residual (input minus output) had a local RMS "
                     f"(3x3x3 voxels) above {MAX_RESIDUAL_RMS:g} times the estimated noise "
                     "standard deviation, it was scaled down to that level and the rest given "
                     "back to the image (do-no-harm guard: what noise cannot explain is structure "
-                    "[@buades2005]), both for the network output before it guided RI-NLM and for "
-                    "the final image.")
+                    "[@buades2005]), for the network output before it guided RI-NLM and after "
+                    "every later step.")
     text.append(f"Denoised images keep the {KEPT_FROM_SOURCE}. Where a source has no negative "
                 "voxel (a magnitude image), negative output values are set to 0.")
     return " ".join(text) + "\n\n"
