@@ -9,7 +9,9 @@ sized from the budget (:func:`cnn_tile`; its output then depends on the tile siz
 level of the Gaussian blending of overlapping tiles). A few whole-volume arrays stay: the
 input, its finite copy, the masks, the CNN output and the output
 (:data:`RESIDENT_BYTES_PER_VOXEL`), and the process itself (:data:`PROCESS_BYTES`); the
-working arrays get the rest of the budget.
+working arrays get the rest of the budget. Not yet bounded: the collaborative Wiener stage
+(:func:`~.wiener.collaborative_wiener`) works on the whole volume (its accumulators are
+float64 volumes), whatever the budget.
 
 The setting is process-wide, like a thread count (:func:`set_memory_limit`; the
 ``bids_auton2n-denoise --mem-gb`` option and the app's nodes set it). Bytes per voxel of
