@@ -110,7 +110,7 @@ def bad_run(tmp_path_factory, test_experts_dir):
     done = subprocess.run(
         [sys.executable, "-m", "bids_auton2n.cli.run", bids, out, "participant", "-w", work,
          "--experts-dir", test_experts_dir, "--nprocs", "2", "--omp-nthreads", "1",
-         "--no-tta", "--no-fusion"],
+         "--no-tta", "--no-fusion", "--no-wiener"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return {"bids": bids, "out": out, "work": work, "sources": sources, "done": done,
             "digests": digests}
