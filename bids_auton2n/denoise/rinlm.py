@@ -71,6 +71,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import memory
 from ._checks import real_volume
 
 __all__ = ["ri_nlm"]
@@ -296,7 +297,8 @@ def _sigma_map(sigma, shape) -> np.ndarray | None:
     return sigma_map
 
 
-def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane=False):
+def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane=False,
+           slab_planes=None):
     """Guided rotationally invariant NLM filter of a noisy volume.
 
     Parameters
@@ -322,6 +324,11 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane
     in_plane : bool, optional
         Filter each plane ``x[i]`` on its own (search window and local means within the
         plane), as ``ri_nlm(x[i:i+1], ...)`` one plane at a time would, in one call.
+    slab_planes : int, optional
+        Filter slabs of this many planes along axis 0, each read with a halo of
+        ``search_radius + 1`` planes, so that memory follows the slab, not the volume;
+        the result is identical. Default: from the memory budget
+        (:mod:`~bids_auton2n.denoise.memory`), the whole volume without one.
 
     Returns
     -------
@@ -367,11 +374,10 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane
         row_stop = np.full(x.shape[:2], x.shape[2], np.int64)
     else:
         row_start, row_stop = _mask_row_spans(mask)
-    # The authors' 0-255 scale; it also keeps x^2 and 1/h^2 within float32 range.
-    image_max = max(float(np.abs(x).max()), float(np.abs(guide).max()))
+    # The authors' 0-255 scale; it also keeps x^2 and 1/h^2 within float32 range.  Taken
+    # over the whole volume, so that every slab below uses the same one.
+    image_max = max(float(x.max()), -float(x.min()), float(guide.max()), -float(guide.min()))
     scale = 255.0 / image_max if image_max > 0 else 1.0
-    guide = (guide.astype(np.float64) * scale).astype(np.float32)
-    scaled_x = (x.astype(np.float64) * scale).astype(np.float32)
     # Floor only reached when sigma is < 1e-38 of the image maximum.
     tiny = float(np.finfo(np.float32).tiny)
     if sigma_map is None:
@@ -380,14 +386,36 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane
     else:
         scaled_sigma = sigma_map.astype(np.float64) * scale
         h, h_map = 0.0, np.maximum(scaled_sigma / 3.0, tiny)
-    values = np.square(scaled_x) if rician else scaled_x
-    average = _weighted_average(
-        guide, _local_mean_3x3x3(guide, (1, 2) if in_plane else (0, 1, 2)), values, row_start,
-        row_stop, int(search_radius), 0 if in_plane else int(search_radius), h, h_map,
-    )
-    if rician:
-        average = np.sqrt(np.maximum(average - 2.0 * scaled_sigma**2, 0.0))
-    average /= scale
-    inside = np.ones(x.shape, bool) if mask is None else mask
-    output[inside] = average[inside]
+    radius_z = 0 if in_plane else int(search_radius)
+    # A voxel's weights read the guide and its 3x3x3 mean within radius_z planes, that mean
+    # the guide one plane further: with that halo a slab gives the whole volume's result bit
+    # for bit (same sums, same order; the volume's edges stay where they are).
+    halo = 0 if in_plane else int(search_radius) + 1
+    if slab_planes is None:
+        slab_planes = memory.slab_planes(x.shape, bytes_per_voxel=memory.RINLM_BYTES_PER_VOXEL,
+                                         halo=halo)
+    for start, stop, read_start, read_stop in memory.slabs(x.shape[0], slab_planes, halo):
+        core = slice(start - read_start, stop - read_start)
+        starts = np.zeros((read_stop - read_start, x.shape[1]), np.int64)
+        stops = np.zeros_like(starts)  # halo planes: read, not computed
+        starts[core], stops[core] = row_start[start:stop], row_stop[start:stop]
+        if not np.any(stops > starts):
+            continue
+        guide_slab = (guide[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
+        scaled_x = (x[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
+        values = np.square(scaled_x) if rician else scaled_x
+        h_slab = h_map if sigma_map is None else h_map[read_start:read_stop]
+        average = _weighted_average(
+            guide_slab, _local_mean_3x3x3(guide_slab, (1, 2) if in_plane else (0, 1, 2)), values,
+            starts, stops, int(search_radius), radius_z, h, h_slab,
+        )[core]
+        if rician:
+            sigma_part = scaled_sigma if sigma_map is None else scaled_sigma[start:stop]
+            average = np.sqrt(np.maximum(average - 2.0 * sigma_part**2, 0.0))
+        average /= scale
+        if mask is None:
+            output[start:stop] = average
+        else:
+            inside = mask[start:stop]
+            output[start:stop][inside] = average[inside]
     return output

@@ -127,6 +127,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             repeats_budget_s=settings.repeats_budget_s,
             repeats_steps=settings.repeats_steps,
             omp_nthreads=config.nipype.omp_nthreads,
+            mem_gb=config.nipype.image_mem_gb(),
         )
         if finetune_node is not None:
             names = set(denoise_workflow_names(
@@ -274,6 +275,7 @@ def init_single_subject_wf(
     repeats_budget_s: float = 600.0,
     repeats_steps: int | None = None,
     omp_nthreads: int = 1,
+    mem_gb: float | None = None,
     name: str | None = None,
 ):
     """Denoise every anatomical image of one participant.
@@ -292,7 +294,7 @@ def init_single_subject_wf(
         Where Nipype writes crash files of this participant (read by the report).
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
-    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, omp_nthreads
+    tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, omp_nthreads, mem_gb
         See :func:`init_anat_denoise_wf`.
     noise_model, pair_source, slice_pair_budget_s, slice_pair_steps
         See :func:`init_anat_denoise_wf`.
@@ -349,6 +351,7 @@ def init_single_subject_wf(
             slice_pair_budget_s=slice_pair_budget_s,
             slice_pair_steps=slice_pair_steps,
             omp_nthreads=omp_nthreads,
+            mem_gb=mem_gb,
             name=image_workflow_name(anat_file),
         )
         anat_wf.inputs.inputnode.in_file = anat_file
@@ -531,6 +534,7 @@ def init_denoise_wf(
     slice_pair_budget_s: float | None = None,
     slice_pair_steps: int | None = None,
     omp_nthreads: int = 1,
+    mem_gb: float | None = None,
     name: str = "denoise_wf",
 ):
     """The app's denoiser: :func:`~bids_auton2n.denoise.pipeline.denoise_array` as Nipype nodes.
@@ -573,6 +577,9 @@ def init_denoise_wf(
         Its step limit (machine-independent; for tests).
     omp_nthreads : int
         Threads per node (torch and numba).
+    mem_gb : float, optional
+        Memory budget of this image's nodes (GB): the heavy stages work in slabs and tiles
+        that fit it (:mod:`bids_auton2n.denoise.memory`), and the scheduler reserves it.
     name : str
         Workflow name.
 
@@ -614,24 +621,26 @@ def init_denoise_wf(
                                       noise_model=noise_model, pair_source=pair_source)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_OUTPUTS), name="outputnode")
+    budget = {"mem_gb": mem_gb} if mem_gb else {}
     estimate = pe.Node(EstimateNoise(contrast=contrast, noise_model=noise_model,
-                                     pair_source=pair_source, omp_nthreads=omp_nthreads),
-                       name="estimate_noise", n_procs=omp_nthreads)
+                                     pair_source=pair_source, omp_nthreads=omp_nthreads, **budget),
+                       name="estimate_noise", n_procs=omp_nthreads, **budget)
     if noise_level is not None:
         estimate.inputs.noise_level = noise_level
     select = pe.Node(SelectExperts(blend=blend), name="select_experts")
     if expert is not None:
         select.inputs.expert = expert
-    slice_pairs = pe.Node(SlicePairFineTune(device=device, omp_nthreads=omp_nthreads),
-                          name="slice_pair_finetune", n_procs=omp_nthreads)
+    slice_pairs = pe.Node(SlicePairFineTune(device=device, omp_nthreads=omp_nthreads, **budget),
+                          name="slice_pair_finetune", n_procs=omp_nthreads, **budget)
     if slice_pair_budget_s is not None:
         slice_pairs.inputs.budget_s = slice_pair_budget_s
     if slice_pair_steps is not None:
         slice_pairs.inputs.max_steps = slice_pair_steps
-    cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
-                  name="cnn_denoise", n_procs=omp_nthreads)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads),
-                   name="rinlm_fusion", n_procs=omp_nthreads)
+    cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads, **budget),
+                  name="cnn_denoise", n_procs=omp_nthreads, **budget)
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads,
+                             **budget),
+                   name="rinlm_fusion", n_procs=omp_nthreads, **budget)
     provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
                                            finetuned=finetune),
                          name="provenance")
