@@ -231,9 +231,9 @@ def test_participant_reports(app_run):
     for subject, n_images, n_groups in (("01", 3, 1), ("02", 2, 0)):
         html = (out / f"sub-{subject}.html").read_text()
         figures = re.findall(r'(?:src|data)="\./(sub-[^"]+\.svg)"', html)
-        # before/after flicker, residual, noise map per image; alignment, combined and
-        # combined vs run flickers per group of repeats
-        assert len(figures) == 3 * n_images + 3 * n_groups
+        # before/after flicker, residual and noise map per single image; flicker and residual
+        # per run of a group of two repeats, and its alignment, combined and combined vs run
+        assert len(figures) == 3 * (n_images - 2 * n_groups) + 2 * 2 * n_groups + 3 * n_groups
         assert all((out / f).is_file() for f in figures)
         assert html.count("Denoising summary") == n_images
         assert html.count("Quality measures") == n_images  # as on the group page

@@ -141,16 +141,16 @@ FLAGS = {
                          lambda wf: _nodes(wf, "finetune")[0].inputs.max_steps == 7),
     "--noise-model": (["--noise-model", "adaptive"],
                       lambda wf: _inputs(wf, "estimate_noise", "noise_model")
-                      == ["adaptive"] * N_IMAGES),
+                      == ["adaptive"] * N_SINGLE),
     "--pair-source": (["--pair-source", "neighbouring-slices"],
                       lambda wf: _inputs(wf, "estimate_noise", "pair_source")
-                      == ["neighbouring-slices"] * N_IMAGES),
+                      == ["neighbouring-slices"] * N_SINGLE),
     "--slice-pair-budget": (["--slice-pair-budget", "30"],
                             lambda wf: _inputs(wf, "slice_pair_finetune", "budget_s")
-                            == [30.0] * N_IMAGES),
+                            == [30.0] * N_SINGLE),
     "--slice-pair-steps": (["--slice-pair-steps", "3"],
                            lambda wf: _inputs(wf, "slice_pair_finetune", "max_steps")
-                           == [3] * N_IMAGES),
+                           == [3] * N_SINGLE),
     "--repeats": (["--repeats", "off"],
                   lambda wf: len(_nodes(wf, "cnn_denoise")) == N_IMAGES
                   and not _nodes(wf, "denoise_repeats")),
@@ -164,7 +164,8 @@ FLAGS = {
     "--repeats-steps": (["--repeats-steps", "7"],
                         lambda wf: _inputs(wf, "denoise_repeats", "max_steps") == [7]),
     "--write-noise-map": (["--write-noise-map"],
-                          lambda wf: len(_nodes(wf, "ds_noise")) == N_IMAGES),
+                          lambda wf: len(_nodes(wf, "ds_residual")) == N_IMAGES
+                          and len(_nodes(wf, "ds_noise")) == N_SINGLE),  # sigma maps
     "--experts-dir": (["--experts-dir", lambda tmp_path: str(tmp_path / "experts")],
                       lambda wf: [str(dir_).endswith("/experts") for dir_ in
                                   (getattr(n.inputs, "experts_dir", None)

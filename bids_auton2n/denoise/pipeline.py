@@ -667,8 +667,9 @@ def output_image(denoised: np.ndarray, original: np.ndarray,
 
 def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarray, voxel_size,
                            timings: dict | None = None, progress: bool = False
-                           ) -> tuple[NoiseEstimate, NoiseMap]:
-    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair.
+                           ) -> tuple[NoiseEstimate, NoiseMap | None]:
+    """:func:`estimate_array_noise` and the local noise map from the same synthetic pair
+    (``None`` for a noise-free image: its estimate is 0).
 
     Parameters
     ----------
@@ -690,6 +691,8 @@ def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarra
         pair = noise_pair(finite, mask=mask)
     with _stage("estimate", timings, progress):
         noise = estimate_noise(finite, contrast=contrast, mask=mask, pair=pair)
+    if noise.sigma == 0:  # a noise-free image has no noise to map (and stays as it is)
+        return noise, None
     with _stage("noise_map", timings, progress):
         noise_map = local_noise_map(finite, pair, mask, contrast=contrast, voxel_size=voxel_size)
     return noise, noise_map

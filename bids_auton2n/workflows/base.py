@@ -414,8 +414,8 @@ def _connect_repeats(workflow, group, *, source_metadata, bids_dir, output_dir, 
         repeats_wf.inputs.inputnode.experts_dir = experts_dir
     for index, anat_file in enumerate(files):
         ds_denoised_wf = init_ds_denoised_wf(
-            output_dir=output_dir, write_noise_map=write_noise_map,
-            name=f"ds_{repeats_wf.name}_run{index}")
+            output_dir=output_dir, write_noise_map=write_noise_map, with_sigma_map=False,
+            name=f"ds_{repeats_wf.name}_run{index}")  # the repeats path has no sigma map
         ds_denoised_wf.inputs.inputnode.source_file = anat_file
         ds_reportlets_wf = init_ds_reportlets_wf(
             output_dir=output_dir, name=f"ds_reportlets_{repeats_wf.name}_run{index}")
