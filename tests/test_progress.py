@@ -72,3 +72,14 @@ def test_fine_tuning_is_shown():
     progress = ParticipantProgress(SOURCES, stream=stream, clock=Clock(), heartbeat_s=None)
     progress(_node("auton2n_wf.finetune"), "start")
     assert "running: fine-tuning the expert on this dataset" in stream.getvalue()
+
+
+def test_pickles_as_nothing_with_its_thread_running():
+    """Nipype stores the plugin arguments (this callback among them) on every MapNode and
+    pickles the node; a running callback holds a lock and a thread."""
+    import pickle
+
+    with ParticipantProgress({"01": ["sub-01_T1w.nii.gz"]}, stream=io.StringIO(),
+                             heartbeat_s=60.0) as progress:
+        assert pickle.loads(pickle.dumps({"status_callback": progress})) == {
+            "status_callback": None}

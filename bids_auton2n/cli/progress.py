@@ -73,6 +73,12 @@ class ParticipantProgress:
         self._stop = threading.Event()
         self._thread = None
 
+    def __reduce__(self):
+        # Nipype keeps the plugin arguments on every MapNode (``use_plugin``) and pickles
+        # the node into its work folder; nothing reads the callback back from there, and
+        # its lock and thread cannot be pickled, so it pickles as None.
+        return (type(None), ())
+
     @property
     def total(self) -> int:
         return len(self._labels)
