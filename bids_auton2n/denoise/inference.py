@@ -41,7 +41,8 @@ DEFAULT_MARGIN = 8
 #: flip of all three axes at once.  The paper averages the identity and the three single-axis
 #: flips (section 2.5); on the held-out real scan (philips_ADNI_MPRAGE_T1w, 96x128x112 crop,
 #: Rician 3-9 %) these two passes gave the full pipeline's PSNR to within 0.005-0.022 dB of the
-#: four, at half the CNN's cost (benchmarks/results/final_stage_selection.md).
+#: four, at half the CNN's cost (measured during development on a loaded machine;
+#: ``bids_auton2n-bench final-stage`` reruns the comparison, its results file is not yet made).
 TTA_FLIPS = ((), (2, 3, 4))
 #: Numerical precisions accepted by :func:`cnn_denoise` (see docs/cnn-performance.md).
 PRECISIONS = ("auto", "fp32", "bf16")
