@@ -82,6 +82,19 @@ class NipypeSettings:
     mem_gb: float | None = None
     stop_on_first_crash: bool = False
 
+    def image_mem_gb(self) -> float | None:
+        """Each image's share of ``mem_gb``: as many images run at once as ``nprocs``
+        allows at ``omp_nthreads`` threads each (None: no limit)."""
+        if not self.mem_gb:
+            return None
+        return self.mem_gb / max(1, self.nprocs // max(1, self.omp_nthreads))
+
+    def poll_seconds(self) -> float:
+        """Nipype's scheduler loop period: short for the local plugins, whose loop only
+        checks worker results (Nipype's 2 s default made a 40x48x40 image wait ~20 s between
+        its nodes), Nipype's 2 s for the cluster plugins, which query the queue each time."""
+        return 0.2 if self.plugin in ("MultiProc", "LegacyMultiProc", "Linear") else 2.0
+
     def get_plugin(self) -> dict:
         """Plugin name and arguments for :meth:`nipype.pipeline.engine.Workflow.run`."""
         args = dict(self.plugin_args)

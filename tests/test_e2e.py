@@ -322,3 +322,52 @@ def test_finetune_adapts_one_expert_shared_by_the_dataset(tiny_bids, tmp_path):
         meta = json.loads(sidecar.read_text())
         assert meta["FineTuned"] is True
         assert tuned[0]["sha256"] in {e["SHA256"] for e in meta["Experts"]}
+
+
+def _complete(path: Path) -> bool:
+    """A file under a final name is whole: NIfTI data decompresses, JSON parses."""
+    name = path.name
+    if name.endswith(".nii.gz"):
+        np.asanyarray(nb.load(path).dataobj)
+    elif name.endswith(".json"):
+        json.loads(path.read_text())
+    return True
+
+
+def test_killed_run_leaves_no_partial_output_and_resumes_identically(app_run, tmp_path):
+    """SIGKILL of the whole run (workers included) once a first image's CNN finished:
+    every file under a final name is whole; rerunning with the same work dir completes and
+    writes byte for byte the images of the uninterrupted run (``app_run``, same options)."""
+    import os
+    import signal
+    import time
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = [sys.executable, "-m", "bids_auton2n.cli.run", str(app_run["bids"]), str(out),
+               "participant", "--write-noise-map", "--participant-label", "01", "-w", str(work),
+               "--nprocs", "2", "--omp-nthreads", "1"]
+    run = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while (not list(work.glob("auton2n_wf/sub_01_wf/anat_*_wf/denoise_wf/cnn_denoise/result_*.pklz"))
+           and run.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    finals = [p for p in out.rglob("*") if p.is_file()
+              and not any(part.startswith(".") for part in p.relative_to(out).parts)]
+    assert all(_complete(p) for p in finals)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (out / ".bids_auton2n-staging").exists()
+    for source in SOURCES[:3]:  # sub-01
+        stem, suffix = source.split(".")[0].rsplit("_", 1)
+        for desc in ("denoised", "noise"):
+            name = f"{stem}_desc-{desc}_{suffix}.nii.gz"
+            assert (out / name).read_bytes() == (app_run["out"] / name).read_bytes(), name
+        sidecar = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
+        reference = json.loads((app_run["out"] / f"{stem}_desc-denoised_{suffix}.json").read_text())
+        for record in (sidecar, reference):
+            record.pop("TimingsSeconds")  # the only field that differs between runs
+        assert sidecar == reference

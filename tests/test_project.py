@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED_MODULES = [
     *(f"bids_auton2n.denoise.{m}" for m in ("pipeline", "pairs", "rinlm", "guard", "intensity",
                                              "phantom", "experts")),
-    *(f"bids_auton2n.utils.{m}" for m in ("io", "bids", "threads")),
+    *(f"bids_auton2n.utils.{m}" for m in ("io", "bids", "threads", "atomic", "environment",
+                                           "inputs")),
+    "bids_auton2n.denoise.memory",
     *(f"bids_auton2n.workflows.{m}" for m in ("base", "outputs", "group")),
     "bids_auton2n.config", "bids_auton2n.reports.boilerplate",
 ]

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gaussian", dest="rician", action="store_false",
                         help="treat noise as Gaussian (default: Rician magnitude data)")
     add_threads_option(parser, default_help="all CPUs")
+    parser.add_argument("--mem-gb", type=float, metavar="GB",
+                        help="memory budget: the stages work in slabs and tiles that fit it "
+                        "(default: whole volume, fastest)")
     parser.add_argument("--mask", type=Path, help="head mask (default: estimated)")
     parser.add_argument("--experts-dir", type=Path,
                         help="expert registry folder (e.g. from bids_auton2n-train --finetune)")
@@ -80,8 +83,13 @@ def _unwritable(path: Path | None) -> str | None:
 
 
 def _missing(path: Path | None) -> str | None:
-    """The one-line error of a missing input, worded as :func:`~bids_auton2n.utils.io.load_volume` does."""
-    return f"{path}: no such file" if path is not None and not path.exists() else None
+    """The one-line error of a missing input (or a broken link, an annexed file without its
+    content), worded as :func:`~bids_auton2n.utils.io.load_volume` does."""
+    if path is None or (path.exists() and not path.is_symlink()):
+        return None
+    from ..utils.inputs import unreadable_reason
+
+    return unreadable_reason(path)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -104,9 +112,16 @@ def run(argv: list[str] | None = None) -> int:
     from ..utils.threads import set_threads
 
     set_threads(opts.omp_nthreads)
+    if opts.mem_gb is not None:
+        if not opts.mem_gb > 0:
+            parser.error("--mem-gb must be > 0")
+        from ..denoise.memory import set_memory_limit
+
+        set_memory_limit(opts.mem_gb)
 
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
     from ..denoise.pipeline import noise_sidecar
+    from ..utils.atomic import write_text_atomic
     from ..utils.bids import contrast_from_filename
     from ..utils.io import InputImageError, denoise_file, estimate_file_noise
 
@@ -118,7 +133,7 @@ def run(argv: list[str] | None = None) -> int:
                       "NoiseEstimate": noise_sidecar(noise, "estimated"), "SoftwareVersion": __version__}
             print(json.dumps(record, indent=2))
             if opts.sidecar:
-                opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")
+                write_text_atomic(opts.sidecar, json.dumps(record, indent=2) + "\n")
             return 0
         registry = ExpertRegistry(opts.experts_dir) if opts.experts_dir else None
         result = denoise_file(
@@ -142,7 +157,7 @@ def run(argv: list[str] | None = None) -> int:
 
     record = {"Sources": [str(opts.in_file)], "Contrast": contrast, **result.provenance()}
     if opts.sidecar:
-        opts.sidecar.write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomic(opts.sidecar, json.dumps(record, indent=2) + "\n")
     if not opts.quiet:
         noise = result.noise
         experts = ", ".join(f"{c.level:g}% (w={c.weight:.2f})" for c in result.experts)

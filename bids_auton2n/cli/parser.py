@@ -22,11 +22,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _drop_sub(value: str) -> str:
-    return value.removeprefix("sub-")
+    return _label(value.removeprefix("sub-"), "participant")
 
 
 def _drop_ses(value: str) -> str:
-    return value.removeprefix("ses-")
+    return _label(value.removeprefix("ses-"), "session")
+
+
+def _label(value: str, what: str) -> str:
+    """A BIDS label, or a usage error (``../x``, spaces, non-ASCII letters)."""
+    from ..utils.inputs import check_label
+
+    try:
+        return check_label(value, what)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(value: str) -> int:
@@ -194,14 +204,18 @@ def _build_parser() -> argparse.ArgumentParser:
     g_den.add_argument("--experts-dir", type=Path, help=argparse.SUPPRESS)
 
     g_perf = parser.add_argument_group("Performance and execution")
-    g_perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+    g_perf.add_argument("-w", "--work-dir", type=Path,
                         help="Nipype working directory; re-running with the same one "
-                        "resumes and skips finished steps")
+                        "resumes and skips finished steps (default: ./work, or "
+                        "$TMPDIR/bids_auton2n-<uid>/work where the current folder is "
+                        "read-only, as in a read-only container)")
     g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=_positive_int,
                         default=os.cpu_count() or 1, help="maximum number of processes")
     add_threads_option(g_perf, default_help="min(nprocs, 8)")
     g_perf.add_argument("--mem-gb", "--mem", type=_positive_float, metavar="GB",
-                        help="memory limit for the MultiProc scheduler")
+                        help="memory limit: the scheduler keeps to it, and each image's "
+                        "denoising fits its share (as many images at once as --nprocs / "
+                        "--omp-nthreads) by working in slabs and tiles; default unlimited")
     g_perf.add_argument("--use-plugin", type=Path, metavar="FILE",
                         help="Nipype plugin YAML, e.g. {plugin: SLURM, plugin_args: {...}}")
     g_perf.add_argument("--stop-on-first-crash", action="store_true",
@@ -275,6 +289,7 @@ def _fill_config(opts) -> None:
 
     from .. import config
     from ..utils.bids import load_bids_filters
+    from ..utils.environment import default_work_dir
 
     if opts.analysis_level not in ANALYSIS_LEVELS:
         raise BIDSAppError(
@@ -286,7 +301,7 @@ def _fill_config(opts) -> None:
     execution, settings, nipype = config.execution, config.workflow, config.nipype
     execution.bids_dir = opts.bids_dir.absolute()
     execution.output_dir = opts.output_dir.absolute()
-    execution.work_dir = opts.work_dir.absolute()
+    execution.work_dir = opts.work_dir.absolute() if opts.work_dir else default_work_dir()
     execution.analysis_level = opts.analysis_level
     execution.participant_label = sorted(set(opts.participant_label))
     execution.session_label = sorted(set(opts.session_label))

@@ -6,6 +6,7 @@ import configparser
 import json
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     try:
         parse_args(argv)
         _setup_logging(config.execution.verbosity)
+        _check_scratch()
         if config.execution.analysis_level == "group":
             return run_group()
         return run_participant()
@@ -46,6 +48,22 @@ def _setup_logging(verbosity: int) -> None:
     LOGGER.propagate = False
     for name in NIPYPE_LOGGERS:
         nipype_logging.getLogger(name).setLevel(_nipype_level(verbosity))
+    workflow_logger = nipype_logging.getLogger("nipype.workflow")
+    workflow_logger.filters[:] = [f for f in workflow_logger.filters
+                                  if not isinstance(f, _CrashReports)]
+    if not verbosity:
+        workflow_logger.addFilter(_CrashReports())
+
+
+class _CrashReports(logging.Filter):
+    """Drops Nipype's reports of failed nodes (tracebacks included): the crash files keep
+    them, and the run ends with one line per failed image (which file, and why)."""
+
+    PREFIXES = ("Node ", "Saving crash info to ", "could not run node: ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR
+                    and str(record.msg).startswith(self.PREFIXES))
 
 
 def _nipype_level(verbosity: int) -> str:
@@ -72,6 +90,8 @@ def _worker_logging(work_dir: Path, verbosity: int):
         settings.add_section("logging")
     for option in ("workflow_level", "interface_level", "utils_level"):
         settings.set("logging", option, _nipype_level(verbosity))
+    if not verbosity:  # a failing node's warnings: the run's summary names the image
+        settings.set("logging", "workflow_level", "ERROR")
     config_dir = Path(work_dir) / "nipype"
     config_dir.mkdir(parents=True, exist_ok=True)
     with open(config_dir / "nipype.cfg", "w") as stream:
@@ -87,13 +107,37 @@ def _worker_logging(work_dir: Path, verbosity: int):
             os.environ["NIPYPE_CONFIG_DIR"] = previous
 
 
+def _check_scratch() -> None:
+    from ..utils.environment import check_scratch, shorten_socket_folder
+
+    problem = check_scratch()
+    if problem:
+        raise BIDSAppError(problem, EXIT_CANTCREAT)
+    shorten_socket_folder()
+
+
 def _prepare_output(output_dir: Path) -> None:
+    _writable_folder(output_dir, "output")
+    _writable_folder(output_dir / "logs", "output")
+
+
+def _prepare_work_dir(work_dir: Path) -> None:
+    _writable_folder(work_dir, "work", hint="; pass -w with a writable folder")
+
+
+def _writable_folder(folder: Path, what: str, hint: str = "") -> None:
+    """Create ``folder`` and check that a file can be written in it (an existing folder
+    owned by another user passes ``mkdir(exist_ok=True)`` but not this)."""
+    from ..utils.environment import unwritable_reason
+
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "logs").mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
     except OSError as exc:
-        raise BIDSAppError(f"{output_dir}: cannot create the output directory ({exc})",
-                           EXIT_CANTCREAT) from None
+        raise BIDSAppError(f"{folder}: cannot write the {what} directory "
+                           f"({unwritable_reason(folder, exc)}){hint}", EXIT_CANTCREAT) from None
 
 
 def _check_experts(experts_dir) -> None:
@@ -116,10 +160,13 @@ def run_participant() -> int:
     from .. import config
     from ..reports.boilerplate import write_boilerplate
     from ..reports.core import generate_reports, previous_runs
+    from ..utils.atomic import remove_stale_staging, write_text_atomic
     from ..utils.bids import (
         check_paths,
         collect_anatomicals,
+        invalid_sidecars,
         make_layout,
+        screen_images,
         validate_dataset,
         write_derivative_description,
     )
@@ -131,6 +178,8 @@ def run_participant() -> int:
     if not execution.skip_bids_validation:
         validate_dataset(execution.bids_dir)
     _prepare_output(execution.output_dir)
+    _prepare_work_dir(execution.work_dir)
+    remove_stale_staging(execution.output_dir)
 
     if execution.reports_only:
         subjects = sorted(p.name.removeprefix("sub-")
@@ -146,7 +195,8 @@ def run_participant() -> int:
         print(f"Reports written in {execution.output_dir}")
         return EXIT_FAILURE if failed_reports else 0
 
-    layout = make_layout(execution.bids_dir)
+    bad_sidecars = invalid_sidecars(execution.bids_dir)  # pybids cannot index them
+    layout = make_layout(execution.bids_dir, ignore=bad_sidecars)
     subjects = collect_anatomicals(
         layout,
         participant_label=execution.participant_label,
@@ -154,6 +204,12 @@ def run_participant() -> int:
         suffixes=execution.suffixes,
         bids_filters=execution.bids_filters,
     )
+    # Images that cannot be read (annexed content missing, broken link, bad sidecar) fail
+    # alone, before the workflow; the others are denoised.
+    rejected = screen_images(subjects, bad_sidecars)
+    runnable = {subject: [f for f in files if f not in rejected]
+                for subject, files in subjects.items()}
+    runnable = {subject: files for subject, files in runnable.items() if files}
     _check_experts(execution.experts_dir)
     from ..workflows.base import init_auton2n_wf
 
@@ -164,11 +220,12 @@ def run_participant() -> int:
             "remove_unnecessary_outputs": False,
             "create_report": False,
             "get_linked_libs": False,
+            "poll_sleep_duration": config.nipype.poll_seconds(),
         },
         "monitoring": {"enabled": False},
     })
 
-    workflow = init_auton2n_wf(layout=layout, subjects=subjects)
+    workflow = init_auton2n_wf(layout=layout, subjects=runnable) if runnable else None
     run_dir = execution.work_dir / "runs" / execution.run_uuid
     config.to_filename(run_dir / "config.json")
     sources = sorted(f for files in subjects.values() for f in files)
@@ -180,19 +237,20 @@ def run_participant() -> int:
     print(f"bids_auton2n: denoising {len(sources)} image(s) of {len(subjects)} "
           f"participant(s); work directory {execution.work_dir}", file=sys.stderr, flush=True)
     try:
-        with _worker_logging(execution.work_dir, execution.verbosity), \
-                ParticipantProgress(subjects) as progress:
-            plugin["plugin_args"].setdefault("status_callback", progress)
-            workflow.run(**plugin)
+        if workflow is not None:
+            with _worker_logging(execution.work_dir, execution.verbosity), \
+                    ParticipantProgress(runnable) as progress:
+                plugin["plugin_args"].setdefault("status_callback", progress)
+                workflow.run(**plugin)
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
-        print(f"bids_auton2n: workflow error: {exc}", file=sys.stderr)
     finally:
         status = _image_status(sources, execution.output_dir, execution.bids_dir,
-                               execution.run_uuid)
+                               execution.run_uuid, rejected=rejected)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
-        status_file.write_text(json.dumps(status, indent=2))
-        write_boilerplate(execution.output_dir, workflow)
+        write_text_atomic(status_file, json.dumps(status, indent=2))
+        if workflow is not None:  # None: every image was refused before the workflow
+            write_boilerplate(execution.output_dir, workflow)
         failures = {}
         for record in status:
             if record["status"] != "success":
@@ -205,17 +263,26 @@ def run_participant() -> int:
     print(f"Denoised {len(status) - n_failed} of {len(status)} image(s); "
           f"reports in {execution.output_dir}/sub-<label>.html")
     if n_failed or crashed is not None or failed_reports:
-        for subject, names in failures.items():
-            print(f"FAILED sub-{subject}: {', '.join(names)} (details in "
-                  f"{execution.output_dir}/sub-{subject}.html)", file=sys.stderr)
-        if crashed is not None and not n_failed:
+        for record in status:  # one line per failed image: which file, and why
+            if record["status"] != "success":
+                print(f"FAILED {record['source']}: {record['error']} (report: "
+                      f"{execution.output_dir}/sub-{record['subject']}.html)", file=sys.stderr)
+        # Images that failed without a crash file of their own: the run itself stopped,
+        # and its exception is the only account of why.
+        if crashed is not None and (not n_failed or any(r["error"] == NOT_RUN for r in status)):
             print(f"bids_auton2n: workflow error: {crashed}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
 
-def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> list[dict]:
-    """Success/failure of every planned image, failures with the error from its crash file."""
+#: Status of an image whose workflow left no crash file and no derivative.
+NOT_RUN = "not run (an earlier step or the run stopped)"
+
+
+def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
+                  rejected=None) -> list[dict]:
+    """Success/failure of every planned image, failures with the error from its crash file
+    (or, for ``rejected`` images, the reason they were not run)."""
     from ..utils.bids import derivative_path, file_entities
     from ..workflows.base import image_workflow_name
 
@@ -230,7 +297,10 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> l
             if marker in text:
                 lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
                 error = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])
+                # "bids_auton2n.utils.io.InputImageError: ..." -> "InputImageError: ..."
+                error = re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", error)
                 break
+        error = (rejected or {}).get(source, error)
         derivative = derivative_path(source, bids_dir, output_dir)
         ok = error is None and derivative.is_file()
         records.append({
@@ -238,7 +308,7 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str) -> l
             "subject": subject,
             "derivative": str(derivative.relative_to(output_dir)) if ok else None,
             "status": "success" if ok else "failed",
-            "error": None if ok else (error or "not run (an earlier step or the run stopped)"),
+            "error": None if ok else (error or NOT_RUN),
             "run_uuid": run_uuid,
         })
     return records
@@ -258,6 +328,7 @@ def run_group() -> int:
     from ..utils.bids import check_paths
 
     check_paths(execution.bids_dir, execution.output_dir, execution.work_dir)
+    _prepare_work_dir(execution.work_dir)
     print(f"bids_auton2n: group level over {execution.output_dir}: quality measures of every "
           "denoised image, then the group report ...", file=sys.stderr, flush=True)
     with _worker_logging(execution.work_dir, execution.verbosity):

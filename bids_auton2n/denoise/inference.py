@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import memory
 from ._checks import real_volume
 
 #: Crops of at most this many voxels run as a single tile: no voxel is computed twice (with
@@ -179,8 +180,9 @@ def cnn_denoise(
         See :func:`resolve_device`.
     roi_size : sequence of 3 int, optional
         Tile size; clipped to the (cropped) volume size so small volumes are
-        processed in one tile, without padding.  Default: the whole crop when it has at
-        most :data:`MAX_SINGLE_TILE_VOXELS` voxels, else :data:`DEFAULT_ROI_SIZE`.
+        processed in one tile, without padding.  Default: sized from the memory budget
+        (:func:`~bids_auton2n.denoise.memory.cnn_tile`) when one is set, else the whole crop
+        when it has at most :data:`MAX_SINGLE_TILE_VOXELS` voxels, else :data:`DEFAULT_ROI_SIZE`.
         On CPU keep tiles >= 48 per
         edge: PyTorch runs 32^3 convolutions outside oneDNN, ~10x slower
         (docs/cnn-performance.md).
@@ -232,6 +234,8 @@ def cnn_denoise(
         box = tuple(slice(0, size) for size in volume.shape)
 
     crop = np.ascontiguousarray(volume[box])
+    if roi_size is None:
+        roi_size = memory.cnn_tile(crop.shape, volume.size)  # None without a memory budget
     if roi_size is None:
         roi_size = crop.shape if crop.size <= MAX_SINGLE_TILE_VOXELS else DEFAULT_ROI_SIZE
     tile = tuple(min(int(r), s) for r, s in zip(roi_size, crop.shape))

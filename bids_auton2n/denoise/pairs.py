@@ -52,6 +52,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import memory
 from ._checks import real_volume
 
 #: Search-window half-width (voxels): a 7x7x7 window, 342 candidates.  The largest
@@ -200,6 +201,7 @@ def synthetic_pair(
     patch_radius: int = PATCH_RADIUS,
     exclude_centre: bool = False,
     mask: np.ndarray | None = None,
+    slab_planes: int | None = None,
 ) -> np.ndarray:
     """Second noisy realization ``y`` of ``x`` by most-similar-patch substitution.
 
@@ -219,6 +221,11 @@ def synthetic_pair(
     mask : numpy.ndarray of bool, optional
         Voxels outside the mask are copied unchanged (and not searched for);
         candidates may still come from anywhere in the volume.
+    slab_planes : int, optional
+        Work on slabs of this many planes along axis 0, each read with a halo of
+        ``search_radius + patch_radius`` planes, so that memory follows the slab, not the
+        volume; the result is identical. Default: from the memory budget
+        (:mod:`~bids_auton2n.denoise.memory`), the whole volume without one.
 
     Returns
     -------
@@ -252,9 +259,32 @@ def synthetic_pair(
         if mask.shape != x.shape:
             raise ValueError(f"mask shape {mask.shape} differs from volume shape {x.shape}")
         mask_u8 = np.ascontiguousarray(mask != 0, dtype=np.uint8)
-    best_value = x.copy()
     if not mask_u8.any():
-        return best_value
+        return x.copy()
+    halo = search_radius + patch_radius  # farthest voxel a patch of a candidate reaches
+    if slab_planes is None:
+        slab_planes = memory.slab_planes(x.shape, bytes_per_voxel=memory.PAIRS_BYTES_PER_VOXEL,
+                                         halo=halo)
+    if slab_planes is None or slab_planes >= x.shape[0]:
+        return _pair_volume(x, mask_u8, search_radius, patch_radius, bool(exclude_centre))
+    # Within a halo of R + r planes every candidate (within R) and every member of its patch
+    # (within r of it) that lies in the volume lies in the slab, and the slab's edges are the
+    # volume's wherever it is clipped: each voxel sees the same distances, in the same order.
+    pair = x.copy()
+    for start, stop, read_start, read_stop in memory.slabs(x.shape[0], int(slab_planes), halo):
+        if not mask_u8[start:stop].any():
+            continue
+        slab_mask = np.zeros((read_stop - read_start,) + x.shape[1:], dtype=np.uint8)
+        slab_mask[start - read_start:stop - read_start] = mask_u8[start:stop]
+        slab_pair = _pair_volume(x[read_start:read_stop], slab_mask, search_radius, patch_radius,
+                                 bool(exclude_centre))
+        pair[start:stop] = slab_pair[start - read_start:stop - read_start]
+    return pair
+
+
+def _pair_volume(x, mask_u8, search_radius, patch_radius, exclude_centre):
+    """:func:`synthetic_pair` of a whole (validated, float32, C-ordered) volume."""
+    best_value = x.copy()
     best_dist = np.full(x.shape, np.inf, dtype=np.float64)
     shape = np.array(x.shape, dtype=np.int64)
     box_lo, box_hi = _mask_box(mask_u8)
@@ -273,7 +303,7 @@ def synthetic_pair(
         _box_sum_xy(x, d, patch_radius, lo, hi, planes)
         _update_best(
             x, planes, d, patch_radius, lo, hi, box_lo, box_hi, mask_u8,
-            bool(exclude_centre), best_dist, best_value,
+            exclude_centre, best_dist, best_value,
         )
     return best_value
 

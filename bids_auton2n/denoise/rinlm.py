@@ -64,6 +64,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import memory
 from ._checks import real_volume
 
 __all__ = ["ri_nlm"]
@@ -215,7 +216,7 @@ def _mask_row_spans(mask):
     return np.ascontiguousarray(start, np.int64), np.ascontiguousarray(stop, np.int64)
 
 
-def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
+def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, slab_planes=None):
     """Guided rotationally invariant NLM filter of a noisy volume.
 
     Parameters
@@ -236,6 +237,11 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
     mask : (nz, ny, nx) array_like of bool, optional
         Voxels to filter; outside the mask the output is ``x``. Candidates are taken
         from the whole volume.
+    slab_planes : int, optional
+        Filter slabs of this many planes along axis 0, each read with a halo of
+        ``search_radius + 1`` planes, so that memory follows the slab, not the volume;
+        the result is identical. Default: from the memory budget
+        (:mod:`~bids_auton2n.denoise.memory`), the whole volume without one.
 
     Returns
     -------
@@ -280,21 +286,38 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None):
         row_stop = np.full(x.shape[:2], x.shape[2], np.int64)
     else:
         row_start, row_stop = _mask_row_spans(mask)
-    # The authors' 0-255 scale; it also keeps x^2 and 1/h^2 within float32 range.
-    image_max = max(float(np.abs(x).max()), float(np.abs(guide).max()))
+    # The authors' 0-255 scale; it also keeps x^2 and 1/h^2 within float32 range.  Taken
+    # over the whole volume, so that every slab below uses the same one.
+    image_max = max(float(x.max()), -float(x.min()), float(guide.max()), -float(guide.min()))
     scale = 255.0 / image_max if image_max > 0 else 1.0
-    guide = (guide.astype(np.float64) * scale).astype(np.float32)
-    scaled_x = (x.astype(np.float64) * scale).astype(np.float32)
     scaled_sigma = sigma * scale
     # Floor only reached when sigma is < 1e-38 of the image maximum.
     h = max(scaled_sigma / 3.0, float(np.finfo(np.float32).tiny))
-    values = np.square(scaled_x) if rician else scaled_x
-    average = _weighted_average(
-        guide, _local_mean_3x3x3(guide), values, row_start, row_stop, int(search_radius), h
-    )
-    if rician:
-        average = np.sqrt(np.maximum(average - 2.0 * scaled_sigma**2, 0.0))
-    average /= scale
-    inside = np.ones(x.shape, bool) if mask is None else mask
-    output[inside] = average[inside]
+    # A voxel's weights read the guide and its 3x3x3 mean within search_radius planes, that
+    # mean the guide one plane further: with that halo a slab gives the whole volume's
+    # result bit for bit (same sums, same order; the volume's edges stay where they are).
+    halo = int(search_radius) + 1
+    if slab_planes is None:
+        slab_planes = memory.slab_planes(x.shape, bytes_per_voxel=memory.RINLM_BYTES_PER_VOXEL,
+                                         halo=halo)
+    for start, stop, read_start, read_stop in memory.slabs(x.shape[0], slab_planes, halo):
+        core = slice(start - read_start, stop - read_start)
+        starts = np.zeros((read_stop - read_start, x.shape[1]), np.int64)
+        stops = np.zeros_like(starts)  # halo planes: read, not computed
+        starts[core], stops[core] = row_start[start:stop], row_stop[start:stop]
+        if not np.any(stops > starts):
+            continue
+        guide_slab = (guide[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
+        scaled_x = (x[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
+        values = np.square(scaled_x) if rician else scaled_x
+        average = _weighted_average(guide_slab, _local_mean_3x3x3(guide_slab), values, starts,
+                                    stops, int(search_radius), h)[core]
+        if rician:
+            average = np.sqrt(np.maximum(average - 2.0 * scaled_sigma**2, 0.0))
+        average /= scale
+        if mask is None:
+            output[start:stop] = average
+        else:
+            inside = mask[start:stop]
+            output[start:stop][inside] = average[inside]
     return output

@@ -1,5 +1,7 @@
 """BIDS-Derivatives data sink of the app (niworkflows' sink writing at the output root)."""
 
+from pathlib import Path
+
 from niworkflows.interfaces.bids import DerivativesDataSink as _DerivativesDataSink
 
 from ..denoise import CONTRASTS
@@ -13,7 +15,42 @@ _PATTERNS = tuple(
 
 
 class DerivativesDataSink(_DerivativesDataSink):
-    """Write into the output directory itself (``out_path_base=''``), as fMRIPrep does."""
+    """Write into the output directory itself (``out_path_base=''``), as fMRIPrep does.
+
+    niworkflows deletes the old file and then writes the new one under its final name;
+    here it writes into a staging folder of the output directory and every file is renamed
+    into place once complete (:mod:`~bids_auton2n.utils.atomic`): a killed run or a full
+    disk leaves no partial derivative under a final name, and readers (the group level,
+    other array tasks) see the previous version until the new one is whole.
+    """
 
     out_path_base = ""
     _file_patterns = _PATTERNS
+
+    def _run_interface(self, runtime):
+        from nipype.interfaces.base import isdefined
+
+        from ..utils.atomic import move_into_place, staging_dir
+
+        final_root = Path(self.inputs.base_directory if isdefined(self.inputs.base_directory)
+                          else runtime.cwd).absolute()
+        with staging_dir(final_root) as staging:
+            self.inputs.base_directory = str(staging)
+            try:
+                runtime = super()._run_interface(runtime)
+            except OSError as exc:  # e.g. a full disk: say what was being written, where
+                sources = ", ".join(Path(f).name for f in self.inputs.source_file)
+                raise OSError(exc.errno, f"{exc.strerror}: cannot write the derivatives of "
+                              f"{sources} into {final_root}") from None
+            finally:
+                self.inputs.base_directory = str(final_root)
+            # the sidecar first: once an image is in place, so is its metadata
+            if "out_meta" in self._results:
+                self._results["out_meta"] = str(move_into_place(
+                    self._results["out_meta"],
+                    final_root / Path(self._results["out_meta"]).relative_to(staging)))
+            self._results["out_file"] = [
+                str(move_into_place(path, final_root / Path(path).relative_to(staging)))
+                for path in self._results["out_file"]
+            ]
+        return runtime

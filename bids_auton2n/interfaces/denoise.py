@@ -43,23 +43,30 @@ from ..denoise import CONTRASTS
 
 class _DenoiseStepInputSpec(BaseInterfaceInputSpec):
     omp_nthreads = traits.Int(desc="threads of torch and numba in this node (default: as they are)")
+    mem_gb = traits.Float(desc="memory budget of this node's image (GB): slabs and tiles fit it "
+                          "(default: whole volume)")
 
 
 class DenoiseStep(SimpleInterface):
     """The prologue the denoising nodes share.
 
     :meth:`_run_interface` limits torch and numba to the node's ``omp_nthreads`` (the cores
-    Nipype granted it), then runs :meth:`_run_step` and returns its outputs; the helpers read
+    Nipype granted it) and the stages' working memory to its ``mem_gb`` (its share of
+    ``--mem-gb``; unset, the whole volume: a worker process runs many nodes, so the setting
+    is made by every node), then runs :meth:`_run_step` and returns its outputs; the helpers read
     and write the float32 images that travel between the nodes, in the node's folder.
     """
 
     input_spec = _DenoiseStepInputSpec
 
     def _run_interface(self, runtime):
+        from ..denoise.memory import set_memory_limit
         from ..utils.threads import set_threads
 
         if isdefined(self.inputs.omp_nthreads):
             set_threads(max(1, self.inputs.omp_nthreads))
+        mem_gb = self.inputs.mem_gb
+        set_memory_limit(mem_gb if isdefined(mem_gb) and mem_gb else None)
         self._cwd = Path(runtime.cwd)
         self._results.update(self._run_step())
         return runtime
@@ -124,7 +131,7 @@ class EstimateNoise(DenoiseStep):
         from ..denoise.intensity import sanitize
         from ..denoise.noise import head_mask
         from ..denoise.pipeline import estimate_array_noise, noise_for_level
-        from ..utils.io import read_volume
+        from ..utils.io import InputImageError, read_volume
 
         img, data = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(data)
@@ -135,8 +142,12 @@ class EstimateNoise(DenoiseStep):
                                     percent=self.inputs.noise_level)
             source = "user"
         else:
-            noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask,
-                                         timings=timings)
+            try:
+                noise = estimate_array_noise(finite, contrast=self.inputs.contrast, mask=mask,
+                                             timings=timings)
+            except ValueError as exc:  # e.g. an image too small to find enough voxels
+                raise InputImageError(f"{self.inputs.in_file}: the noise cannot be estimated "
+                                      f"({exc}); give it with --noise-level") from None
             source = "estimated"
         outputs = {
             "finite_file": self._save(finite, img, "image.nii.gz"),

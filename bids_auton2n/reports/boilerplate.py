@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from .. import __url__, __version__
+from ..utils.atomic import write_text_atomic
 
 #: Cited works: key -> (entry of the Markdown reference list, BibTeX entry).
 REFERENCES = {
@@ -178,7 +179,9 @@ def write_boilerplate(output_dir: str | Path, workflow) -> Path:
     references = "\n".join(f"{n}. {entries[key][0]}" for n, key in enumerate(keys, 1))
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (logs / "CITATION.bib").write_text("\n\n".join(entries[key][1] for key in keys) + "\n")
+    # every array task of a cluster run writes them: atomically, so none reads half a file
+    write_text_atomic(logs / "CITATION.bib",
+                      "\n\n".join(entries[key][1] for key in keys) + "\n")
     out = logs / "CITATION.md"
-    out.write_text(text.rstrip("\n") + "\n\n### References\n\n" + references + "\n")
+    write_text_atomic(out, text.rstrip("\n") + "\n\n### References\n\n" + references + "\n")
     return out

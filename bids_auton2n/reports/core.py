@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .. import __version__
+from ..utils.atomic import atomic_path
+
+LOGGER = logging.getLogger("bids_auton2n.reports")
 
 SPEC = Path(__file__).parent.parent / "data" / "reports-spec.yml"
 
@@ -35,7 +39,9 @@ def assemble_report(out_dir, run_uuid, **report_kwargs) -> None:
 
     report = Report(str(out_dir), run_uuid, **report_kwargs)
     report.header.append(OFFLINE_HEAD.read_text())
-    report.generate_report()
+    with atomic_path(report.out_filename) as tmp:  # a browser never opens half a report
+        report.out_filename = tmp
+        report.generate_report()
 
 
 def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -> list[str]:
@@ -81,11 +87,29 @@ def generate_reports(subjects, output_dir: Path, run_uuid: str, failures=None) -
     return errors
 
 
+#: Keys every record of a ``logs/status_*.json`` file has.
+STATUS_KEYS = ("source", "subject", "status", "run_uuid")
+
+
 def read_status(output_dir: Path) -> dict[str, dict]:
-    """Latest status of every image processed in ``output_dir`` (from the run logs)."""
+    """Latest status of every image processed in ``output_dir`` (from the run logs).
+
+    A status file that cannot be read (empty, truncated, not the expected records, e.g.
+    left by a run killed while an older version wrote it non-atomically) is reported in
+    one warning line naming it and skipped; the other files are still read.
+    """
     records: dict[str, dict] = {}
     for status_file in sorted((Path(output_dir) / "logs").glob("status_*.json")):
-        for record in json.loads(status_file.read_text()):
+        try:
+            loaded = json.loads(status_file.read_text())
+            if not isinstance(loaded, list) or not all(
+                    isinstance(r, dict) and all(k in r for k in STATUS_KEYS) for r in loaded):
+                raise ValueError(f"not a list of records with {', '.join(STATUS_KEYS)}")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError too
+            LOGGER.warning("%s: unreadable status file skipped (%s)", status_file,
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        for record in loaded:
             records[record["source"]] = record
     return records
 

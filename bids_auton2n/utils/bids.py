@@ -21,6 +21,11 @@ from .exit_codes import (  # noqa: F401 (EXIT_FAILURE, EXIT_CANTCREAT: used via 
     EXIT_UNKNOWN_LEVEL,
     EXIT_USAGE,
 )
+from .atomic import write_text_atomic
+
+#: Top-level folders that hold no raw data (BIDS exempts them; pybids does not index them).
+EXEMPT_FOLDERS = ("derivatives", "sourcedata", "code", "stimuli", "models")
+
 
 #: Name of the raw dataset in ``DatasetLinks`` (so ``Sources`` read ``bids:raw:sub-...``).
 RAW_DATASET_LINK = "raw"
@@ -70,6 +75,11 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) 
             f"{bids_dir}: not a BIDS dataset (no dataset_description.json at its root)",
             EXIT_INVALID_BIDS,
         )
+    from .inputs import sidecar_problem
+
+    problem = sidecar_problem(bids_dir / "dataset_description.json")
+    if problem:
+        raise BIDSAppError(f"not a valid BIDS dataset: {problem}", EXIT_INVALID_BIDS)
     for label, path in (("output", output_dir), ("work", work_dir)):
         if path is None:
             continue
@@ -110,13 +120,12 @@ def validate_dataset(bids_dir: Path, *, max_listed: int = 5) -> None:
     from bids_validator import BIDSValidator
 
     bids_dir = Path(bids_dir).absolute()
-    exempt = {"derivatives", "sourcedata", "code", "stimuli", "models"}
     ignored = _bidsignore_patterns(bids_dir)
     validator = BIDSValidator()
     invalid = []
     for path in sorted(bids_dir.rglob("*")):
         relative = path.relative_to(bids_dir)
-        if path.is_dir() or relative.parts[0] in exempt:
+        if path.is_dir() or relative.parts[0] in EXEMPT_FOLDERS:
             continue
         if any(part.startswith(".") for part in relative.parts):
             continue
@@ -142,7 +151,7 @@ def _bidsignore_patterns(bids_dir: Path) -> list[str]:
     return [line.strip("/") for line in lines if line and not line.startswith("#")]
 
 
-def make_layout(bids_dir: Path, *, database_dir: Path | None = None):
+def make_layout(bids_dir: Path, *, database_dir: Path | None = None, ignore=()):
     """Index ``bids_dir`` with pybids (validation is :func:`validate_dataset`'s job).
 
     Parameters
@@ -151,16 +160,85 @@ def make_layout(bids_dir: Path, *, database_dir: Path | None = None):
         Input dataset.
     database_dir : Path, optional
         Where pybids keeps its index (default: in memory).
+    ignore : sequence of Path
+        Files left out of the index, e.g. the sidecars :func:`invalid_sidecars` found
+        (pybids raises on the first malformed JSON file of a dataset).
     """
-    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+    import re
 
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    bids_dir = Path(bids_dir).absolute()
+    skipped = [re.compile("^/" + re.escape(Path(path).absolute().relative_to(bids_dir)
+                                           .as_posix()) + "$") for path in ignore]
     return BIDSLayout(
         str(bids_dir),
         validate=False,
-        indexer=BIDSLayoutIndexer(validate=False),
+        indexer=BIDSLayoutIndexer(validate=False,
+                                  ignore=[*DEFAULT_LOCATIONS_TO_IGNORE, *skipped]),
         database_path=str(database_dir) if database_dir else None,
         reset_database=True,
     )
+
+
+def invalid_sidecars(bids_dir: Path) -> dict[Path, str]:
+    """JSON files of the raw dataset that cannot be read as BIDS metadata, with why.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Input dataset (its exempt folders, :data:`EXEMPT_FOLDERS`, and hidden ones skipped).
+
+    Returns
+    -------
+    dict
+        Path of each bad sidecar to a one-line reason.
+    """
+    from .inputs import sidecar_problem
+
+    bids_dir = Path(bids_dir).absolute()
+    problems = {}
+    for path in sorted(bids_dir.rglob("*.json")):
+        relative = path.relative_to(bids_dir)
+        if relative.parts[0] in EXEMPT_FOLDERS or any(
+                part.startswith(".") for part in relative.parts):
+            continue
+        reason = sidecar_problem(path)
+        if reason:
+            problems[path] = reason
+    return problems
+
+
+def screen_images(subjects: dict[str, list[str]], bad_sidecars: dict[Path, str]) -> dict[str, str]:
+    """Images that cannot be denoised as they are, with a one-line reason naming the file:
+    unreadable (annexed without content, broken link) or described by a bad sidecar.
+
+    Parameters
+    ----------
+    subjects : dict
+        Participant label to its images (:func:`collect_anatomicals`).
+    bad_sidecars : dict
+        :func:`invalid_sidecars` of the dataset.
+
+    Returns
+    -------
+    dict
+        Each refused image to its reason; the other images are denoised.
+    """
+    from .inputs import sidecar_applies, unreadable_reason
+
+    rejected = {}
+    for files in subjects.values():
+        for image in files:
+            reason = unreadable_reason(image)
+            if reason is None:
+                reason = next((problem for sidecar, problem in bad_sidecars.items()
+                               if sidecar_applies(sidecar, image)), None)
+                reason = reason and f"metadata cannot be read: {reason}"
+            if reason:
+                rejected[image] = reason
+    return rejected
 
 
 def collect_anatomicals(
@@ -234,6 +312,10 @@ def collect_anatomicals(
 def load_bids_filters(path: Path) -> dict:
     """Read a ``--bids-filter-file`` (JSON object of pybids entity queries).
 
+    Every key must be a BIDS entity pybids knows (``acquisition``, ``run``, ...; a typo
+    would otherwise make pybids raise mid-query) and every value a string, an integer, a
+    boolean, ``null`` or a list of those.
+
     Parameters
     ----------
     path : Path
@@ -244,7 +326,7 @@ def load_bids_filters(path: Path) -> dict:
         raise BIDSAppError(f"{path}: BIDS filter file does not exist", EXIT_NOINPUT)
     try:
         filters = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BIDSAppError(f"{path}: not valid JSON ({exc})", EXIT_USAGE) from None
     if not isinstance(filters, dict):
         raise BIDSAppError(f"{path}: must hold a JSON object of entity filters", EXIT_USAGE)
@@ -255,8 +337,28 @@ def load_bids_filters(path: Path) -> dict:
         merged = {}
         for value in nested:
             merged.update(value)
-        return merged
+        filters = merged
+    _check_filters(path, filters)
     return filters
+
+
+def _check_filters(path: Path, filters: dict) -> None:
+    from bids.layout import Config
+
+    entities = set(Config.load("bids").entities)
+    unknown = sorted(set(filters) - entities)
+    if unknown:
+        raise BIDSAppError(
+            f"{path}: unknown BIDS entit{'ies' if len(unknown) > 1 else 'y'} "
+            f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(entities))})",
+            EXIT_USAGE)
+    scalar = (str, int, float, bool, type(None))
+    for key, value in filters.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, scalar) for v in values):
+            raise BIDSAppError(
+                f"{path}: filter {key!r} must be a string, number, boolean, null or a list "
+                f"of those, not {json.dumps(value)}", EXIT_USAGE)
 
 
 def file_entities(path: str | Path) -> dict[str, str]:
@@ -374,5 +476,5 @@ def write_derivative_description(bids_dir: Path, output_dir: Path) -> Path:
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     out_file = output_dir / "dataset_description.json"
-    out_file.write_text(json.dumps(description, indent=2) + "\n")
+    write_text_atomic(out_file, json.dumps(description, indent=2) + "\n")  # tasks share it
     return out_file

@@ -16,7 +16,12 @@ import numpy as np
 from ..denoise.intensity import sanitize
 from ..denoise.noise import NoiseEstimate, head_mask
 from ..denoise.pipeline import DenoiseResult, denoise_array, estimate_array_noise
+from .atomic import atomic_path
 from .bids import contrast_from_filename
+from .inputs import unreadable_reason
+
+#: Fewest voxels along any axis of an image: the edge of the patches (3x3x3) of the pairs.
+MIN_EDGE = 3
 
 
 class InputImageError(ValueError):
@@ -41,12 +46,15 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     Raises
     ------
     InputImageError
-        The message names the file: a missing or unreadable file, a non-NIfTI file, a 2D or
-        multi-volume 4D image, an image with no finite or no non-zero voxel.
+        The message names the file: a missing or unreadable file (a broken link, a DataLad
+        file whose content was not fetched are said so), a non-NIfTI file, a 2D or
+        multi-volume 4D image, an image thinner than a patch (:data:`MIN_EDGE`), an image
+        with no finite or no non-zero voxel.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: no such file")
+    problem = unreadable_reason(path)
+    if problem:
+        raise InputImageError(problem)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for unreadable files
@@ -64,6 +72,10 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         )
     if len(img.shape) != 3 or min(img.shape) < 2:
         raise InputImageError(f"{path}: image of shape {shape} is not a 3D volume")
+    if min(img.shape) < MIN_EDGE:
+        raise InputImageError(
+            f"{path}: image of shape {shape} is thinner than the {MIN_EDGE}x{MIN_EDGE}x{MIN_EDGE} "
+            "patches the denoiser compares")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -83,24 +95,32 @@ KEPT_FROM_SOURCE = ("voxel grid, affine (qform and sform with their codes), voxe
 
 
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path) -> None:
-    """Write ``data`` as float32 with the reference's header: see :data:`KEPT_FROM_SOURCE`.
+    """Write ``data`` as float32 with the reference's header (see :data:`KEPT_FROM_SOURCE`),
+    atomically.
+
+    Every field that describes the geometry (dim, pixdim with qfac, qform/sform codes, the
+    quaternion, srow_*, units, slice timing fields) is kept bit for bit: the image is built
+    without an affine, so nibabel does not recompute the quaternion from one. The file is
+    written under a temporary name and renamed (:func:`~bids_auton2n.utils.atomic.atomic_path`),
+    so a killed run or a full disk never leaves a partial image under ``out_file``.
 
     Parameters
     ----------
     data : ndarray
         Image of the reference's shape, in image units.
-    reference : nibabel.Nifti1Image
-        The image whose header and affine the output keeps (scaling set to 1, 0).
+    reference : nibabel.Nifti1Image or nibabel.Nifti2Image
+        The image whose header the output keeps (scaling set to 1, 0); a NIfTI-2 source
+        gives a NIfTI-2 file.
     out_file : str or Path
         File to write.
     """
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine, header)
-    out.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    out.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    image_class = type(reference) if isinstance(reference, nib.Nifti2Image) else nib.Nifti1Image
+    out = image_class(data.astype(np.float32, copy=False), None, header)
     out.header.set_slope_inter(1.0, 0.0)
-    out.to_filename(str(out_file))
+    with atomic_path(out_file) as tmp:
+        out.to_filename(str(tmp))
 
 
 def read_volume(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:

@@ -108,6 +108,7 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             finetune=settings.finetune,
             write_noise_map=settings.write_noise_map,
             omp_nthreads=config.nipype.omp_nthreads,
+            mem_gb=config.nipype.image_mem_gb(),
         )
         if finetune_node is not None:
             workflow.connect([
@@ -188,6 +189,7 @@ def init_single_subject_wf(
     finetune: bool = False,
     write_noise_map: bool = False,
     omp_nthreads: int = 1,
+    mem_gb: float | None = None,
     name: str | None = None,
 ):
     """Denoise every anatomical image of one participant.
@@ -207,7 +209,7 @@ def init_single_subject_wf(
     experts_dir : str, optional
         Expert registry; ``None`` uses the shipped experts.
     tta, fusion, guard, wiener, noise_level, expert, blend, device, finetune, write_noise_map,
-    omp_nthreads
+    omp_nthreads, mem_gb
         See :func:`init_anat_denoise_wf`.
     name : str, optional
         Defaults to ``sub_<label>_wf``.
@@ -234,6 +236,7 @@ def init_single_subject_wf(
             device=device,
             finetune=finetune,
             omp_nthreads=omp_nthreads,
+            mem_gb=mem_gb,
             name=image_workflow_name(anat_file),
         )
         anat_wf.inputs.inputnode.in_file = anat_file
@@ -348,6 +351,7 @@ def init_denoise_wf(
     device: str = "auto",
     finetune: bool = False,
     omp_nthreads: int = 1,
+    mem_gb: float | None = None,
     name: str = "denoise_wf",
 ):
     """The app's denoiser: :func:`~bids_auton2n.denoise.pipeline.denoise_array` as Nipype nodes.
@@ -379,6 +383,9 @@ def init_denoise_wf(
         ``inputnode.experts_dir`` comes from a fine-tuning node (recorded in the sidecar).
     omp_nthreads : int
         Threads per node (torch and numba).
+    mem_gb : float, optional
+        Memory budget of this image's nodes (GB): the heavy stages work in slabs and tiles
+        that fit it (:mod:`bids_auton2n.denoise.memory`), and the scheduler reserves it.
     name : str
         Workflow name.
 
@@ -417,17 +424,19 @@ def init_denoise_wf(
                                       finetune=finetune)
     inputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_INPUTS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=DENOISE_OUTPUTS), name="outputnode")
-    estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads),
-                       name="estimate_noise", n_procs=omp_nthreads)
+    budget = {"mem_gb": mem_gb} if mem_gb else {}
+    estimate = pe.Node(EstimateNoise(contrast=contrast, omp_nthreads=omp_nthreads, **budget),
+                       name="estimate_noise", n_procs=omp_nthreads, **budget)
     if noise_level is not None:
         estimate.inputs.noise_level = noise_level
     select = pe.Node(SelectExperts(blend=blend), name="select_experts")
     if expert is not None:
         select.inputs.expert = expert
-    cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads),
-                  name="cnn_denoise", n_procs=omp_nthreads)
-    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads),
-                   name="rinlm_fusion", n_procs=omp_nthreads)
+    cnn = pe.Node(CNNDenoise(tta=tta, device=device, omp_nthreads=omp_nthreads, **budget),
+                  name="cnn_denoise", n_procs=omp_nthreads, **budget)
+    fuse = pe.Node(FuseRINLM(fusion=fusion, guard=guard, wiener=wiener, omp_nthreads=omp_nthreads,
+                             **budget),
+                   name="rinlm_fusion", n_procs=omp_nthreads, **budget)
     provenance = pe.Node(DenoiseProvenance(tta=tta, fusion=fusion, guard=guard, wiener=wiener,
                                            finetuned=finetune),
                          name="provenance")

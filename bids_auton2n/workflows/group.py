@@ -9,6 +9,7 @@ from pathlib import Path
 from nipype.pipeline import engine as pe
 
 from ..interfaces.qc import ComputeIQMs
+from ..utils.atomic import atomic_path
 from ..utils.bids import file_entities
 
 #: Columns of ``group_denoising.tsv`` in order.
@@ -134,7 +135,8 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
     table = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
     table["outlier"] = _outlier_reasons(table, robust_z)
     tsv = output_dir / "group_denoising.tsv"
-    table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.5g")
+    with atomic_path(tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.5g")
     html = write_group_report(table, output_dir=output_dir, work_dir=Path(work_dir) / "group")
     n_failed = int((table["status"] != "success").sum()) if len(table) else 0
     return tsv, html, n_failed

@@ -44,7 +44,10 @@ def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["denoised"]), name="outputnode")
     ds_denoised = pe.Node(
-        DerivativesDataSink(base_directory=output_dir, desc="denoised", compress=True),
+        # check_hdr=False: niworkflows would reset qform/sform codes to 1 ("scanner"); the
+        # derivative keeps every geometry field of its source (save_like wrote them)
+        DerivativesDataSink(base_directory=output_dir, desc="denoised", compress=True,
+                            check_hdr=False),
         name="ds_denoised",
         run_without_submitting=True,
     )
@@ -56,7 +59,7 @@ def init_ds_denoised_wf(*, output_dir: str, write_noise_map: bool = False,
     if write_noise_map:
         ds_noise = pe.Node(
             DerivativesDataSink(
-                base_directory=output_dir, desc="noise", compress=True,
+                base_directory=output_dir, desc="noise", compress=True, check_hdr=False,
                 Description="Residual of the denoising: input minus denoised image.",
             ),
             name="ds_noise",

@@ -29,6 +29,10 @@ STUDIES = {
     "speed": ("speed", "whole-process seconds of ours, ANTs and DIPY; the fixed costs"),
     "cnn-throughput": ("cnn_throughput",
                        "CPU FLOP/s of the CNN and the accuracy cost of speed options"),
+    "memory": ("memory", "peak memory of one big scan under --mem-gb budgets, stage by stage"),
+    "load": ("load", "participant and group levels over a generated many-subject dataset"),
+    "determinism": ("determinism",
+                    "repeated runs in fresh processes at several thread counts: same bytes?"),
     "structure-threshold": ("structure_threshold",
                             "where the structure-removed measure flags an output"),
 }

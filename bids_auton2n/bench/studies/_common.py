@@ -30,6 +30,15 @@ def write_keeping_notes(path: Path, text: str) -> None:
     path.write_text(text.rstrip("\n") + "\n\n" + NOTES_MARKER + (notes or "\n"))
 
 
+def publish(lines: list[str], out: Path | None) -> None:
+    """Print a study's table and, with ``out``, write it there (:func:`write_keeping_notes`)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_keeping_notes(out, text)
+
+
 def pipeline_revision() -> str:
     """Git revision, marked ``+uncommitted-denoise-changes`` when ``denoise/`` differs from it."""
     from ...train.curriculum import git_revision
