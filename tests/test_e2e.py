@@ -408,7 +408,7 @@ def test_killed_run_leaves_no_partial_output_and_resumes_identically(app_run, tm
     run = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
-    while (not list(work.glob("auton2n_wf/sub_01_wf/anat_*_wf/cnn_denoise/result_*.pklz"))
+    while (not list(work.glob("auton2n_wf/sub_01_wf/anat_*_wf/denoise_wf/cnn_denoise/result_*.pklz"))
            and run.poll() is None and time.monotonic() < deadline):
         time.sleep(0.05)
     assert run.poll() is None, "the run ended before it could be killed"

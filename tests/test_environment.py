@@ -169,3 +169,40 @@ def test_openmp_threads_sleep_when_idle_unless_the_user_says(user_value):
         capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", user_value or "PASSIVE"]
+
+
+_FORKSERVER_POOL = """
+import concurrent.futures, multiprocessing, os, sys
+from bids_auton2n.utils.environment import shorten_socket_folder
+
+folder = shorten_socket_folder() if sys.argv[1] == "shorten" else None
+context = multiprocessing.get_context("forkserver")  # as Nipype's MultiProc plugin starts
+with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    print(folder, pool.submit(os.getpid).result() != os.getpid())
+"""
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="Python 3.13 shortens the path itself")
+def test_worker_processes_start_under_a_temporary_folder_too_long_for_a_socket(tmp_path):
+    """A job's TMPDIR nested deep enough (here 130 characters) that multiprocessing's socket
+    path exceeds the 107 bytes of a Unix socket: without the short socket folder the
+    forkserver cannot listen; with it the worker starts and the folder is gone at exit."""
+    long_tmp = tmp_path / ("scratch-" * 8) / ("job-" * 10)
+    long_tmp.mkdir(parents=True)
+    assert len(str(long_tmp)) + 32 > environment.SOCKET_PATH_MAX
+    env = {**os.environ, "TMPDIR": str(long_tmp)}
+    runs = {how: subprocess.run([sys.executable, "-c", _FORKSERVER_POOL, how], env=env,
+                                capture_output=True, text=True)
+            for how in ("plain", "shorten")}
+    assert runs["plain"].returncode != 0 and "AF_UNIX path too long" in runs["plain"].stderr
+    assert runs["shorten"].returncode == 0, runs["shorten"].stderr[-2000:]
+    folder, started = runs["shorten"].stdout.split()
+    assert started == "True"
+    assert len(folder) + 18 <= environment.SOCKET_PATH_MAX
+    assert not Path(folder).exists()
+
+
+def test_no_socket_folder_when_the_temporary_folder_is_short(monkeypatch, tmp_path):
+    monkeypatch.setattr(environment.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert len(str(tmp_path)) + 32 <= environment.SOCKET_PATH_MAX
+    assert environment.shorten_socket_folder() is None

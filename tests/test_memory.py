@@ -15,6 +15,7 @@ from bids_auton2n.denoise import memory
 from bids_auton2n.denoise.guard import limit_residual
 from bids_auton2n.denoise.pairs import synthetic_pair
 from bids_auton2n.denoise.rinlm import ri_nlm
+from bids_auton2n.denoise.wiener import collaborative_wiener
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +77,22 @@ def test_guard_slabs_are_identical(volume, window):
             limit_residual(x, denoised, 4.0, window=window, slab_planes=planes), whole)
 
 
+@pytest.mark.parametrize("search_radius, step", [(1, 1), (2, 2), (2, 3)])
+def test_wiener_slabs_are_identical(volume, search_radius, step):
+    """Slabs of 1 plane (fewer than a block) to the whole volume, with a sigma map that is 0
+    in places and a mask: each voxel sums the same blocks in the same order."""
+    x, guide, mask = volume
+    sigma = np.where(np.arange(x.shape[0])[:, None, None] < 4, 0.0, 5.0) * np.ones(x.shape)
+    for use_mask in (None, mask):
+        whole = collaborative_wiener(x, guide, sigma, search_radius=search_radius, step=step,
+                                     mask=use_mask)
+        assert not np.array_equal(whole, guide)
+        for planes in (1, 3, 8, 20, 21):
+            np.testing.assert_array_equal(
+                collaborative_wiener(x, guide, sigma, search_radius=search_radius, step=step,
+                                     mask=use_mask, slab_planes=planes), whole)
+
+
 def test_guard_matches_scipy_uniform_filter_to_float32_rounding(volume):
     """The explicit-sum local RMS (tiling-invariant) against scipy's running-sum filter."""
     from scipy import ndimage as ndi
@@ -123,7 +140,7 @@ def test_budget_reaches_every_stage_of_denoise_array(test_experts_dir, monkeypat
     """Under a small budget the kernels see slabs and the CNN smaller tiles; the noise
     estimate is the same bit for bit, and the output the same to the CNN's tile blending
     (identity experts)."""
-    from bids_auton2n.denoise import guard, pairs, rinlm
+    from bids_auton2n.denoise import guard, pairs, rinlm, wiener
     from bids_auton2n.denoise.experts import ExpertRegistry
     from bids_auton2n.denoise.pipeline import denoise_array
 
@@ -137,20 +154,23 @@ def test_budget_reaches_every_stage_of_denoise_array(test_experts_dir, monkeypat
     registry = ExpertRegistry(test_experts_dir)
     whole = denoise_array(x, registry=registry, tta=False)
 
-    seen = {"pairs": [], "rinlm": [], "guard": [], "tiles": []}
+    seen = {"pairs": [], "rinlm": [], "guard": [], "wiener": [], "tiles": []}
     monkeypatch.setattr(memory, "cnn_tile", _recording_tile(memory.cnn_tile, seen["tiles"]))
     monkeypatch.setattr(pairs, "_pair_volume", _recording(pairs._pair_volume, seen["pairs"]))
     monkeypatch.setattr(rinlm, "_weighted_average",
                         _recording(rinlm._weighted_average, seen["rinlm"]))
     monkeypatch.setattr(guard, "_local_mean_square",
                         _recording(guard._local_mean_square, seen["guard"]))
+    monkeypatch.setattr(wiener, "_filter_slabs", _recording(wiener._filter_slabs, seen["wiener"]))
     # resident arrays of this 0.17 M-voxel image and a few planes of each stage's slabs
     gb = (memory.PROCESS_BYTES + memory.RESIDENT_BYTES_PER_VOXEL * x.size
           + 40 * 16 * x.shape[1] * x.shape[2]) / 1e9
     with memory.memory_limit(gb):
         limited = denoise_array(x, registry=registry, tta=False)
-    for stage in ("pairs", "rinlm", "guard"):
+    for stage in ("rinlm", "guard", "wiener"):
         assert seen[stage] and all(planes < x.shape[0] for planes in seen[stage]), stage
+    # the noise estimate searches its pair only at the voxels it reads: no whole pair to slab
+    assert all(planes < x.shape[0] for planes in seen["pairs"])
     assert seen["tiles"] == [(40, 44, 36)]  # the budget's smallest tile, clipped to the crop
     assert limited.noise == whole.noise
     # the tiles' blending moves the CNN output by float32 rounding, and RI-NLM's weight

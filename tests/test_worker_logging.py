@@ -43,8 +43,9 @@ def test_levels_replaced_other_settings_kept(user_config_dir, tmp_path, verbosit
         written = configparser.RawConfigParser()
         written.read(config_dir / "nipype.cfg")
     assert os.environ["NIPYPE_CONFIG_DIR"] == str(user_config_dir)  # restored
-    assert {written.get("logging", key)
-            for key in ("workflow_level", "interface_level", "utils_level")} == {level}
+    assert {written.get("logging", key) for key in ("interface_level", "utils_level")} == {level}
+    # at verbosity 0 a failing node's warnings stay out of the terminal (the summary names it)
+    assert written.get("logging", "workflow_level") == ("ERROR" if verbosity == 0 else level)
     assert written.get("logging", "log_to_file") == "true"
     assert written.get("execution", "hash_method") == "content"
     assert written.get("execution", "crashdump_dir") == "%(here)s/crashes"  # copied verbatim
@@ -70,5 +71,7 @@ def test_fresh_process_importing_nipype_gets_the_levels(user_config_dir, tmp_pat
         out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                              text=True, check=True, env={**os.environ, "NIPYPE_NO_ET": "1"})
     levels, hash_method = json.loads(out.stdout.splitlines()[-1])
-    assert levels == [30, 30, 30]  # logging.WARNING
+    # logging.ERROR for the workflow at verbosity 0 (a failing node's warnings: the run's
+    # summary names the image), logging.WARNING for the others
+    assert levels == [40, 30, 30]
     assert hash_method == "content"

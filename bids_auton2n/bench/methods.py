@@ -64,18 +64,15 @@ def _paper_pipeline(noisy, given):
     """Auto-N2N as the paper describes it, from the library's steps (four single-axis flips)."""
     from bids_auton2n.denoise import pipeline
     from bids_auton2n.denoise.experts import ExpertRegistry
-    from bids_auton2n.denoise.inference import cnn_denoise
-    from bids_auton2n.denoise.intensity import IntensityNormalizer
+    from bids_auton2n.denoise.inference import PAPER_TTA_FLIPS
     from bids_auton2n.denoise.noise import head_mask
 
     mask = head_mask(noisy)
     noise = pipeline.estimate_array_noise(noisy, contrast=given.contrast, mask=mask)
     registry = ExpertRegistry()
-    models = [(registry.load(c.level, "cpu"), c.weight)
-              for c in pipeline.choose_experts(registry, noise.percent)]
-    units = IntensityNormalizer(noise.reference_intensity)
-    cnn = units.inverse(cnn_denoise(units.forward(noisy), models, device="cpu", mask=mask,
-                                    flips=((), (2,), (3,), (4,))))
+    cnn = pipeline.run_experts(noisy, noise, pipeline.choose_experts(registry, noise.percent),
+                               registry, tta=True, device="cpu", mask=mask,
+                               flips=PAPER_TTA_FLIPS)
     return pipeline.final_image(noisy, cnn, noise.sigma, fusion=True, guard=False, rician=True,
                                 wiener=False), {}
 

@@ -108,11 +108,12 @@ def _worker_logging(work_dir: Path, verbosity: int):
 
 
 def _check_scratch() -> None:
-    from ..utils.environment import check_scratch
+    from ..utils.environment import check_scratch, shorten_socket_folder
 
     problem = check_scratch()
     if problem:
         raise BIDSAppError(problem, EXIT_CANTCREAT)
+    shorten_socket_folder()
 
 
 def _prepare_output(output_dir: Path) -> None:
@@ -274,10 +275,16 @@ def run_participant() -> int:
             if record["status"] != "success":
                 print(f"FAILED {record['source']}: {record['error']} (report: "
                       f"{execution.output_dir}/sub-{record['subject']}.html)", file=sys.stderr)
-        if crashed is not None and not n_failed:
+        # Images that failed without a crash file of their own: the run itself stopped,
+        # and its exception is the only account of why.
+        if crashed is not None and (not n_failed or any(r["error"] == NOT_RUN for r in status)):
             print(f"bids_auton2n: workflow error: {crashed}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+#: Status of an image whose workflow left no crash file and no derivative.
+NOT_RUN = "not run (an earlier step or the run stopped)"
 
 
 def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
@@ -313,7 +320,7 @@ def _image_status(sources, output_dir: Path, bids_dir: Path, run_uuid: str,
             "subject": subject,
             "derivative": str(derivative.relative_to(output_dir)) if ok else None,
             "status": "success" if ok else "failed",
-            "error": None if ok else (error or "not run (an earlier step or the run stopped)"),
+            "error": None if ok else (error or NOT_RUN),
             "run_uuid": run_uuid,
         })
     return records

@@ -44,6 +44,9 @@ DEFAULT_MARGIN = 8
 #: four, at half the CNN's cost (measured during development on a loaded machine;
 #: ``bids_auton2n-bench final-stage`` reruns the comparison, its results file is not yet made).
 TTA_FLIPS = ((), (2, 3, 4))
+#: The paper's passes: the identity and the flip of each axis alone (the benchmark's
+#: ``ours-paper`` row and the final-stage study compare them with :data:`TTA_FLIPS`).
+PAPER_TTA_FLIPS = ((), (2,), (3,), (4,))
 #: Numerical precisions accepted by :func:`cnn_denoise` (see docs/cnn-performance.md).
 PRECISIONS = ("auto", "fp32", "bf16")
 

@@ -550,7 +550,7 @@ def expert_hashes(registry: ExpertRegistry, choices: list[ExpertChoice]) -> dict
 
 def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertChoice],
                 registry: ExpertRegistry, *, tta: bool, device, mask: np.ndarray,
-                progress: bool = False) -> np.ndarray:
+                flips=None, progress: bool = False) -> np.ndarray:
     """CNN mixture of experts in network units (reference tissue = 1), back in image units.
 
     Parameters
@@ -564,11 +564,13 @@ def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     registry : ExpertRegistry
         Where their weights come from.
     tta : bool
-        Average the identity and the three axis flips.
+        Average the passes of :data:`~.inference.TTA_FLIPS`.
     device : str or torch.device
         See :func:`~.inference.resolve_device`.
     mask : ndarray of bool
         Head mask (the networks run on its bounding box).
+    flips : sequence of tuples of int, optional
+        Other passes than :data:`~.inference.TTA_FLIPS` (see :func:`~.inference.cnn_denoise`).
     progress : bool
         Show a progress bar.
 
@@ -581,7 +583,8 @@ def run_experts(finite: np.ndarray, noise: NoiseEstimate, choices: list[ExpertCh
     models = [(registry.load(c.level, device), c.weight) for c in choices]
     normalizer = IntensityNormalizer(noise.reference_intensity)
     return normalizer.inverse(cnn_denoise(
-        normalizer.forward(finite), models, tta=tta, device=device, mask=mask, progress=progress,
+        normalizer.forward(finite), models, tta=tta, device=device, mask=mask, flips=flips,
+        progress=progress,
     ))
 
 
@@ -596,7 +599,9 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma, *, rician: bool,
     version, see :func:`final_image`).  ``sigma``: one value or a map.
     """
     guided = ri_nlm(finite, cnn, sigma, rician=rician)
-    return 0.5 * ((cnn if cnn_part is None else cnn_part) + guided)
+    guided += cnn if cnn_part is None else cnn_part  # in place: no two more volumes
+    guided *= 0.5
+    return guided
 
 
 def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, guard: bool,

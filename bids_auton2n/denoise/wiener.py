@@ -21,7 +21,9 @@ bias at low SNR, which the pilot (RI-NLM with its bias correction) has already r
 Parallelism and determinism: reference planes are split into slabs thicker than the span a
 slab's blocks can write to; even slabs run in parallel, then odd ones, so no two threads
 write the same voxel and every voxel sums its contributions in the same order whatever the
-number of threads.
+number of threads.  Under a memory budget the output is written in slabs of planes, each
+running only the reference slabs that reach it (in the same even-then-odd order) into
+accumulators of their extent: the same sums in the same order, so the same result.
 
 References
 ----------
@@ -36,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import memory
 from ._checks import real_volume
 
 #: Block edge (voxels): BM4D's 4x4x4 blocks.
@@ -95,14 +98,17 @@ def _transform_block(block, d, out, tmp):
 
 
 @njit(cache=True, fastmath=True)
-def _match(pilot, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_x, best_d):
+def _match(pilot, z0, nz, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_x,
+           best_d):
     """The ``group`` blocks of the window closest to the reference block in the pilot.
 
-    Candidates are visited in (z, y, x) order and a later one replaces a kept one only if
-    strictly closer, so ties go to the first found.  A candidate's distance stops
-    accumulating once it exceeds the current ``group``-th best (it could not enter).
+    ``pilot`` holds planes ``z0 ...`` of a volume of ``nz`` planes; ``zr`` and the block
+    corners found are planes of the whole volume.  Candidates are visited in (z, y, x)
+    order and a later one replaces a kept one only if strictly closer, so ties go to the
+    first found.  A candidate's distance stops accumulating once it exceeds the current
+    ``group``-th best (it could not enter).
     """
-    nz, ny, nx = pilot.shape
+    ny, nx = pilot.shape[1], pilot.shape[2]
     for g in range(group):
         best_d[g] = np.inf
     for cz in range(max(zr - radius, 0), min(zr + radius, nz - b) + 1):
@@ -113,7 +119,8 @@ def _match(pilot, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_
                 for i in range(b):
                     for j in range(b):
                         for k in range(b):
-                            diff = reference[(i * b + j) * b + k] - pilot[cz + i, cy + j, cx + k]
+                            diff = (reference[(i * b + j) * b + k]
+                                    - pilot[cz - z0 + i, cy + j, cx + k])
                             dist += diff * diff
                     if dist >= worst:
                         break
@@ -174,17 +181,21 @@ def _haar_inverse(a, tmp):
 
 
 @njit(cache=True, fastmath=True)
-def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d1, d1t, keep_mean,
-                      num, den, work):
-    """Group, filter and aggregate the blocks of one reference block."""
+def _filter_reference(x, pilot, z0, nz, sigma2, zr, yr, xr, b, group, radius, d1, d1t,
+                      keep_mean, num, den, work):
+    """Group, filter and aggregate the blocks of one reference block (``x``, ``pilot``,
+    ``num`` and ``den`` hold planes ``z0 ...`` of the ``nz`` of the volume)."""
     (best_z, best_y, best_x, best_d, reference, flat, noisy_coef, pilot_coef, estimate,
      group_tmp, pilot_mean, scratch) = work
     n3 = b * b * b
     for i in range(b):
         for j in range(b):
             for k in range(b):
-                reference[(i * b + j) * b + k] = pilot[zr + i, yr + j, xr + k]
-    _match(pilot, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_x, best_d)
+                reference[(i * b + j) * b + k] = pilot[zr - z0 + i, yr + j, xr + k]
+    _match(pilot, z0, nz, zr, yr, xr, b, group, radius, reference, best_z, best_y, best_x,
+           best_d)
+    for g in range(group):
+        best_z[g] -= z0  # planes of the arrays from here on
     # 3D transforms of the noisy and pilot blocks.
     for g in range(group):
         for i in range(b):
@@ -224,14 +235,15 @@ def _filter_reference(x, pilot, sigma2, zr, yr, xr, b, group, radius, d1, d1t, k
 
 
 @njit(parallel=True, cache=True)
-def _filter_slabs(x, pilot, sigma_map, ref_z, ref_y, ref_x, slab_starts, parity, b, group, radius,
-                  d1, d1t, keep_mean, active, num, den):
-    n_slabs = slab_starts.shape[0] - 1
-    n_mine = (n_slabs - parity + 1) // 2
+def _filter_slabs(x, pilot, z0, nz, ref_sigma, ref_z, ref_y, ref_x, slab_starts, first, last,
+                  parity, b, group, radius, d1, d1t, keep_mean, num, den):
+    """Reference slabs ``first ... last`` of parity ``parity`` (slab index modulo 2), in
+    parallel; the arrays hold planes ``z0 ...`` of the ``nz`` of the volume."""
+    first_mine = first + (first + parity) % 2
+    n_mine = (last - first_mine) // 2 + 1 if last >= first_mine else 0
     n3 = b * b * b
-    half = b // 2
     for s in prange(n_mine):
-        slab = 2 * s + parity
+        slab = first_mine + 2 * s
         # Scratch buffers, allocated once per slab.
         work = (np.empty(group, dtype=np.int64), np.empty(group, dtype=np.int64),
                 np.empty(group, dtype=np.int64), np.empty(group), np.empty(n3), np.empty(n3),
@@ -243,13 +255,11 @@ def _filter_slabs(x, pilot, sigma_map, ref_z, ref_y, ref_x, slab_starts, parity,
                 yr = ref_y[iy]
                 for ix in range(ref_x.shape[0]):
                     xr = ref_x[ix]
-                    if not active[iz, iy, ix]:
+                    sigma = ref_sigma[iz, iy, ix]
+                    if sigma <= 0:  # no noise there, or outside the mask
                         continue
-                    sigma = sigma_map[zr + half, yr + half, xr + half]
-                    if sigma <= 0:
-                        continue
-                    _filter_reference(x, pilot, np.float64(sigma) ** 2, zr, yr, xr, b, group,
-                                      radius, d1, d1t, keep_mean, num, den, work)
+                    _filter_reference(x, pilot, z0, nz, np.float64(sigma) ** 2, zr, yr, xr, b,
+                                      group, radius, d1, d1t, keep_mean, num, den, work)
 
 
 def _blocks_touching(mask: np.ndarray, corners: list, block: int) -> np.ndarray:
@@ -275,6 +285,7 @@ def collaborative_wiener(
     step: int = STEP,
     keep_pilot_mean: bool = True,
     mask: np.ndarray | None = None,
+    slab_planes: int | None = None,
 ) -> np.ndarray:
     """Collaborative (grouped) empirical Wiener filter of ``x`` with the pilot ``pilot``.
 
@@ -303,6 +314,11 @@ def collaborative_wiener(
     mask : numpy.ndarray of bool, optional
         Only reference blocks that overlap the mask are filtered; voxels no block covers
         keep the pilot.
+    slab_planes : int, optional
+        Write slabs of this many planes along axis 0, each with accumulators only for the
+        planes its reference blocks reach, so that memory follows the slab, not the
+        volume; the result is identical.  Default: from the memory budget
+        (:func:`~.memory.slab_planes`), the whole volume without one.
 
     Returns
     -------
@@ -330,13 +346,13 @@ def collaborative_wiener(
     if not np.any(sigma_map > 0):
         return pilot.copy()
     ref = [reference_positions(n, block, step) for n in x.shape]
-    if mask is None:
-        active = np.ones([r.size for r in ref], dtype=np.bool_)
-    else:
+    # sigma at each reference block's centre; 0 where the block misses the mask (skipped)
+    ref_sigma = np.ascontiguousarray(sigma_map[np.ix_(*(r + block // 2 for r in ref))])
+    if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != x.shape:
             raise ValueError(f"mask shape {mask.shape} differs from volume shape {x.shape}")
-        active = _blocks_touching(mask, ref, block)
+        ref_sigma[~_blocks_touching(mask, ref, block)] = 0
     # Slabs of reference planes thick enough that blocks of slabs two apart never overlap.
     span = 2 * search_radius + block
     starts = [0]
@@ -345,15 +361,34 @@ def collaborative_wiener(
             starts.append(index)
     starts.append(ref[0].size)
     slab_starts = np.asarray(starts, dtype=np.int64)
+    nz = x.shape[0]
+    # planes each reference slab writes: its blocks' corners lie within +-search_radius
+    writes = [(max(int(ref[0][a]) - search_radius, 0),
+               min(int(ref[0][b_ - 1]) + search_radius + block, nz))
+              for a, b_ in zip(starts[:-1], starts[1:])]
+    if slab_planes is None:
+        halo = max(stop - start for start, stop in writes)
+        slab_planes = memory.slab_planes(x.shape, bytes_per_voxel=memory.WIENER_BYTES_PER_VOXEL,
+                                         halo=halo)
     d1 = dct_matrix(block)
-    num = np.zeros(x.shape, dtype=np.float64)
-    den = np.zeros(x.shape, dtype=np.float64)
-    sigma_map = np.ascontiguousarray(sigma_map)
-    for parity in (0, 1):
-        _filter_slabs(x, pilot, sigma_map, ref[0], ref[1], ref[2], slab_starts, parity, block,
-                      group_size, search_radius, d1, np.ascontiguousarray(d1.T),
-                      bool(keep_pilot_mean), active, num, den)
-    out = pilot.astype(np.float64)
-    covered = den > 0
-    out[covered] = num[covered] / den[covered]
-    return out.astype(np.float32)
+    d1t = np.ascontiguousarray(d1.T)
+    out = np.empty(x.shape, dtype=np.float32)
+    for start, stop, _, _ in memory.slabs(nz, slab_planes, 0):
+        # Every reference slab that writes to these planes runs, even ones before odd ones
+        # as over the whole volume, so each voxel sums the same terms in the same order:
+        # the result is bit for bit the whole-volume one.
+        touching = [k for k, (a, b_) in enumerate(writes) if a < stop and b_ > start]
+        first, last = touching[0], touching[-1]
+        z0, z1 = writes[first][0], max(b_ for _, b_ in writes[first:last + 1])
+        num = np.zeros((z1 - z0,) + x.shape[1:], dtype=np.float64)
+        den = np.zeros_like(num)
+        for parity in (0, 1):
+            _filter_slabs(x[z0:z1], pilot[z0:z1], z0, nz, ref_sigma, ref[0], ref[1], ref[2],
+                          slab_starts, first, last, parity, block, group_size, search_radius,
+                          d1, d1t, bool(keep_pilot_mean), num, den)
+        for z in range(start, stop):  # plane by plane: no temporary of the slab's size
+            plane_num, plane_den = num[z - z0], den[z - z0]
+            covered = plane_den > 0  # voxels no block covers keep the pilot
+            np.divide(plane_num, plane_den, out=plane_num, where=covered)
+            out[z] = np.where(covered, plane_num, pilot[z])
+    return out

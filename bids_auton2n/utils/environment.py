@@ -203,6 +203,52 @@ def check_scratch() -> str | None:
     return None
 
 
+#: Longest path of a Unix socket on Linux (``sun_path`` holds 108 bytes, NUL included).
+SOCKET_PATH_MAX = 107
+#: What multiprocessing appends to its temporary folder for a socket's path:
+#: ``/pymp-XXXXXXXX`` (its private folder) and ``/listener-XXXXXXXX``.
+_SOCKET_NAME_LENGTH = 32
+#: Short folders tried for the sockets when the temporary folder's path is too long.
+_SHORT_SOCKET_BASES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def shorten_socket_folder() -> str | None:
+    """Give multiprocessing a short folder for its sockets when ``$TMPDIR``'s path is long.
+
+    Nipype's MultiProc plugin starts its workers through a forkserver that listens on a
+    Unix socket in multiprocessing's temporary folder under ``$TMPDIR``. A socket path
+    longer than :data:`SOCKET_PATH_MAX` fails with ``OSError: AF_UNIX path too long``
+    before any node runs (a job-specific ``TMPDIR`` on a cluster, nested scratch folders);
+    Python 3.13 falls back to a short system folder itself, this does the same on older
+    Pythons. ``$TMPDIR`` stays the user's choice for every other file.
+
+    Returns
+    -------
+    str or None
+        The socket folder made (removed at exit), or None where none was needed or found.
+    """
+    try:
+        base = tempfile.gettempdir()
+    except FileNotFoundError:
+        return None
+    if len(os.fsencode(base)) + _SOCKET_NAME_LENGTH <= SOCKET_PATH_MAX:
+        return None
+    import multiprocessing
+    import multiprocessing.util
+    import shutil
+
+    for candidate in _SHORT_SOCKET_BASES:
+        if writable_dir(candidate) and Path(candidate).is_dir():
+            folder = tempfile.mkdtemp(prefix="pymp-", dir=candidate)
+            # multiprocessing.util.get_temp_dir() returns this folder when set (no public
+            # setter); the finalizer removes it at exit as multiprocessing does its own.
+            multiprocessing.current_process()._config["tempdir"] = folder
+            multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder,),
+                                          kwargs={"ignore_errors": True}, exitpriority=-100)
+            return folder
+    return None
+
+
 def default_work_dir(cwd: str | Path | None = None) -> Path:
     """``./work`` where the current folder is writable (fMRIPrep's default), else
     ``$TMPDIR/bids_auton2n-<uid>/work`` (a read-only container root or current folder).

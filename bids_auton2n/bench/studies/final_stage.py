@@ -32,8 +32,7 @@ import numpy as np
 from ...denoise import pipeline
 from ...denoise.experts import ExpertRegistry
 from ...denoise.guard import limit_residual
-from ...denoise.inference import TTA_FLIPS, cnn_denoise
-from ...denoise.intensity import IntensityNormalizer
+from ...denoise.inference import PAPER_TTA_FLIPS, TTA_FLIPS
 from ...denoise.noise import estimate_noise, head_mask, reference_intensity
 from ...denoise.phantom import add_rician_noise
 from ...denoise.wiener import collaborative_wiener
@@ -46,7 +45,7 @@ NAME = "final-stage"
 HELD_OUT = "philips_ADNI_MPRAGE_T1w.nii.gz"
 CROP = (96, 128, 112)
 #: Flip sets compared: the paper's four passes, the identity and the all-axis flip, none.
-FLIP_SETS = {"4 flips": ((), (2,), (3,), (4,)), "2 flips": ((), (2, 3, 4)), "no TTA": ((),)}
+FLIP_SETS = {"4 flips": PAPER_TTA_FLIPS, "2 flips": TTA_FLIPS, "no TTA": ((),)}
 #: Wiener-stage variants applied to the fused image: name -> (keyword arguments, passes).
 WIENER_VARIANTS = {
     "Wiener (default)": ({}, 1),
@@ -77,20 +76,18 @@ def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry
     noise = estimate_noise(noisy, contrast="T1w", mask=noisy_mask)
     sigma = noise.sigma
     choices = pipeline.choose_experts(registry, noise.percent)
-    models = [(registry.load(c.level, "cpu"), c.weight) for c in choices]
-    units = IntensityNormalizer(noise.reference_intensity)
     score = {"noisy": psnr(clean, noisy, mask, peak)}
-    fused_by_flips = {}
+    fused_by_flips, cnn_by_flips = {}, {}
     for name, flips in FLIP_SETS.items():
-        cnn = units.inverse(cnn_denoise(units.forward(noisy), models, device="cpu",
-                                        mask=noisy_mask, flips=flips))
+        cnn = pipeline.run_experts(noisy, noise, choices, registry, tta=True, device="cpu",
+                                   mask=noisy_mask, flips=flips)
         fused = pipeline.final_image(noisy, cnn, sigma, fusion=True, guard=True, rician=True,
                                      wiener=False)
         wiener = limit_residual(noisy, collaborative_wiener(noisy, fused, sigma), sigma)
         score[f"CNN, {name}"] = psnr(clean, cnn, mask, peak)
         score[f"CNN + RI-NLM + guard, {name}"] = psnr(clean, fused, mask, peak)
         score[f"+ Wiener, {name}"] = psnr(clean, wiener, mask, peak)
-        fused_by_flips[flips] = fused
+        fused_by_flips[flips], cnn_by_flips[flips] = fused, cnn
     fused = fused_by_flips[tuple(TTA_FLIPS)]
     for name, (settings, passes) in WIENER_VARIANTS.items():
         image = fused
@@ -98,9 +95,8 @@ def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry
             image = limit_residual(noisy, collaborative_wiener(noisy, image, sigma, **settings),
                                    sigma)
         score[name] = psnr(clean, image, mask, peak)
-    guided_by_cnn = limit_residual(noisy, collaborative_wiener(
-        noisy, limit_residual(noisy, units.inverse(cnn_denoise(
-            units.forward(noisy), models, device="cpu", mask=noisy_mask)), sigma), sigma), sigma)
+    guided_by_cnn = pipeline.final_image(noisy, cnn_by_flips[tuple(TTA_FLIPS)], sigma,
+                                         fusion=False, guard=True, rician=True, wiener=True)
     score["Wiener with the CNN alone as pilot (no RI-NLM)"] = psnr(clean, guided_by_cnn, mask, peak)
     blended = pipeline.denoise_array(noisy, contrast="T1w", mask=noisy_mask, blend=True,
                                      registry=registry, device="cpu").denoised
