@@ -100,9 +100,12 @@ def test_derivative_names_and_headers(app_run):
     out, bids = app_run["out"], app_run["bids"]
     for source in SOURCES:
         stem, suffix = source.split(".")[0].rsplit("_", 1)
-        for desc in ("denoised", "noise"):
+        # --write-noise-map: the residual of every image, the local noise map of those of the
+        # single-image path (a repeat group's runs are denoised with one noise level each)
+        for desc, expected in (("denoised", True), ("residual", True),
+                               ("noise", source not in REPEATS)):
             derivative = out / f"{stem}_desc-{desc}_{suffix}.nii.gz"
-            assert derivative.is_file(), derivative
+            assert derivative.is_file() == expected, derivative
         src = nb.load(bids / source)
         den = nb.load(out / f"{stem}_desc-denoised_{suffix}.nii.gz")
         assert den.shape == src.shape
@@ -162,8 +165,10 @@ def test_app_output_matches_denoise_file(app_run, tmp_path):
     source = next(s for s in SOURCES if s not in REPEATS)
     stem, suffix = source.split(".")[0].rsplit("_", 1)
     result = denoise_file(app_run["bids"] / source, tmp_path / "library.nii.gz",
-                          noise_map=tmp_path / "library_noise.nii.gz")
-    for desc, library in (("denoised", "library.nii.gz"), ("noise", "library_noise.nii.gz")):
+                          noise_map=tmp_path / "library_residual.nii.gz",
+                          sigma_map=tmp_path / "library_sigma.nii.gz")
+    for desc, library in (("denoised", "library.nii.gz"), ("residual", "library_residual.nii.gz"),
+                          ("noise", "library_sigma.nii.gz")):
         app = nb.load(app_run["out"] / f"{stem}_desc-{desc}_{suffix}.nii.gz")
         ours = nb.load(tmp_path / library)
         assert np.asanyarray(app.dataobj).tobytes() == np.asanyarray(ours.dataobj).tobytes()
@@ -257,7 +262,7 @@ def test_group_table_and_report(app_run):
     assert {row[rows[0].index("outlier")] for row in rows[1:]} == {"n/a"}
     assert (table["status"] == "success").all()
     paths = dict(zip(table["source"], table["pair_source"]))
-    assert paths == {s: "repeats" if s in REPEATS else "synthetic" for s in SOURCES}
+    assert paths == {s: "repeats" if s in REPEATS else "synthetic-patches" for s in SOURCES}
     notes = dict(zip(table["source"], table["repeats"]))
     assert notes[REPEATS[0]].startswith("combined with 1 other run")
     for metric in ("snr", "cnr", "cjv", "fwhm"):
@@ -393,6 +398,15 @@ def _complete(path: Path) -> bool:
     return True
 
 
+def _without_timings(record):
+    if isinstance(record, dict):
+        return {k: _without_timings(v) for k, v in record.items()
+                if not k.lower().endswith("seconds")}
+    if isinstance(record, list):
+        return [_without_timings(v) for v in record]
+    return record
+
+
 def test_killed_run_leaves_no_partial_output_and_resumes_identically(app_run, tmp_path):
     """SIGKILL of the whole run (workers included) once a first image's CNN finished:
     every file under a final name is whole; rerunning with the same work dir completes and
@@ -404,7 +418,7 @@ def test_killed_run_leaves_no_partial_output_and_resumes_identically(app_run, tm
     out, work = tmp_path / "out", tmp_path / "work"
     command = [sys.executable, "-m", "bids_auton2n.cli.run", str(app_run["bids"]), str(out),
                "participant", "--write-noise-map", "--participant-label", "01", "-w", str(work),
-               "--nprocs", "2", "--omp-nthreads", "1"]
+               "--nprocs", "2", "--omp-nthreads", "1", *REPEATS_BUDGET]
     run = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
@@ -422,11 +436,11 @@ def test_killed_run_leaves_no_partial_output_and_resumes_identically(app_run, tm
     assert not (out / ".bids_auton2n-staging").exists()
     for source in SOURCES[:3]:  # sub-01
         stem, suffix = source.split(".")[0].rsplit("_", 1)
-        for desc in ("denoised", "noise"):
+        for desc in ("denoised", "residual") + (() if source in REPEATS else ("noise",)):
             name = f"{stem}_desc-{desc}_{suffix}.nii.gz"
             assert (out / name).read_bytes() == (app_run["out"] / name).read_bytes(), name
         sidecar = json.loads((out / f"{stem}_desc-denoised_{suffix}.json").read_text())
         reference = json.loads((app_run["out"] / f"{stem}_desc-denoised_{suffix}.json").read_text())
-        for record in (sidecar, reference):
-            record.pop("TimingsSeconds")  # the only field that differs between runs
-        assert sidecar == reference
+        # timings are the only fields that differ between runs (TimingsSeconds, and the
+        # seconds of a repeat group's alignment and fine-tuning)
+        assert _without_timings(sidecar) == _without_timings(reference)

@@ -83,3 +83,29 @@ def test_pickles_as_nothing_with_its_thread_running():
                              heartbeat_s=60.0) as progress:
         assert pickle.loads(pickle.dumps({"status_callback": progress})) == {
             "status_callback": None}
+
+
+def test_repeat_group_runs_count_when_their_own_sinks_finish():
+    """A repeat group's stages run in its workflow and show under its first run; each run
+    is done when the sink named after it (``..._run<k>``) has written its derivative."""
+    from bids_auton2n.workflows.base import denoise_workflow_names
+
+    runs = ["/d/sub-01/anat/sub-01_run-1_T1w.nii.gz", "/d/sub-01/anat/sub-01_run-2_T1w.nii.gz"]
+    sources = {"01": [*runs, "/d/sub-01/anat/sub-01_T2w.nii.gz"]}
+    names = denoise_workflow_names(sources["01"])
+    assert names[runs[0]][0] == names[runs[1]][0] == "repeats_T1w_wf"
+    stream, clock = io.StringIO(), Clock()
+    progress = ParticipantProgress(sources, workflow_names=names, stream=stream, clock=clock,
+                                   heartbeat_s=None)
+    with progress:
+        progress(_node("auton2n_wf.sub_01_wf.repeats_T1w_wf.denoise_repeats"), "start")
+        progress(_node("auton2n_wf.sub_01_wf.repeats_T1w_wf.denoise_repeats"), "end")
+        for index in (1, 0):
+            progress(_node(f"auton2n_wf.sub_01_wf.ds_{names[runs[index]][1]}.ds_denoised"), "end")
+    assert stream.getvalue().splitlines() == [
+        "[0:00:00] 0/3 images denoised",
+        "[0:00:00] 0/3 images denoised; running: sub-01_run-1_T1w (fine-tuning on the runs "
+        "and denoising)",
+        "[0:00:00] 1/3 images denoised",
+        "[0:00:00] 2/3 images denoised",
+    ]

@@ -282,7 +282,7 @@ def test_denoise_repeats_combines_the_aligned_runs(test_experts_dir, few_steps, 
 def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one_torch_thread):
     from bids_auton2n.denoise.experts import ExpertRegistry
     from bids_auton2n.denoise.pipeline import denoise_array
-    from bids_auton2n.denoise.repeats import PAIR_SOURCE_SYNTHETIC, denoise_repeats
+    from bids_auton2n.denoise.repeats import denoise_repeats
 
     (run1, _), _ = _pair()
     rng = np.random.default_rng(5)
@@ -298,5 +298,5 @@ def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one
         run1, tta=False, fusion=False, registry=registry).denoised)
     for index in (0, 1):
         record = result.provenance(index)
-        assert record["PairSource"] == PAIR_SOURCE_SYNTHETIC
+        assert record["PairSource"] == "synthetic-patches"  # the single-image path's
         assert record["Repeats"]["RunsCombined"] == 0 and record["Repeats"]["Fallback"] == lines

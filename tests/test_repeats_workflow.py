@@ -33,11 +33,14 @@ def test_subject_workflow_groups_the_runs(repeats, tmp_path):
     assert ("repeats_ses_1_T1w_wf.denoise_repeats" in names) is grouped
     assert any("anat_ses_1_run_1_T1w_wf" in n for n in names) is not grouped
     assert any("anat_ses_1_T2w_wf" in n for n in names)  # a group of one: single path
-    expected = {RUNS[2]: "anat_ses_1_T2w_wf"}
-    for run in RUNS[:2]:
-        expected[run] = ("repeats_ses_1_T1w_wf" if grouped else
-                         "anat_" + run.split("sub-01_")[1].split(".")[0].replace("-", "_") + "_wf")
+    expected = {RUNS[2]: ("anat_ses_1_T2w_wf",) * 2}
+    for index, run in enumerate(RUNS[:2]):
+        expected[run] = (("repeats_ses_1_T1w_wf", f"repeats_ses_1_T1w_wf_run{index}") if grouped
+                         else ("anat_" + run.split("sub-01_")[1].split(".")[0].replace("-", "_")
+                               + "_wf",) * 2)
     assert denoise_workflow_names(RUNS, repeats=repeats) == expected
+    sinks = {name.split(".")[0] for name in names if name.startswith("ds_")}
+    assert {f"ds_{outputs}" for _, outputs in expected.values()} <= sinks
     if grouped:
         node = workflow.get_node("repeats_ses_1_T1w_wf.denoise_repeats")
         assert node.inputs.method == "n2a" and node.inputs.budget_s == 42.0

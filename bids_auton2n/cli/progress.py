@@ -26,6 +26,9 @@ STAGES = {
     "cnn_denoise": "CNN experts",
     "rinlm_fusion": "RI-NLM fusion and guard",
     "figures": "report figures",
+    # a repeat group's (``workflows.repeats.init_repeats_wf``)
+    "align_runs": "aligning the runs",
+    "denoise_repeats": "fine-tuning on the runs and denoising",
 }
 #: The node whose end means the image's derivative is written (``workflows.outputs``).
 DONE_NODE = "ds_denoised"
@@ -46,6 +49,11 @@ class ParticipantProgress:
     sources : dict
         Image files by participant label (as :func:`~bids_auton2n.utils.bids.collect_anatomicals`
         returns them).
+    workflow_names : dict, optional
+        Per image, the workflow that denoises it and the name its sinks are named after, where
+        they are not its own (:func:`~bids_auton2n.workflows.base.denoise_workflow_names`):
+        a repeat group's stages are shown under its first run, each run is done when its own
+        sink is.
     stream : file, optional
         Where lines go (default: standard error, beside the app's other messages).
     clock : callable
@@ -54,12 +62,18 @@ class ParticipantProgress:
         Repeat the line after this many quiet seconds; ``None``: only on events.
     """
 
-    def __init__(self, sources: dict[str, list[str]], *, stream=None, clock=time.monotonic,
-                 heartbeat_s: float | None = 30.0):
+    def __init__(self, sources: dict[str, list[str]], *, workflow_names: dict | None = None,
+                 stream=None, clock=time.monotonic, heartbeat_s: float | None = 30.0):
         from ..workflows.base import image_workflow_name
 
-        self._labels = {(f"sub_{subject}_wf", image_workflow_name(f)): image_label(f)
-                        for subject, files in sources.items() for f in files}
+        # (subject workflow, workflow or sink name) -> image; a group's stages -> its first run
+        self._labels: dict[tuple[str, str], str] = {}
+        for subject, files in sources.items():
+            for f in files:
+                own = (image_workflow_name(f),) * 2
+                for name in (workflow_names or {}).get(f, own):
+                    self._labels.setdefault((f"sub_{subject}_wf", name), image_label(f))
+        self._n_images = sum(len(files) for files in sources.values())
         self._stream = stream
         self._clock = clock
         self._started = clock()
@@ -81,7 +95,7 @@ class ParticipantProgress:
 
     @property
     def total(self) -> int:
-        return len(self._labels)
+        return self._n_images
 
     def _image(self, node) -> str | None:
         parts = node.fullname.split(".")

@@ -231,30 +231,29 @@ def run_participant() -> int:
     sources = sorted(f for files in subjects.values() for f in files)
     write_derivative_description(execution.bids_dir, execution.output_dir)
     crashed = None
+    from ..workflows.base import denoise_workflow_names
     from .progress import ParticipantProgress
 
+    names = {source: pair for files in subjects.values()
+             for source, pair in denoise_workflow_names(
+                 files, repeats=config.workflow.repeats,
+                 across_sessions=config.workflow.repeats_across_sessions).items()}
     plugin = config.nipype.get_plugin()
     print(f"bids_auton2n: denoising {len(sources)} image(s) of {len(subjects)} "
           f"participant(s); work directory {execution.work_dir}", file=sys.stderr, flush=True)
     try:
         if workflow is not None:
             with _worker_logging(execution.work_dir, execution.verbosity), \
-                    ParticipantProgress(runnable) as progress:
+                    ParticipantProgress(runnable, workflow_names=names) as progress:
                 plugin["plugin_args"].setdefault("status_callback", progress)
                 workflow.run(**plugin)
     except Exception as exc:  # Nipype raises RuntimeError after all runnable nodes ran
         crashed = exc
     finally:
-        from ..workflows.base import denoise_workflow_names
-
-        settings = config.workflow
-        workflow_names = {
-            source: name for files in subjects.values()
-            for source, name in denoise_workflow_names(
-                files, repeats=settings.repeats,
-                across_sessions=settings.repeats_across_sessions).items()}
         status = _image_status(sources, execution.output_dir, execution.bids_dir,
-                               execution.run_uuid, workflow_names, rejected=rejected)
+                               execution.run_uuid,
+                               {source: workflow for source, (workflow, _) in names.items()},
+                               rejected=rejected)
         status_file = execution.output_dir / "logs" / f"status_{execution.run_uuid}.json"
         write_text_atomic(status_file, json.dumps(status, indent=2))
         if workflow is not None:  # None: every image was refused before the workflow

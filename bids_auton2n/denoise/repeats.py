@@ -47,9 +47,8 @@ LOGGER = logging.getLogger("bids_auton2n.denoise")
 
 #: Most Noise2Average iterations.
 N2A_ITERATIONS = 3
-#: ``PairSource`` of the sidecars: where the Noise2Noise pairs came from.
+#: ``PairSource`` of the sidecars of a group's runs (one of :data:`~.pipeline.PAIR_SOURCES`).
 PAIR_SOURCE_REPEATS = "repeats"
-PAIR_SOURCE_SYNTHETIC = "synthetic"
 
 
 @dataclass
@@ -134,7 +133,8 @@ class RepeatsResult:
     def provenance(self, index: int) -> dict:
         """Sidecar record of run ``index`` (the :meth:`DenoiseResult.provenance` layout)."""
         if not self.in_group[index]:
-            return {**self.singles[index].provenance(), "PairSource": PAIR_SOURCE_SYNTHETIC,
+            # a run left out of the group: its own single-image path and PairSource
+            return {**self.singles[index].provenance(),
                     "ExpertSelection": self.expert_selection, "Repeats": self.repeats_record()}
         return {**self._group_provenance(self.noise[index]), "PairSource": PAIR_SOURCE_REPEATS,
                 "ExpertSelection": self.expert_selection, "Repeats": self.repeats_record()}

@@ -37,6 +37,8 @@ class DerivativesDataSink(_DerivativesDataSink):
 
         final_root = Path(self.inputs.base_directory if isdefined(self.inputs.base_directory)
                           else runtime.cwd).absolute()
+        # niworkflows sets out_meta only when it writes a sidecar: none left from a last run
+        self._results.pop("out_meta", None)
         with staging_dir(final_root) as staging:
             self.inputs.base_directory = str(staging)
             try:

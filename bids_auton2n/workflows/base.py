@@ -130,9 +130,9 @@ def init_auton2n_wf(*, layout=None, subjects=None):
             mem_gb=config.nipype.image_mem_gb(),
         )
         if finetune_node is not None:
-            names = set(denoise_workflow_names(
+            names = {workflow for workflow, _ in denoise_workflow_names(
                 anat_files, repeats=settings.repeats,
-                across_sessions=settings.repeats_across_sessions).values())
+                across_sessions=settings.repeats_across_sessions).values()}
             workflow.connect([
                 (finetune_node, subject_wf, [("experts_dir", f"{wf_name}.inputnode.experts_dir")])
                 for wf_name in sorted(names)
@@ -230,8 +230,10 @@ def subject_groups(anat_files, *, repeats: str = "auto", across_sessions: bool =
 
 
 def denoise_workflow_names(anat_files, *, repeats: str = "auto",
-                           across_sessions: bool = False) -> dict[str, str]:
-    """Name of the workflow that denoises each image (its own, or its repeat group's).
+                           across_sessions: bool = False) -> dict[str, tuple[str, str]]:
+    """Per image: the workflow that denoises it (its own, or its repeat group's) and the name
+    its sinks are named after (``ds_<name>``: its own workflow's, or
+    ``<group workflow>_run<k>`` for run ``k`` of a group).
 
     Parameters
     ----------
@@ -240,10 +242,14 @@ def denoise_workflow_names(anat_files, *, repeats: str = "auto",
     """
     names = {}
     for group in subject_groups(anat_files, repeats=repeats, across_sessions=across_sessions):
-        for path in group.files:
-            names[path] = (repeats_workflow_name(group) if group.is_repeat
-                           else image_workflow_name(path))
+        for index, path in enumerate(group.files):
+            names[path] = ((repeats_workflow_name(group), _run_outputs_name(group, index))
+                           if group.is_repeat else (image_workflow_name(path),) * 2)
     return names
+
+
+def _run_outputs_name(group, index: int) -> str:
+    return f"{repeats_workflow_name(group)}_run{index}"
 
 
 def init_single_subject_wf(
@@ -415,10 +421,10 @@ def _connect_repeats(workflow, group, *, source_metadata, bids_dir, output_dir, 
     for index, anat_file in enumerate(files):
         ds_denoised_wf = init_ds_denoised_wf(
             output_dir=output_dir, write_noise_map=write_noise_map, with_sigma_map=False,
-            name=f"ds_{repeats_wf.name}_run{index}")  # the repeats path has no sigma map
+            name=f"ds_{_run_outputs_name(group, index)}")  # the repeats path has no sigma map
         ds_denoised_wf.inputs.inputnode.source_file = anat_file
         ds_reportlets_wf = init_ds_reportlets_wf(
-            output_dir=output_dir, name=f"ds_reportlets_{repeats_wf.name}_run{index}")
+            output_dir=output_dir, name=f"ds_reportlets_{_run_outputs_name(group, index)}")
         ds_reportlets_wf.inputs.inputnode.source_file = anat_file
         for field, target in (("out_files", "inputnode.out_file"),
                               ("noise_images", "inputnode.noise_image"),

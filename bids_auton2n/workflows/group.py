@@ -115,7 +115,7 @@ def run_group_level(*, bids_dir: Path, output_dir: Path, work_dir: Path,
                 noise_source=noise["Source"],
                 expert="+".join(f"{e['NoiseLevelPercent']:g}" for e in sidecar["Experts"]),
                 runtime_s=sidecar["TimingsSeconds"]["total"],
-                pair_source=sidecar.get("PairSource", "synthetic"),
+                pair_source=sidecar.get("PairSource", "n/a"),  # outputs of older versions
                 repeats=_repeats_note(sidecar),
             )
             key = re.sub(r"[^a-zA-Z0-9]", "_", Path(source).name.split(".")[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..interfaces.qc import ComputeIQMs
 from ..interfaces.reports import DenoiseSummary
 from ..interfaces.repeats import (
     AlignRuns,
@@ -143,7 +144,10 @@ def init_repeats_wf(
         PlotMosaic(view=["axial", "sagittal"], title="Residual (input - denoised)",
                    cmap="Greys_r", out_file="residual.svg"),
         iterfield=["in_file"], name="residual_mosaic")
-    run_summary = pe.MapNode(DenoiseSummary(), iterfield=["provenance_json"], name="summary")
+    iqms = pe.MapNode(ComputeIQMs(contrast=contrast), iterfield=["source_file", "denoised_file"],
+                      name="iqms")
+    run_summary = pe.MapNode(DenoiseSummary(), iterfield=["provenance_json", "iqms_json"],
+                             name="summary")
     first_denoised = pe.Node(niu.Select(index=0), name="first_denoised")
 
     workflow.connect([
@@ -169,6 +173,9 @@ def init_repeats_wf(
         (denoise, run_report, [("out_files", "after")]),
         (denoise, residual, [("noise_images", "in_file")]),
         (provenance, run_summary, [("run_jsons", "provenance_json")]),
+        (inputnode, iqms, [("in_files", "source_file")]),
+        (denoise, iqms, [("out_files", "denoised_file")]),
+        (iqms, run_summary, [("out_json", "iqms_json")]),
         (denoise, outputnode, [("out_files", "out_files"), ("noise_images", "noise_images"),
                                ("combined_file", "combined_file")]),
         (provenance, outputnode, [("metadata", "metadata"),
