@@ -207,6 +207,9 @@ def run_participant() -> int:
     # Images that cannot be read (annexed content missing, broken link, bad sidecar) fail
     # alone, before the workflow; the others are denoised.
     rejected = screen_images(subjects, bad_sidecars)
+    rejected.update(_screen_repeat_runs(
+        subjects, rejected, repeats=config.workflow.repeats,
+        across_sessions=config.workflow.repeats_across_sessions))
     runnable = {subject: [f for f in files if f not in rejected]
                 for subject, files in subjects.items()}
     runnable = {subject: files for subject, files in runnable.items() if files}
@@ -280,6 +283,30 @@ def run_participant() -> int:
             print(f"bids_auton2n: workflow error: {crashed}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def _screen_repeat_runs(subjects: dict, rejected: dict, *, repeats: str,
+                        across_sessions: bool) -> dict[str, str]:
+    """Runs of would-be repeat groups whose data cannot be denoised (2D, too small, all NaN,
+    truncated...), each with its one-line reason.
+
+    The runs of a group are denoised by one node, so a bad run would fail the whole group;
+    read before the workflow, it is refused alone and the group forms from the others. Single
+    images are checked by their own nodes (no extra read).
+    """
+    from ..utils.io import InputImageError, read_volume
+    from ..workflows.base import subject_groups
+
+    refused = {}
+    for files in subjects.values():
+        candidates = [f for f in files if f not in rejected]
+        for group in subject_groups(candidates, repeats=repeats, across_sessions=across_sessions):
+            for path in group.files if group.is_repeat else ():
+                try:
+                    read_volume(path)
+                except InputImageError as exc:
+                    refused[path] = f"InputImageError: {exc}"
+    return refused
 
 
 #: Status of an image whose workflow left no crash file and no derivative.
