@@ -2,6 +2,11 @@
 # Build the Docker image and run it the ways users do; print (and optionally record) a table.
 #
 #   sudo bash scripts/check_container.sh [--record docs/container-check.md] [--keep]
+#                                        [--image NAME] [--no-build]
+#
+# --no-build runs the cases on an existing image NAME (a rerun after a fix applied to it).
+# The containers run at the niceness of dockerd, not of this script: on a shared machine
+# start dockerd under nice.
 #
 # Needs a running Docker engine and root (it chowns folders to an arbitrary uid). Not part of
 # the test suite: it builds a ~2 GB image (minutes) and runs the app seven times.
@@ -25,6 +30,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 RECORD=""
 KEEP=0
+BUILD=1
 IMAGE=bids-auton2n:check
 WORK=${CHECK_WORK:-/tmp/bids_auton2n-container-check}
 while [ $# -gt 0 ]; do
@@ -32,6 +38,7 @@ while [ $# -gt 0 ]; do
         --record) RECORD=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --image) IMAGE=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
         *) echo "unknown option $1" >&2; exit 64 ;;
     esac
 done
@@ -39,6 +46,7 @@ docker info >/dev/null 2>&1 || { echo "no Docker engine (start dockerd)" >&2; ex
 mkdir -p "$WORK"
 log() { echo "[check_container] $*" >&2; }
 
+if [ "$BUILD" = 1 ]; then
 # ---- base image ------------------------------------------------------------------------
 if ! docker image inspect python:3.11-slim >/dev/null 2>&1 \
         && ! docker pull python:3.11-slim >/dev/null 2>&1; then
@@ -105,6 +113,10 @@ start=$(date +%s)
 nice -n 10 docker build --network host --build-arg "TORCH_INDEX=http://127.0.0.1:$PORT/simple" \
     -t "$IMAGE" "$REPO" >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
 BUILD_S=$(( $(date +%s) - start ))
+else
+    BASE="not rebuilt (--no-build), image $IMAGE of $(docker image inspect "$IMAGE" --format '{{.Created}}' | cut -c1-16)"
+    BUILD_S=-
+fi
 SIZE=$(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.2f GB", $1 / 1e9}')
 TORCH=$(docker run --rm --network none --entrypoint python "$IMAGE" -c \
     "import torch; print(torch.__version__)")
