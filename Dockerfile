@@ -26,12 +26,15 @@ RUN pip install /src/bids-auton2n && rm -rf /src/bids-auton2n \
     && mkdir -p -m 1777 /home/auton2n
 
 # Compile the numba kernels once, into the package's __pycache__, which every uid may use
-# (a run on a read-only root compiles them again, in $TMPDIR: ~10-30 s per job).
+# (a run on a read-only root compiles them again, in $TMPDIR: ~10-30 s per job). 0777, not
+# 1777: a uid that needs a new signature (other dtypes, another CPU) rewrites root's index
+# files, which a sticky folder forbids (EPERM, every image failed); the folder lives in the
+# container's own layer, so nothing is shared between containers.
 RUN python -c "import numpy as np; from bids_auton2n.denoise.pipeline import denoise_array; \
 g = np.indices((32, 32, 32)) - 15.5; ball = 100.0 * (np.sqrt((g ** 2).sum(0)) < 12); \
 noise = np.random.default_rng(0).normal(0, 3, ball.shape); \
 denoise_array(np.abs(ball + noise).astype(np.float32), tta=False)" \
-    && chmod 1777 "$(python -c 'import os, bids_auton2n.denoise as d; \
+    && chmod 0777 "$(python -c 'import os, bids_auton2n.denoise as d; \
 print(os.path.join(os.path.dirname(d.__file__), "__pycache__"))')"
 
 WORKDIR /home/auton2n

@@ -206,3 +206,69 @@ def test_no_socket_folder_when_the_temporary_folder_is_short(monkeypatch, tmp_pa
     monkeypatch.setattr(environment.tempfile, "gettempdir", lambda: str(tmp_path))
     assert len(str(tmp_path)) + 32 <= environment.SOCKET_PATH_MAX
     assert environment.shorten_socket_folder() is None
+
+
+
+_KERNEL = "import numba\n\n@numba.njit(cache=True)\ndef add_one(x):\n    return x + 1\n"
+
+
+def _dockerfile_pycache_mode() -> int:
+    """The mode the Dockerfile gives the kernels' ``__pycache__`` (``chmod <mode> ...``)."""
+    import re
+
+    text = (PACKAGE_DIR.parent / "Dockerfile").read_text()
+    found = re.search(r"chmod (\d+) \"\$\(python -c '[^']*__pycache__", text, re.S)
+    assert found, "the Dockerfile no longer opens the numba cache to every uid"
+    return int(found.group(1), 8)
+
+
+def _as_uid(uid: int, function) -> str:
+    """Run ``function()`` in a forked child as ``uid`` (no exec: the interpreter may sit in a
+    folder that uid cannot read); returns its error, or "" when it returned."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.close(read)
+        message = ""
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            function()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            message = f"{type(exc).__name__}: {exc}" or "error"
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    os.waitpid(child, 0)
+    return message
+
+
+@pytest.mark.skipif(not (PACKAGE_DIR.parent / "Dockerfile").is_file(), reason="no Dockerfile")
+@pytest.mark.skipif(os.geteuid() != 0, reason="compiles as root, then as another uid")
+def test_numba_cache_of_the_image_lets_another_uid_add_a_signature():
+    """The image compiles the kernels as root into their ``__pycache__``; a run as
+    ``-u 12345:12345`` that needs a new signature (other dtypes, another CPU) rewrites the
+    kernel's index file. In a sticky folder (1777) replacing root's file is refused (EPERM:
+    every image failed so in the container check of 2026-12-01); the Dockerfile's mode lets
+    it."""
+    import importlib
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="auton2n-numba-"))
+    try:
+        root.chmod(0o755)
+        (root / "kern_sticky_check.py").write_text(_KERNEL)
+        (root / "__pycache__").mkdir()
+        (root / "__pycache__").chmod(_dockerfile_pycache_mode())
+        sys.path.insert(0, str(root))
+        kern = importlib.import_module("kern_sticky_check")
+        assert kern.add_one(1) == 2  # compiled and cached by root, as in the image
+        assert any(p.suffix == ".nbi" for p in (root / "__pycache__").iterdir())
+        assert _as_uid(SANDBOX_UID, lambda: kern.add_one(1.5)) == ""
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("kern_sticky_check", None)
+        shutil.rmtree(root, ignore_errors=True)
