@@ -110,7 +110,9 @@ def bad_run(tmp_path_factory, test_experts_dir):
     done = subprocess.run(
         [sys.executable, "-m", "bids_auton2n.cli.run", bids, out, "participant", "-w", work,
          "--experts-dir", test_experts_dir, "--nprocs", "2", "--omp-nthreads", "1",
-         "--no-tta", "--no-fusion", "--no-wiener", "--repeats", "off"],  # unrelated images
+         "--no-tta", "--no-fusion", "--no-wiener",
+         "--repeats", "off",  # unrelated images, not repeats of one
+         "--pair-source", "synthetic-patches"],  # run 1's anisotropy: no NS-N2N fine-tuning
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return {"bids": bids, "out": out, "work": work, "sources": sources, "done": done,
             "digests": digests}
