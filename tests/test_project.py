@@ -145,7 +145,7 @@ def test_every_declared_dependency_is_imported():
     requirements = [re.split(r"[<>=!~ ;\[]", line.strip())[0]
                     for line in setup["options"]["install_requires"].strip().splitlines()]
     import_names = {"pybids": "bids", "PyYAML": "yaml", "bids-validator": "bids_validator",
-                    "scikit-learn": "sklearn"}
+                    "scikit-learn": "sklearn", "antspyx": "ants"}
     sources = "\n".join(path.read_text() for path in (ROOT / "bids_auton2n").rglob("*.py"))
     for requirement in requirements:
         module = import_names.get(requirement, requirement)
