@@ -205,8 +205,8 @@ def check_scratch() -> str | None:
 
 #: Longest path of a Unix socket on Linux (``sun_path`` holds 108 bytes, NUL included).
 SOCKET_PATH_MAX = 107
-#: What multiprocessing appends to its temporary folder for a socket's path:
-#: ``/pymp-XXXXXXXX`` (its private folder) and ``/listener-XXXXXXXX``.
+#: What multiprocessing appends to its temporary folder for a socket's path: its private
+#: folder ``/pymp-`` and the socket ``/listener-``, each with 8 random characters.
 _SOCKET_NAME_LENGTH = 32
 #: Short folders tried for the sockets when the temporary folder's path is too long.
 _SHORT_SOCKET_BASES = ("/tmp", "/var/tmp", "/dev/shm")
