@@ -1,6 +1,7 @@
 """Tests of the expert registry (weights made here, in a temporary registry)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +43,15 @@ def test_manifest_written_and_levels(registry_root):
     registry = ExpertRegistry(registry_root)
     assert registry.levels == [1.0, 3.0, 5.0, 7.0, 9.0]
     assert len(registry.sha256(5)) == 64
+
+
+def test_provenance_names_registries_without_machine_paths(registry_root):
+    assert ExpertRegistry().label == "shipped (bids_auton2n/data/experts)"
+    assert ExpertRegistry(registry_root).label == registry_root.name
+    # The shipped records name no folder of the machine they were trained on.
+    for record in ("experts/manifest.json", "noise_calibration.json"):
+        text = (default_root().parent / record).read_text()
+        assert not re.search(r'"/(work|home|root|tmp/pytest)[/"]|--data-dir /', text), record
 
 
 def test_load_roundtrip_eval_and_device(registry_root):

@@ -136,6 +136,17 @@ class ExpertRegistry:
     def __repr__(self) -> str:
         return f"ExpertRegistry(root={str(self.root)!r}, levels={self.levels})"
 
+    @property
+    def label(self) -> str:
+        """Name of this registry for provenance records, free of this machine's paths.
+
+        ``"shipped (bids_auton2n/data/experts)"`` for the package's own experts, else the
+        folder's name; the recorded SHA-256 of each expert identifies the weights.
+        """
+        if self.root.resolve() == default_root().resolve():
+            return "shipped (bids_auton2n/data/experts)"
+        return self.root.name
+
     def entry(self, level: float) -> dict:
         """Manifest entry (file, sha256, provenance) of the expert at ``level``."""
         for known, entry in zip(self.levels, self._entries):

@@ -450,7 +450,7 @@ def finetune(
         prepared, config, result, command=command or current_command(),
         exclude_centre=exclude_centre, initialised_from=start_level,
         extra={
-            "finetuned_from": {"registry": str(registry.root),
+            "finetuned_from": {"registry": registry.label,
                                "sha256": registry.sha256(start_level)},
             "finetune_recipe": {
                 "base": base,

@@ -274,7 +274,7 @@ def _denoised_base(name, finite, mask, noise, *, contrast, registry, exclude_cen
             sha256=sha256,
         ),
         base="denoised", scan_noise_percent=float(noise.percent),
-        denoised_with={"registry": str(registry.root), "experts_sha256": experts,
+        denoised_with={"registry": registry.label, "experts_sha256": experts,
                        "pipeline": "denoise_array defaults at the scan's estimated noise"},
     )
     LOGGER.info("%s: scan noise %.2f%%, denoised base noise %.2f%%", name, noise.percent,

@@ -248,7 +248,7 @@ def run_calibration(data_dir: Path, *, cache: Path | None = None, output: Path =
         },
         "data": {
             "scans": {name: contrast for name, contrast in SCANS.items()},
-            "source": str(data_dir),
+            "source": "--data-dir (the scans of shared/data, named above)",
             "base": f"scan pre-denoised with {DENOISING_PASSES} passes of ri_nlm (guide = Gaussian"
                     f"({GUIDE_SMOOTHING}) of the current base, sigma = its uncorrected estimate, Rician)",
             "added_noise": "Rician, percent of the base's reference tissue",
