@@ -22,6 +22,20 @@ def command_line(name: str, argv) -> str:
     return shlex.join(["bids_auton2n-bench", name, *argv])
 
 
+def start_record(name: str, argv, threads: int) -> dict:
+    """Use ``threads`` threads (torch and OpenMP) and start study ``name``'s results record:
+    the machine and the command that reruns it."""
+    import os
+
+    import torch
+
+    from ..report import machine_record
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    return {"machine": machine_record(threads), "config": {"command": command_line(name, argv)}}
+
+
 def write_keeping_notes(path: Path, text: str) -> None:
     """Write generated ``text`` to ``path``, keeping the hand-written part after :data:`NOTES_MARKER`."""
     notes = ""

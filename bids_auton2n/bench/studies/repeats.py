@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..harness import DEFAULT_DATA_DIR
-from ._common import command_line, write_keeping_notes
+from ._common import start_record, write_keeping_notes
 
 #: Rigid motion of the second phantom run: rotations about x, y, z (degrees) and shift (mm),
 #: about the centre of the phantom's grid.
@@ -326,15 +326,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv) -> int:
-    import torch
-
-    from ..report import machine_record
-
     args = parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    record = {"machine": machine_record(args.threads), "rows": [],
-              "config": {"command": command_line("repeats", argv)}}
+    record = {**start_record("repeats", argv, args.threads), "rows": []}
     args.budget_s = args.budget or None
     record["config"].update(levels=list(args.levels), crop=list(args.crop),
                             methods=list(args.methods), budget_s=args.budget_s,

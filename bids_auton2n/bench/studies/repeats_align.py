@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import command_line, write_keeping_notes
+from ._common import start_record, write_keeping_notes
 from .repeats import _csv, _timed, move_head, rigid_motion
 
 
@@ -105,16 +105,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv) -> int:
-    import torch
-
-    from ..report import machine_record
-
     args = parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    record = {"machine": machine_record(args.threads),
-              "config": {"command": command_line("repeats-align", argv),
-                         "trials": args.trials, "level": args.level}}
+    record = start_record("repeats-align", argv, args.threads)
+    record["config"].update(trials=args.trials, level=args.level)
     record["rows"] = align_comparison(args)
     for path in write_report(record, args.out):
         print(f"[bench] wrote {path}")
