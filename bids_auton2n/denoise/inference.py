@@ -269,9 +269,11 @@ def cnn_denoise(
             flipped = torch.flip(inputs, flip) if flip else inputs
             with _autocast(torch_device, precision):
                 prediction = predict(flipped, model)
+            del flipped  # whole-crop arrays: one fewer alive while the prediction is flipped
             prediction = prediction.float()
             if flip:
                 prediction = torch.flip(prediction, flip)
-            accumulated += (weight / len(flips)) * prediction
+            prediction *= weight / len(flips)
+            accumulated += prediction
         output[box] = accumulated[0, 0].cpu().numpy()
     return output

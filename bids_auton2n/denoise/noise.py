@@ -279,7 +279,7 @@ def reference_intensity(x: np.ndarray, mask: np.ndarray, contrast: str) -> Refer
         raise ValueError(f"contrast must be one of {', '.join(REFERENCE_TISSUE)}, got {contrast!r}")
     x = _check_volume(x, "reference_intensity")
     mask = _check_mask(mask, x.shape)
-    depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+    depth = _depth(mask)
     interior = depth >= INTERIOR_DEPTH * depth.max()
     values = x[interior if interior.sum() >= 1000 else mask].astype(np.float64)
     # A few extreme voxels (vessels, fat in the orbits) must not pull a class.
@@ -365,6 +365,42 @@ def _mad_spread(difference: np.ndarray) -> float:
     return float(_MAD_TO_STD * mad / np.sqrt(2.0))
 
 
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each voxel of ``mask`` to the nearest voxel outside it (the
+    volume's border counts as outside).
+
+    Bit for bit ``ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]``, from
+    its feature transform one axis at a time: about half its peak memory (scipy holds the
+    feature transform, the index grid and the offsets of all three axes in float64 at
+    once, ~60 bytes per voxel).  The squared distances are integers, so their sum is exact
+    in any order.
+    """
+    padded = np.pad(mask, 1)
+    features = ndi.distance_transform_edt(padded, return_distances=False, return_indices=True)
+    squared = np.zeros(padded.shape, dtype=np.float64)
+    for axis, n in enumerate(padded.shape):
+        grid = np.arange(n, dtype=np.int32).reshape([-1 if a == axis else 1 for a in range(3)])
+        offset = (features[axis] - grid).astype(np.float64)
+        squared += np.multiply(offset, offset, out=offset)
+    del features
+    return np.sqrt(squared, out=squared)[1:-1, 1:-1, 1:-1]
+
+
+def gradient_magnitude(volume: np.ndarray) -> np.ndarray:
+    """Magnitude of :func:`numpy.gradient` of ``volume``, one axis at a time.
+
+    Holds one axis's gradient at a time instead of all three (bit for bit
+    ``np.sqrt(sum(g * g for g in np.gradient(volume)))``): on a 38 M-voxel scan that is
+    300 MB less at the peak.
+    """
+    total = None
+    for axis in range(volume.ndim):
+        partial = np.gradient(volume, axis=axis)
+        np.multiply(partial, partial, out=partial)
+        total = partial if total is None else np.add(total, partial, out=total)
+    return np.sqrt(total, out=total)
+
+
 def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray, *,
                         flattest_fraction: float = FLATTEST_FRACTION,
                         flatness_smoothing: float = FLATNESS_SMOOTHING) -> tuple[float, float, int]:
@@ -387,25 +423,29 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:
         inner = mask
-    points = np.argwhere(inner)
+    # Flat indices, in the order of np.argwhere: a third of the memory of coordinates.
+    index = np.flatnonzero(inner)
 
     def difference_at(chosen: np.ndarray) -> np.ndarray:
-        where = tuple(points[chosen].T)
+        where = index[chosen]
         if pair is None:
-            partner = pair_values_at(x, points[chosen], exclude_centre=True)
+            points = np.stack(np.unravel_index(where, x.shape), axis=1)
+            partner = pair_values_at(x, points, exclude_centre=True)
         else:
-            partner = pair[where]
-        return x[where] - partner
+            partner = pair.ravel()[where]
+        return x.ravel()[where] - partner
 
-    lattice = np.all(points % FIRST_PASS_STRIDE == 0, axis=1)
+    on_lattice = np.zeros(x.shape, dtype=bool)
+    on_lattice[::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE] = True
+    lattice = on_lattice[inner]
+    del on_lattice
     if lattice.sum() < 1000:
         lattice[:] = True
     local_mean = ndi.uniform_filter(x, size=3)[inner]
     selected = local_mean >= MIN_SNR * _mad_spread(difference_at(lattice))
     if selected.sum() < 100:
         raise ValueError("too few foreground voxels above the noise to estimate it")
-    smoothed = ndi.gaussian_filter(x, flatness_smoothing)
-    gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))[inner]
+    gradient = gradient_magnitude(ndi.gaussian_filter(x, flatness_smoothing))[inner]
     flat = selected & (gradient <= np.quantile(gradient[selected], flattest_fraction))
     if flat.sum() < 100:
         flat = selected

@@ -50,7 +50,7 @@ from scipy import ndimage as ndi
 from scipy import stats
 
 from ._checks import real_volume
-from .noise import MIN_SNR, NoiseEstimate, estimate_noise
+from .noise import MIN_SNR, NoiseEstimate, estimate_noise, gradient_magnitude
 
 __all__ = ["NoiseMap", "choose_noise_model", "local_noise_map", "NOISE_MODELS"]
 
@@ -67,6 +67,8 @@ ADAPTIVE_SPREAD = 0.3
 #: ``noise_model`` values: ``auto`` chooses between the other two by the map's spread.
 NOISE_MODELS = ("auto", "global", "adaptive")
 _MAD_TO_STD = 1.4826
+#: Blocks whose linear fit is solved together (memory, not results).
+FIT_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,16 @@ def _block_factors(voxel_size) -> tuple[int, ...]:
     return tuple(max(1, int(SMOOTHING_MM / (3.0 * float(z)))) for z in voxel_size)
 
 
-def _block_sum(volume: np.ndarray, factors) -> np.ndarray:
-    """Sums over blocks of ``factors`` voxels (the volume zero-padded to whole blocks)."""
+def _block_sum(volume: np.ndarray, factors, where: np.ndarray | None = None) -> np.ndarray:
+    """Sums over blocks of ``factors`` voxels (the volume zero-padded to whole blocks), in
+    float64; with ``where``, of the voxels it marks only."""
     padded_shape = [-(-n // f) * f for n, f in zip(volume.shape, factors)]
     padded = np.zeros(padded_shape, np.float64)
-    padded[tuple(slice(0, n) for n in volume.shape)] = volume
+    inside = padded[tuple(slice(0, n) for n in volume.shape)]
+    if where is None:
+        inside[...] = volume
+    else:  # no whole-volume temporary for the masked copy
+        np.copyto(inside, volume, where=where)
     shape = [n // f for n, f in zip(padded_shape, factors)]
     return padded.reshape(shape[0], factors[0], shape[1], factors[1], shape[2],
                           factors[2]).sum(axis=(1, 3, 5))
@@ -129,8 +136,8 @@ def _spread_map(values: np.ndarray, usable: np.ndarray, shape, factors, voxel_si
     ``[1/2, 2]`` times the zeroth-order average (extrapolation far from the data), the average
     is kept.
     """
-    data = _block_sum(np.where(usable, values, 0.0), factors)
-    weight = _block_sum(usable.astype(np.float64), factors)
+    data = _block_sum(values, factors, where=usable)
+    weight = _block_sum(usable, factors)
     gaussian = [SMOOTHING_MM / (float(z) * f) for z, f in zip(voxel_size, factors)]
 
     def smooth(volume):
@@ -153,21 +160,27 @@ def _spread_map(values: np.ndarray, usable: np.ndarray, shape, factors, voxel_si
         for j in range(i, 4):
             moments[..., i, j] = moments[..., j, i] = smooth(wi if j == 0 else wi * basis[j])
     first = zeroth.copy()
-    solvable = reached.copy()
-    if reached.any():
-        solvable[reached] = np.linalg.cond(moments[reached]) < 1e8
-    if solvable.any():
-        coefficients = np.linalg.solve(moments[solvable], right[solvable][..., None])[..., 0]
-        position = np.stack([np.ones(solvable.sum())] + [c[solvable] for c in coordinates], -1)
+    # The 4x4 systems a chunk at a time: LAPACK's copies and workspace of all of them at
+    # once would be several times the moments (each system's result is the same either way).
+    blocks = np.flatnonzero(reached)
+    for chunk in np.array_split(blocks, -(-blocks.size // FIT_CHUNK)) if blocks.size else []:
+        where = np.unravel_index(chunk, weight.shape)
+        matrices = moments[where]
+        solvable = np.linalg.cond(matrices) < 1e8
+        if not solvable.any():
+            continue
+        where = tuple(w[solvable] for w in where)
+        coefficients = np.linalg.solve(matrices[solvable], right[where][..., None])[..., 0]
+        position = np.stack([np.ones(solvable.sum())] + [c[where] for c in coordinates], -1)
         fitted = (coefficients * position).sum(-1)
-        plain = zeroth[solvable]
-        first[solvable] = np.where((fitted >= 0.5 * plain) & (fitted <= 2.0 * plain), fitted, plain)
+        plain = zeroth[where]
+        first[where] = np.where((fitted >= 0.5 * plain) & (fitted <= 2.0 * plain), fitted, plain)
     coarse = first
     if not reached.all():
         nearest = ndi.distance_transform_edt(~reached, return_distances=False, return_indices=True)
         coarse = coarse[tuple(nearest)]
     fine = ndi.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
-    return fine[tuple(slice(0, n) for n in shape)]
+    return fine[tuple(slice(0, n) for n in shape)]  # a view: callers scale it in place
 
 
 def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarray]:
@@ -182,11 +195,11 @@ def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarr
         raise ValueError("local_noise_map: the image and its pair do not differ (no noise)")
     local = np.full(x.shape, start, np.float32)
     local_mean = ndi.uniform_filter(x, size=3)
-    smoothed = ndi.gaussian_filter(x, 1.0)
-    gradient = np.sqrt(sum(g * g for g in np.gradient(smoothed)))
+    gradient = gradient_magnitude(ndi.gaussian_filter(x, 1.0))
     # |d| / sqrt(2), whose mean is proportional to sigma: a noise level varying linearly in
     # space is then a linear function that the first-order fit follows exactly.
-    magnitude = np.abs(difference, dtype=np.float64) / np.sqrt(2.0)
+    magnitude = np.abs(difference, dtype=np.float64)
+    magnitude /= np.sqrt(2.0)
     inside = stats.norm.cdf(TRUNCATION) - stats.norm.cdf(-TRUNCATION)
     # E|Z| of a standard normal Z truncated to |Z| <= TRUNCATION.
     mean_abs = 2.0 * (stats.norm.pdf(0.0) - stats.norm.pdf(TRUNCATION)) / inside
@@ -200,8 +213,10 @@ def _local_spread(x, difference, mask, voxel_size) -> tuple[np.ndarray, np.ndarr
         usable = flat & (np.abs(difference) <= TRUNCATION * np.sqrt(2.0) * local)
         if usable.sum() < 100:
             raise ValueError("local_noise_map: too few usable voxels to map the noise")
-        local = (_spread_map(magnitude, usable, x.shape, factors, voxel_size)
-                 / mean_abs).astype(np.float32)
+        spread = _spread_map(magnitude, usable, x.shape, factors, voxel_size)
+        spread /= mean_abs
+        local = spread.astype(np.float32)
+        del spread
         local = np.maximum(local, np.float32(1e-6 * start))
     return local, usable
 

@@ -631,7 +631,10 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
         if not guard:
             return image
         with _stage("guard", timings, progress):
-            expected = finite - expected_bias(image, sigma) if rician else finite
+            expected = finite
+            if rician:  # finite - expected_bias(image, sigma), computed in the bias's buffer
+                expected = expected_bias(image, sigma)
+                np.subtract(finite, expected, out=expected)
             return limit_residual(expected, image, sigma)
 
     if fusion:

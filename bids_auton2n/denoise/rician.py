@@ -67,6 +67,23 @@ NOISE_ONLY_WINDOW = 5
 NOISE_ONLY_ERRORS = 3.0
 
 
+#: Voxels per chunk of the voxelwise functions applied to whole volumes: their float64
+#: temporaries then take a few MB instead of tens of bytes per voxel of the volume.
+CHUNK_VOXELS = 1 << 20
+
+
+def _chunks(shape):
+    """Slices of consecutive planes (first axis) of about :data:`CHUNK_VOXELS` voxels."""
+    planes = max(1, CHUNK_VOXELS // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, shape[0], planes):
+        yield slice(start, min(start + planes, shape[0]))
+
+
+def _sigma_of(sigma, chunk):
+    """The part of ``sigma`` (a value or a map) for the planes ``chunk``."""
+    return sigma[chunk] if np.ndim(sigma) else sigma
+
+
 def _check_sigma(sigma, shape, caller: str) -> np.ndarray:
     sigma = np.asarray(sigma, dtype=np.float64)
     if sigma.ndim and sigma.shape != tuple(shape):
@@ -146,11 +163,16 @@ def noise_only(noisy, sigma, *, window: int = NOISE_ONLY_WINDOW) -> np.ndarray:
     test and keep the inverse of :func:`rician_unbias`: the test errs towards signal.
     Voxels with ``sigma == 0`` are never noise only.
     """
-    noisy = np.asarray(noisy, dtype=np.float64)
-    sigma = _check_sigma(sigma, noisy.shape, "noise_only")
-    second_moment = ndi.uniform_filter(np.square(noisy), size=window, mode="nearest")
-    limit = 2.0 * np.square(sigma) * (1.0 + NOISE_ONLY_ERRORS / np.sqrt(window**3))
-    return (second_moment <= limit) & (sigma > 0)
+    noisy = np.asarray(noisy)
+    _check_sigma(sigma, noisy.shape, "noise_only")  # (its float64 copy is dropped here)
+    second_moment = np.square(noisy, dtype=np.float64)
+    ndi.uniform_filter(second_moment, size=window, mode="nearest", output=second_moment)
+    result = np.empty(noisy.shape, dtype=bool)
+    for chunk in _chunks(noisy.shape):
+        part = np.asarray(_sigma_of(sigma, chunk), dtype=np.float64)
+        limit = 2.0 * np.square(part) * (1.0 + NOISE_ONLY_ERRORS / np.sqrt(window**3))
+        result[chunk] = (second_moment[chunk] <= limit) & (part > 0)
+    return result
 
 
 def correction_weight(estimate, sigma) -> np.ndarray:
@@ -189,10 +211,13 @@ def rician_correct(estimate, noisy, sigma) -> np.ndarray:
         float32.
     """
     estimate = np.asarray(estimate, dtype=np.float32)
-    weight = correction_weight(estimate, sigma)
-    corrected = estimate - weight * (estimate - rician_unbias(estimate, sigma))
+    corrected = np.empty(estimate.shape, dtype=np.float32)
+    for chunk in _chunks(estimate.shape):  # voxelwise: the same values as on the whole volume
+        part, part_sigma = estimate[chunk], _sigma_of(sigma, chunk)
+        weight = correction_weight(part, part_sigma)
+        corrected[chunk] = part - weight * (part - rician_unbias(part, part_sigma))
     corrected[noise_only(noisy, sigma)] = 0.0
-    return corrected.astype(np.float32)
+    return corrected
 
 
 def expected_bias(signal, sigma) -> np.ndarray:
@@ -202,6 +227,10 @@ def expected_bias(signal, sigma) -> np.ndarray:
     noisy input before comparing the residual with the noise (a bias-corrected output's
     residual holds the bias, which the noise explains, not structure).
     """
-    signal = np.asarray(signal, dtype=np.float64)
-    bias = rician_mean(signal, sigma) - np.abs(signal)
-    return (correction_weight(rician_mean(signal, sigma), sigma) * bias).astype(np.float32)
+    signal = np.asarray(signal)
+    result = np.empty(signal.shape, dtype=np.float32)
+    for chunk in _chunks(signal.shape):  # voxelwise: the same values as on the whole volume
+        part, part_sigma = np.asarray(signal[chunk], dtype=np.float64), _sigma_of(sigma, chunk)
+        mean = rician_mean(part, part_sigma)
+        result[chunk] = correction_weight(mean, part_sigma) * (mean - np.abs(part))
+    return result

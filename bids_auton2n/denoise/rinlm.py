@@ -383,9 +383,8 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane
     if sigma_map is None:
         scaled_sigma = sigma * scale
         h, h_map = max(scaled_sigma / 3.0, tiny), np.zeros((1, 1, 1))
-    else:
-        scaled_sigma = sigma_map.astype(np.float64) * scale
-        h, h_map = 0.0, np.maximum(scaled_sigma / 3.0, tiny)
+    else:  # the map's float64 copies are made slab by slab (memory)
+        h = 0.0
     radius_z = 0 if in_plane else int(search_radius)
     # A voxel's weights read the guide and its 3x3x3 mean within radius_z planes, that mean
     # the guide one plane further: with that halo a slab gives the whole volume's result bit
@@ -404,13 +403,18 @@ def ri_nlm(x, guide, sigma, *, search_radius=5, rician=True, mask=None, in_plane
         guide_slab = (guide[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
         scaled_x = (x[read_start:read_stop].astype(np.float64) * scale).astype(np.float32)
         values = np.square(scaled_x) if rician else scaled_x
-        h_slab = h_map if sigma_map is None else h_map[read_start:read_stop]
+        if sigma_map is None:
+            h_slab = h_map
+        else:
+            h_slab = np.maximum(sigma_map[read_start:read_stop].astype(np.float64) * scale / 3.0,
+                                tiny)
         average = _weighted_average(
             guide_slab, _local_mean_3x3x3(guide_slab, (1, 2) if in_plane else (0, 1, 2)), values,
             starts, stops, int(search_radius), radius_z, h, h_slab,
         )[core]
         if rician:
-            sigma_part = scaled_sigma if sigma_map is None else scaled_sigma[start:stop]
+            sigma_part = (scaled_sigma if sigma_map is None
+                          else sigma_map[start:stop].astype(np.float64) * scale)
             average = np.sqrt(np.maximum(average - 2.0 * sigma_part**2, 0.0))
         average /= scale
         if mask is None:
