@@ -5,6 +5,7 @@ peak memory follows the budget (slow test)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -115,8 +116,8 @@ def test_no_budget_no_slabs():
 def test_budget_sizes_slabs_and_tiles():
     shape, plane = (400, 200, 200), 200 * 200
     voxels = 400 * plane
-    with memory.memory_limit(1.5):
-        working = 1.5e9 - memory.PROCESS_BYTES - memory.RESIDENT_BYTES_PER_VOXEL * voxels
+    with memory.memory_limit(2.0):
+        working = 2.0e9 - memory.PROCESS_BYTES - memory.RESIDENT_BYTES_PER_VOXEL * voxels
         assert memory.working_bytes(voxels) == working
         assert memory.slab_planes(shape, bytes_per_voxel=40, halo=6) == int(working // (40 * plane)) - 12
         assert memory.slab_planes(shape, bytes_per_voxel=1, halo=6) is None  # fits whole
@@ -127,6 +128,18 @@ def test_budget_sizes_slabs_and_tiles():
         assert memory.slab_planes(shape, bytes_per_voxel=40, halo=6) == memory.MIN_SLAB_PLANES
         assert memory.cnn_tile((120, 90, 100), voxels) == (memory.MIN_TILE_EDGE,) * 3
     assert memory.memory_limit_bytes() is None
+
+
+def test_budget_below_the_whole_volume_steps_is_a_warning(caplog):
+    shape = (100, 200, 200)
+    needed = memory.minimum_bytes(100 * 200 * 200)
+    assert needed == memory.PROCESS_BYTES + memory.WHOLE_VOLUME_BYTES_PER_VOXEL * 4_000_000
+    with caplog.at_level(logging.WARNING, logger="bids_auton2n.denoise"):
+        for gb in (None, needed / 1e9, needed / 1e9 - 0.01):
+            with memory.memory_limit(gb):
+                memory.warn_if_below_minimum(shape)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "below the" in warnings[0] and "100x200x200" in warnings[0]
 
 
 def test_slabs_cover_every_plane_once_with_clipped_halos():

@@ -29,13 +29,19 @@ LOGGER = logging.getLogger("bids_auton2n.denoise")
 #: after the imports, ``bids_auton2n-bench memory`` ("imports").
 PROCESS_BYTES = 550_000_000
 
-#: Whole-volume arrays held while the stages run, in bytes per voxel of the image: input
-#: and finite copy (float32 each), non-finite and head masks (bool), the CNN output, the
-#: stages' whole-volume outputs and the temporaries between them (float32).  Counted from
-#: the code it was 30; with the Wiener stage the peak RSS of ``test_peak_memory_follows_the
-#: _budget`` (6.3 M voxels, 0.9 GB) was then 0.93 GB, reached in the guard after the fusion
-#: (the fused image is one more volume alive): 38 is that peak's count with a margin.
-RESIDENT_BYTES_PER_VOXEL = 38
+#: Whole-volume arrays held while the tiled stages run, in bytes per voxel of the image:
+#: input and finite copy (float32 each), non-finite and head masks (bool), the local noise
+#: map and the voxels it was measured on, the CNN output (and its normalised input), the
+#: stages' whole-volume outputs and the temporaries between them.  Measured as the peak RSS
+#: of the RI-NLM stage less its slab working arrays on half of ``uih_T1w_sess1``
+#: (80x460x512, 18.8 M voxels, spatially varying noise: the adaptive path, which holds the
+#: most), ``bids_auton2n-bench memory --crop 80 460 512``: 74, with a margin.
+RESIDENT_BYTES_PER_VOXEL = 76
+#: Peak of the steps that work on the whole volume however small the budget (head mask,
+#: noise estimate and local noise map: global statistics), in bytes per voxel, with what is
+#: resident then; measured as above (the noise-map stage: 82).  With the process it is the
+#: least a budget can hold (:func:`minimum_bytes`).
+WHOLE_VOLUME_BYTES_PER_VOXEL = 85
 
 #: Working bytes per voxel of a slab (halo included): peak RSS growth of one call on a
 #: 48x256x256 volume, less its whole-volume output (counted as resident).
@@ -97,6 +103,34 @@ def working_bytes(n_voxels: int) -> int | None:
     if _limit_bytes is None:
         return None
     return _limit_bytes - PROCESS_BYTES - RESIDENT_BYTES_PER_VOXEL * n_voxels
+
+
+def minimum_bytes(n_voxels: int) -> int:
+    """The smallest budget (bytes) under which an image of ``n_voxels`` voxels can run: the
+    process and its whole-volume steps (:data:`WHOLE_VOLUME_BYTES_PER_VOXEL`).
+
+    Parameters
+    ----------
+    n_voxels : int
+        Voxels of the image.
+    """
+    return PROCESS_BYTES + WHOLE_VOLUME_BYTES_PER_VOXEL * int(n_voxels)
+
+
+def warn_if_below_minimum(shape) -> None:
+    """Log a warning when the budget is below :func:`minimum_bytes` of a volume of ``shape``
+    (the run goes on, with the smallest slabs and tiles, and will exceed the budget).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Volume shape.
+    """
+    n_voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
+    if _limit_bytes is not None and _limit_bytes < minimum_bytes(n_voxels):
+        LOGGER.warning("memory limit of %.2f GB is below the %.2f GB that the whole-volume "
+                       "steps of a %s volume need: its peak will exceed the limit",
+                       _limit_bytes / 1e9, minimum_bytes(n_voxels) / 1e9, "x".join(map(str, shape)))
 
 
 def slab_planes(shape, *, bytes_per_voxel: int, halo: int, n_voxels: int | None = None) -> int | None:

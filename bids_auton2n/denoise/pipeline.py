@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from . import CONTRASTS
+from . import CONTRASTS, memory
 from .experts import ExpertChoice, ExpertRegistry
 from .guard import MAX_RESIDUAL_RMS, limit_residual
 from .inference import cnn_denoise, resolve_device
@@ -224,6 +224,7 @@ def denoise_array(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     finite, nonfinite = sanitize(x)
+    memory.warn_if_below_minimum(finite.shape)
     if mask is None:
         mask = head_mask(finite)
     mask = np.asarray(mask, dtype=bool)
