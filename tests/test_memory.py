@@ -66,6 +66,16 @@ def test_rinlm_slabs_are_identical(volume, rician, search_radius):
                        slab_planes=planes), whole)
 
 
+def test_rinlm_slabs_with_a_sigma_map_are_identical(volume):
+    # the map's float64 copies are made per slab: the same numbers as over the whole volume
+    x, guide, mask = volume
+    sigma = np.linspace(3.0, 9.0, x.shape[0], dtype=np.float32)[:, None, None] * np.ones_like(x)
+    whole = ri_nlm(x, guide, sigma, search_radius=2, mask=mask)
+    for planes in (1, 5, 21):
+        np.testing.assert_array_equal(
+            ri_nlm(x, guide, sigma, search_radius=2, mask=mask, slab_planes=planes), whole)
+
+
 @pytest.mark.parametrize("window", [1, 2, 3, 5])
 def test_guard_slabs_are_identical(volume, window):
     x, guide, _ = volume

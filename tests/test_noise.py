@@ -203,3 +203,27 @@ def test_calibration_record_is_complete():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_depth_and_gradient_equal_their_numpy_and_scipy_references():
+    """The memory-lean forms of the distance map and the gradient magnitude give the
+    library functions' numbers bit for bit."""
+    from scipy import ndimage as ndi
+
+    from bids_auton2n.denoise.noise import _depth, gradient_magnitude
+
+    rng = np.random.default_rng(5)
+    for shape in [(20, 31, 17), (6, 6, 6), (33, 12, 25)]:
+        mask = ndi.binary_opening(rng.random(shape) > 0.25)
+        reference = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+        np.testing.assert_array_equal(_depth(mask), reference)
+        volume = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0)
+        expected = np.sqrt(sum(g * g for g in np.gradient(volume)))
+        got = gradient_magnitude(volume)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
+    grid = np.indices((41, 41, 41)) - 20.0
+    ball = np.sqrt((grid ** 2).sum(0)) < 18
+    np.testing.assert_array_equal(
+        _depth(ball), ndi.distance_transform_edt(np.pad(ball, 1))[1:-1, 1:-1, 1:-1])
+

@@ -93,3 +93,15 @@ def test_bad_inputs():
         local_noise_map(noisy, noisy, mask)
     with pytest.raises(ValueError, match="voxel_size"):
         local_noise_map(noisy, pair, mask, voxel_size=(1, 1, 0))
+
+
+def test_linear_fits_in_chunks_give_the_same_map(ramp, monkeypatch):
+    import bids_auton2n.denoise.noisemap as noisemap
+
+    noisy, mask, pair, _, whole = ramp
+    monkeypatch.setattr(noisemap, "FIT_CHUNK", 37)  # many chunks, the last one short
+    chunked = local_noise_map(noisy, pair, mask)
+    np.testing.assert_array_equal(chunked.sigma, whole.sigma)
+    np.testing.assert_array_equal(chunked.measured, whole.measured)
+    assert chunked.spread == whole.spread
+

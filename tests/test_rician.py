@@ -105,3 +105,41 @@ def test_final_image_corrects_the_rician_bias_of_the_cnn(fusion):
     assert abs(error["corrected"][1]) < 0.06
     if not fusion:
         np.testing.assert_array_equal(corrected[bright], uncorrected[bright])
+
+
+@pytest.mark.parametrize("sigma_kind", ["value", "map"])
+def test_chunked_voxelwise_steps_equal_the_whole_volume(monkeypatch, sigma_kind):
+    """The voxelwise steps run in chunks of planes (memory); each voxel's value is the one
+    the whole volume gives, and noise_only's filter is the whole-volume filter."""
+    from scipy import ndimage as ndi
+
+    import bids_auton2n.denoise.rician as rician
+
+    rng = np.random.default_rng(3)
+    shape = (17, 24, 21)
+    clean = np.zeros(shape, np.float32)
+    clean[3:14, 5:19, 4:17] = 40.0
+    ramp = np.linspace(2.0, 6.0, shape[0], dtype=np.float32)[:, None, None]
+    sigma = np.float32(4.0) if sigma_kind == "value" else ramp * np.ones(shape, np.float32)
+    noisy = _rician(clean, sigma, rng).astype(np.float32)
+    estimate = (clean + rng.normal(0, 1.0, shape) + 2.0).astype(np.float32)
+
+    monkeypatch.setattr(rician, "CHUNK_VOXELS", 10**9)  # one chunk: the whole volume
+    whole = (rician.rician_correct(estimate, noisy, sigma), rician.expected_bias(estimate, sigma))
+    monkeypatch.setattr(rician, "CHUNK_VOXELS", 3 * 24 * 21 + 5)  # chunks of 3 planes
+    chunked = (rician.rician_correct(estimate, noisy, sigma), rician.expected_bias(estimate, sigma))
+    for got, expected in zip(chunked, whole):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
+    # the slow reference of the noise-only test: the textbook formula on the whole volume
+    errors = rician.NOISE_ONLY_ERRORS
+    limit = 2.0 * np.square(np.asarray(sigma, np.float64)) * (1.0 + errors / np.sqrt(125))
+    second = ndi.uniform_filter(np.square(noisy.astype(np.float64)), size=5, mode="nearest")
+    np.testing.assert_array_equal(noise_only(noisy, sigma),
+                                  (second <= limit) & (np.asarray(sigma) > 0))
+    # and the bias the guard subtracts is the weighted bias of the mean, voxel by voxel
+    mean = rician_mean(estimate, sigma)
+    bias = mean - np.abs(estimate.astype(np.float64))
+    reference = (correction_weight(mean, sigma) * bias).astype(np.float32)
+    np.testing.assert_array_equal(chunked[1], reference)
+

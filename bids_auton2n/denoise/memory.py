@@ -11,7 +11,9 @@ on the tile size at the level of the Gaussian blending of overlapping tiles). A 
 whole-volume arrays stay: the input, its finite copy, the masks, the CNN output and the
 output
 (:data:`RESIDENT_BYTES_PER_VOXEL`), and the process itself (:data:`PROCESS_BYTES`); the
-working arrays get the rest of the budget.
+working arrays get the rest of the budget.  The head mask, the noise estimate and the local
+noise map read global statistics of the whole volume and are not tiled: a budget below
+:func:`minimum_bytes` is exceeded (the run warns and goes on).
 
 The setting is process-wide, like a thread count (:func:`set_memory_limit`; the
 ``bids_auton2n-denoise --mem-gb`` option and the app's nodes set it). Bytes per voxel of
