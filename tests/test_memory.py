@@ -244,6 +244,22 @@ def test_interface_sets_the_budget_of_its_worker(tmp_path, monkeypatch):
     assert budgets == [1.5, None]  # a worker's next node without a budget is unlimited
 
 
+def test_node_warns_of_a_budget_below_the_whole_volume_steps(tmp_path, caplog):
+    import nibabel as nb
+
+    from bids_auton2n.interfaces.denoise import EstimateNoise
+
+    image = tmp_path / "sub-01_T1w.nii.gz"
+    ball = np.sqrt(((np.indices((12, 12, 12)) - 5.5) ** 2).sum(0)) < 5
+    nb.Nifti1Image(ball.astype(np.float32) * 50 + 1, np.eye(4)).to_filename(image)
+    # memory_limit restores the process-wide budget that the node sets
+    with memory.memory_limit(None), caplog.at_level(logging.WARNING, logger="bids_auton2n.denoise"):
+        EstimateNoise(in_file=str(image), contrast="T1w", noise_level=3.0, mem_gb=0.1).run(
+            cwd=str(tmp_path))
+    assert any("below the" in r.getMessage() and "12x12x12" in r.getMessage()
+               for r in caplog.records)
+
+
 _PEAK_SCRIPT = """
 import json, resource, sys
 import numpy as np

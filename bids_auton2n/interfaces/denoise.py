@@ -144,6 +144,7 @@ class EstimateNoise(DenoiseStep):
 
     def _run_step(self):
         from ..denoise.intensity import sanitize
+        from ..denoise.memory import warn_if_below_minimum
         from ..denoise.noise import head_mask
         from ..denoise.noisemap import choose_noise_model
         from ..denoise.pipeline import (
@@ -153,6 +154,7 @@ class EstimateNoise(DenoiseStep):
 
         img, data = read_volume(self.inputs.in_file)
         finite, nonfinite = sanitize(data)
+        warn_if_below_minimum(finite.shape)  # as denoise_array does, once per image
         mask = head_mask(finite)
         voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
         timings: dict[str, float] = {}
