@@ -50,6 +50,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import special
 
+from . import memory
+
 __all__ = ["correction_weight", "expected_bias", "noise_only", "rician_correct", "rician_mean",
            "rician_unbias"]
 
@@ -73,10 +75,10 @@ CHUNK_VOXELS = 1 << 20
 
 
 def _chunks(shape):
-    """Slices of consecutive planes (first axis) of about :data:`CHUNK_VOXELS` voxels."""
+    """Slices of consecutive planes (first axis) of about :data:`CHUNK_VOXELS` voxels
+    (:func:`~.memory.slabs` without halo)."""
     planes = max(1, CHUNK_VOXELS // max(1, int(np.prod(shape[1:]))))
-    for start in range(0, shape[0], planes):
-        yield slice(start, min(start + planes, shape[0]))
+    return [slice(start, stop) for start, stop, _, _ in memory.slabs(shape[0], planes, 0)]
 
 
 def _sigma_of(sigma, chunk):
