@@ -37,6 +37,19 @@ def test_experts_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def _app_logger_restored():
+    """Gives every test the app logger as it was before: the CLI, run in-process by some
+    tests, stops it propagating (its own handler prints), which would hide later tests'
+    records from ``caplog`` depending on the order in which tests reach a worker."""
+    import logging
+
+    logger = logging.getLogger("bids_auton2n")
+    state = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test: tiny convolutions are dominated by thread
