@@ -300,3 +300,36 @@ def test_implausible_alignment_falls_back_to_single_images(test_experts_dir, one
         record = result.provenance(index)
         assert record["PairSource"] == "synthetic-patches"  # the single-image path's
         assert record["Repeats"]["RunsCombined"] == 0 and record["Repeats"]["Fallback"] == lines
+
+
+def test_patches_within_matches_a_slow_reference():
+    from bids_auton2n.train.data import patches_within
+
+    rng = np.random.default_rng(3)
+    defined = rng.random((9, 10, 11)) > 0.02
+    starts = np.argwhere(np.ones((6, 7, 8), bool))
+    fast = patches_within(defined, starts, 4)
+    slow = [defined[z:z + 4, y:y + 4, x:x + 4].all() for z, y, x in starts]
+    assert fast.tolist() == slow and 0 < fast.sum() < len(starts)
+
+
+def test_training_patches_stay_where_every_run_is_defined():
+    from bids_auton2n.train.data import PatchSampler
+    from bids_auton2n.train.repeats import run_pairs
+
+    shape, patch = (40, 44, 36), 12
+    defined = np.ones(shape, bool)
+    defined[:3] = defined[:, :, -5:] = False  # the moved run's field of view misses two faces
+    defined[20:, 30:, :8] = False             # and a corner (rotation)
+    head = np.zeros(shape, bool)
+    head[2:38, 2:42, 2:34] = True
+    rng = np.random.default_rng(0)
+    runs = [rng.normal(size=shape).astype(np.float32), np.where(defined, 1.0, 0.0).astype(np.float32)]
+    sampler = PatchSampler(run_pairs(runs, head & defined, defined=defined), patch)
+    for step in range(20):
+        _, targets = sampler.training_batch(step, 4, 0.0, seed=1)
+        assert (targets == 1.0).all()  # no target voxel outside the field of view
+    assert (sampler.validation_set(0.0, 8, seed=1)["targets"] == 1.0).all()
+    # without ``defined``, patches centred in the defined head reach beyond it
+    loose = PatchSampler(run_pairs(runs, head & defined), patch)
+    assert any((loose.training_batch(step, 4, 0.0, seed=1)[1] == 0.0).any() for step in range(20))

@@ -319,7 +319,8 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
             coverage.append(covered)
     normalizers = [IntensityNormalizer(noises[index].reference_intensity) for index in members]
     units = [n.forward(a) for n, a in zip(normalizers, aligned)]
-    train_mask = heads[0] & np.logical_and.reduce(coverage)
+    defined = np.logical_and.reduce(coverage)  # where every run holds data
+    train_mask = heads[0] & defined
     percent = float(np.median([noises[index].percent for index in members]))
     start_level = float(expert) if expert is not None else registry.nearest_level(percent)
     start_model = registry.load(start_level, "cpu")
@@ -332,7 +333,8 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
 
     with _stage("finetune", timings, progress):
         if method == "consensus":
-            trained = finetune_consensus(units, train_mask, init_state=start_model.state_dict(),
+            trained = finetune_consensus(units, train_mask, defined=defined,
+                                         init_state=start_model.state_dict(),
                                          budget_s=budget_s, max_steps=max_steps, seed=seed,
                                          progress=progress)
             state = trained.state_dict
@@ -341,7 +343,7 @@ def denoise_aligned_runs(runs, affines, alignments, *, contrast, method, budget_
             summary["consensus_estimate"] = {"start": trained.history[0]["val_loss"],
                                              "best": trained.best_score}
         else:
-            trained = finetune_noise2average(units, train_mask,
+            trained = finetune_noise2average(units, train_mask, defined=defined,
                                              init_state=start_model.state_dict(),
                                              predict=predict, budget_s=budget_s,
                                              max_steps=max_steps, iterations=iterations,

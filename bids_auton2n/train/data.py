@@ -93,6 +93,10 @@ class TrainingVolume:
         With a denoised base: the registry and expert SHA-256 that denoised it.
     preprocessing : str
         The scan's preparation before training (:func:`preprocess_scan`).
+    defined : numpy.ndarray of bool or None
+        Where ``image`` and ``pair`` both hold data (``None``: everywhere); no training or
+        validation patch leaves it.  A run resampled onto another's grid is 0 outside its
+        field of view: a patch reaching there would teach the network to predict 0.
     """
 
     name: str
@@ -108,6 +112,7 @@ class TrainingVolume:
     scan_noise_percent: float | None = None
     denoised_with: dict | None = None
     preprocessing: str = "none"
+    defined: np.ndarray | None = None
 
     def __post_init__(self):
         if self.scan_noise_percent is None:
@@ -387,6 +392,22 @@ class _Layout:
     val_starts: np.ndarray  # (m, 3) corners of patches inside the slab
 
 
+def patches_within(defined: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """Whether each cube (corner ``starts``, ``(n, 3)``, edge ``size``) lies in ``defined``.
+
+    Counts the voxels outside ``defined`` in every cube at once from a summed-volume table.
+    """
+    table = np.pad(np.cumsum(np.cumsum(np.cumsum(~np.asarray(defined, bool), 0, dtype=np.int64),
+                                       1), 2), ((1, 0),) * 3)
+    lo = np.asarray(starts, np.int64).reshape(-1, 3)
+    hi = lo + size
+    outside = np.zeros(len(lo), np.int64)
+    for corner in np.ndindex(2, 2, 2):
+        index = tuple(np.where(bit, hi[:, axis], lo[:, axis]) for axis, bit in enumerate(corner))
+        outside += (-1) ** (3 - sum(corner)) * table[index]
+    return outside == 0
+
+
 class PatchSampler:
     """Random training patches and a fixed validation set from prepared volumes.
 
@@ -424,6 +445,9 @@ class PatchSampler:
         # and keeps the tables small), clipped into the volume.
         centres = np.argwhere(volume.mask[::2, ::2, ::2]) * 2
         starts = np.clip(centres - size // 2, 0, shape - size)
+        if volume.defined is not None:
+            keep = patches_within(volume.defined, starts, size)
+            starts, centres = starts[keep], centres[keep]
         if not self.validation:
             return _Layout(np.unique(starts, axis=0), np.empty((0, 3), np.int64))
         axis = int(np.argmax(shape))
@@ -436,6 +460,8 @@ class PatchSampler:
         inside = (centres[:, axis] >= slab) & (centres[:, axis] < slab + size)
         val_starts = starts[inside].copy()
         val_starts[:, axis] = slab
+        if volume.defined is not None:  # moved onto the slab: check again
+            val_starts = val_starts[patches_within(volume.defined, val_starts, size)]
         train_starts = np.unique(starts[outside], axis=0)
         if len(train_starts) == 0 or len(val_starts) == 0:
             raise ValueError(f"{volume.name}: head too small to split into training and validation")

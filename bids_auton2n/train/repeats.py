@@ -57,11 +57,12 @@ FINETUNE_CONFIG = TrainConfig(level=0.0, lr=1e-4, batch_size=2, steps_per_epoch=
 
 
 def run_pairs(runs: list[np.ndarray], mask: np.ndarray, *, names=None,
-              pairs=None) -> list[TrainingVolume]:
+              pairs=None, defined: np.ndarray | None = None) -> list[TrainingVolume]:
     """Training volumes of every pair of runs (``image`` = run a, ``pair`` = run b).
 
     ``runs`` are in network units on one grid; ``mask`` is where patches are centred (the
-    head where every run is defined).  ``pairs`` defaults to every ``a < b``.
+    head where every run is defined) and ``defined`` where every run holds data (patches
+    stay inside it; ``None``: everywhere).  ``pairs`` defaults to every ``a < b``.
     """
     names = names or [f"run {index + 1}" for index in range(len(runs))]
     pairs = pairs if pairs is not None else list(combinations(range(len(runs)), 2))
@@ -69,7 +70,7 @@ def run_pairs(runs: list[np.ndarray], mask: np.ndarray, *, names=None,
         TrainingVolume(name=f"{names[a]} / {names[b]}", sha256=None, contrast="given",
                        image=np.asarray(runs[a], np.float32), pair=np.asarray(runs[b], np.float32),
                        mask=np.asarray(mask, bool), noise_percent=0.0,
-                       reference_tissue="given", reference_intensity=1.0)
+                       reference_tissue="given", reference_intensity=1.0, defined=defined)
         for a, b in pairs
     ]
 
@@ -91,15 +92,17 @@ def _config(config: TrainConfig | None, loss: str, budget_s: float | None, seed:
 
 def finetune_consensus(runs: list[np.ndarray], mask: np.ndarray, *, init_state: dict,
                        budget_s: float | None, max_steps: int | None = None,
+                       defined: np.ndarray | None = None,
                        config: TrainConfig | None = None, seed: int = 0,
                        progress: bool = False) -> TrainResult:
     """Consensus Noise2Noise fine-tuning of ``init_state`` on aligned ``runs`` (network units).
 
     ``budget_s`` (seconds) and ``max_steps`` (Adam steps) bound it; ``None``: no bound.
+    Patches are centred in ``mask`` and stay where every run is ``defined`` (:func:`run_pairs`).
     Returns the :class:`TrainResult` of :func:`train_expert` (weights of the epoch with the
     lowest consensus estimate, epoch 0 being the starting expert).
     """
-    sampler = PatchSampler(run_pairs(runs, mask), (config or FINETUNE_CONFIG).patch_size)
+    sampler = PatchSampler(run_pairs(runs, mask, defined=defined), (config or FINETUNE_CONFIG).patch_size)
     return train_expert(sampler, _config(config, "consensus", budget_s, seed, max_steps),
                         init_state=init_state, progress=progress)
 
@@ -135,8 +138,9 @@ def noise2average_targets(outputs: list[np.ndarray], coverage: list[np.ndarray] 
 
 def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_state: dict,
                            predict, budget_s: float | None, iterations: int,
-                           max_steps: int | None = None, config: TrainConfig | None = None,
-                           seed: int = 0, progress: bool = False) -> Noise2AverageResult:
+                           max_steps: int | None = None, defined: np.ndarray | None = None,
+                           config: TrainConfig | None = None, seed: int = 0,
+                           progress: bool = False) -> Noise2AverageResult:
     """Noise2Average fine-tuning of ``init_state`` on aligned ``runs`` (network units).
 
     Parameters
@@ -145,6 +149,8 @@ def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_sta
         Aligned runs on one grid, network units.
     mask : ndarray of bool
         Where training patches are centred.
+    defined : ndarray of bool, optional
+        Where every run holds data: patches stay inside it (:func:`run_pairs`).
     init_state : dict
         Starting weights (the selected expert).
     predict : callable
@@ -168,7 +174,7 @@ def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_sta
     start = time.perf_counter()
     config = config or FINETUNE_CONFIG
     device = resolve_device(config.device)
-    pair_sampler = PatchSampler(run_pairs(runs, mask, pairs=[(0, 1)]), config.patch_size)
+    pair_sampler = PatchSampler(run_pairs(runs, mask, pairs=[(0, 1)], defined=defined), config.patch_size)
     validation = pair_sampler.validation_set(0.0, config.val_patches_per_volume, seed)
 
     def score(state):
@@ -187,7 +193,8 @@ def finetune_noise2average(runs: list[np.ndarray], mask: np.ndarray, *, init_sta
         # Each remaining iteration gets an equal share of the time left.
         share = None if left is None else left / (iterations - iteration + 1)
         volumes = [replace(volume, pair=target) for volume in
-                   run_pairs(runs, mask, pairs=[(i, 0) for i in range(len(runs))])]
+                   run_pairs(runs, mask, pairs=[(i, 0) for i in range(len(runs))],
+                             defined=defined)]
         steps = None if max_steps is None else max(1, max_steps // iterations)
         result = train_expert(PatchSampler(volumes, config.patch_size),
                               _config(config, "l2", share, seed + iteration, steps),
