@@ -333,3 +333,18 @@ def test_training_patches_stay_where_every_run_is_defined():
     # without ``defined``, patches centred in the defined head reach beyond it
     loose = PatchSampler(run_pairs(runs, head & defined), patch)
     assert any((loose.training_batch(step, 4, 0.0, seed=1)[1] == 0.0).any() for step in range(20))
+
+
+def test_patches_reach_beyond_the_field_of_view_only_when_none_fits(caplog):
+    from bids_auton2n.train.data import PatchSampler
+    from bids_auton2n.train.repeats import run_pairs
+
+    shape = (24, 26, 22)
+    defined = np.ones(shape, bool)
+    defined[::5] = False  # no 12-voxel cube avoids these planes
+    runs = [np.ones(shape, np.float32), np.ones(shape, np.float32)]
+    with caplog.at_level("WARNING", logger="bids_auton2n.train"):
+        sampler = PatchSampler(run_pairs(runs, np.ones(shape, bool), defined=defined), 12)
+    assert len(sampler._layouts[0].train_starts) and len(sampler._layouts[0].val_starts)
+    assert any("reach beyond" in r.getMessage() for r in caplog.records)
+

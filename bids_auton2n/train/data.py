@@ -439,16 +439,31 @@ class PatchSampler:
         self._layouts = [self._layout(v) for v in self.volumes]
 
     def _layout(self, volume: TrainingVolume) -> _Layout:
+        if volume.defined is not None:
+            try:
+                return self._split(volume, volume.defined)
+            except ValueError:
+                # a small image (or a large motion): patches of this size do not fit inside
+                # the region where both images hold data; train on them as they are
+                LOGGER.warning("%s: no %d-voxel patch split fits where both images hold "
+                               "data; some patches reach beyond it", volume.name,
+                               self.patch_size)
+        return self._split(volume, None)
+
+    def _split(self, volume: TrainingVolume, defined: np.ndarray | None) -> _Layout:
+        """Training and validation patch corners; with ``defined``, only patches inside it."""
         size = self.patch_size
         shape = np.array(volume.image.shape)
         # Patch corners centred on head voxels (every 2nd voxel per axis is plenty
         # and keeps the tables small), clipped into the volume.
         centres = np.argwhere(volume.mask[::2, ::2, ::2]) * 2
         starts = np.clip(centres - size // 2, 0, shape - size)
-        if volume.defined is not None:
-            keep = patches_within(volume.defined, starts, size)
+        if defined is not None:
+            keep = patches_within(defined, starts, size)
             starts, centres = starts[keep], centres[keep]
         if not self.validation:
+            if defined is not None and len(starts) == 0:
+                raise ValueError(f"{volume.name}: no training patch fits")
             return _Layout(np.unique(starts, axis=0), np.empty((0, 3), np.int64))
         axis = int(np.argmax(shape))
         head = np.flatnonzero(volume.mask.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -460,8 +475,8 @@ class PatchSampler:
         inside = (centres[:, axis] >= slab) & (centres[:, axis] < slab + size)
         val_starts = starts[inside].copy()
         val_starts[:, axis] = slab
-        if volume.defined is not None:  # moved onto the slab: check again
-            val_starts = val_starts[patches_within(volume.defined, val_starts, size)]
+        if defined is not None:  # moved onto the slab: check again
+            val_starts = val_starts[patches_within(defined, val_starts, size)]
         train_starts = np.unique(starts[outside], axis=0)
         if len(train_starts) == 0 or len(val_starts) == 0:
             raise ValueError(f"{volume.name}: head too small to split into training and validation")

@@ -18,10 +18,7 @@ Every method on the same pairs, in one run, one after the other in this process
   single-image path on each session and the repeats path (the first of ``--methods``;
   each session denoised in its own space, then aligned as the noisy pair): Pearson correlation of the
   intensities and Dice of 3-class k-means tissue maps, and the mean gradient magnitude
-  (sharpness: agreement can also rise by blurring both sessions).  Every image of a session
-  is first divided by the N4 bias field of that noisy session (ANTs): the receive-coil
-  profile stays with the coil while the head moves, and it would otherwise dominate the
-  agreement (without it the correlation in the brain was 0.52 for the noisy pair).  The brain mask is the
+  (sharpness: agreement can also rise by blurring both sessions).  The brain mask is the
   benchmark phantom's, carried onto session 1 by an ANTs affine registration of the phantom
   (benchmark material used as a measuring tool only).
 
@@ -194,17 +191,6 @@ def _brain_mask(reference: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return warped.numpy() > 0.5
 
 
-def _bias_field(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """N4 bias field of ``image`` (ANTs ``n4_bias_field_correction``), on its grid."""
-    import ants
-    import nibabel as nib
-
-    nifti = nib.Nifti1Image(np.asarray(image, np.float32), affine)
-    nifti.header.set_xyzt_units("mm", "sec")
-    field = ants.n4_bias_field_correction(ants.from_nibabel_nifti(nifti), return_bias_field=True)
-    return np.maximum(field.numpy().astype(np.float32), 1e-6)
-
-
 def agreement(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> dict:
     """Agreement of two aligned images inside ``brain``: correlation, tissue Dice, sharpness."""
     from .. import metrics
@@ -232,11 +218,9 @@ def run_uih(config, log=print) -> list[dict]:
     affines = [first_affine, second_affine]
     alignments, align_s = _timed(lambda: align_runs([first, second], affines))
     brain = _brain_mask(first, first_affine)
-    fields = [_bias_field(first, first_affine), _bias_field(second, second_affine)]
     rows = []
 
     def row(method, images, seconds, **extra):
-        images = [np.asarray(x, np.float32) / field for x, field in zip(images, fields)]
         on_first = resample_to_reference(images[1], second_affine, alignments[1].matrix,
                                          first.shape, first_affine)
         inside = brain & on_first[1]
