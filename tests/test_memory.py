@@ -293,3 +293,37 @@ def test_peak_memory_follows_the_budget(test_experts_dir):
         peaks[setting] = json.loads(done.stdout.strip().splitlines()[-1]) / 1e9
     assert peaks["1.2"] < peaks["1.6"] < peaks["none"], peaks
     assert peaks["1.6"] <= 1.6 and peaks["1.2"] <= 1.2, peaks
+
+
+_FAULTS_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from bids_auton2n.denoise import memory
+memory.set_memory_limit(None if sys.argv[1] == "none" else float(sys.argv[1]))
+np.ones(25_000_000, np.float64).sum()  # the first whole-volume array is new memory either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    np.ones(25_000_000, np.float64).sum()  # 200 MB, freed after each line
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_is_reused_without_a_budget_and_returned_with_one():
+    """Page faults (counts, not time) of four more 200 MB arrays after the first: without a
+    budget the freed memory is reused, with one every array is fresh memory again."""
+    faults = {}
+    for setting in ("none", "2"):
+        done = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, setting],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        faults[setting] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert faults["2"] > 0 and faults["none"] * 10 < faults["2"], faults
+
+
+def test_memory_limit_restores_what_the_allocator_does_with_freed_memory(monkeypatch):
+    told = []
+    monkeypatch.setattr(memory, "keep_freed_memory", told.append)
+    with memory.memory_limit(1.5):
+        assert told == [False]
+    assert told == [False, memory.memory_limit_bytes() is None]

@@ -114,12 +114,11 @@ def run(argv: list[str] | None = None) -> int:
     from ..utils.threads import set_threads
 
     set_threads(opts.omp_nthreads)
-    if opts.mem_gb is not None:
-        if not opts.mem_gb > 0:
-            parser.error("--mem-gb must be > 0")
-        from ..denoise.memory import set_memory_limit
+    if opts.mem_gb is not None and not opts.mem_gb > 0:
+        parser.error("--mem-gb must be > 0")
+    from ..denoise.memory import set_memory_limit
 
-        set_memory_limit(opts.mem_gb)
+    set_memory_limit(opts.mem_gb)
 
     from ..denoise.experts import ExpertRegistry, ExpertWeightsError
     from ..denoise.pipeline import noise_sidecar
