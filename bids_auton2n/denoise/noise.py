@@ -233,24 +233,29 @@ def head_mask(x: np.ndarray) -> np.ndarray:
     return _fill_holes(foreground)
 
 
-def _kmeans_1d(values: np.ndarray, n_classes: int = 3, iterations: int = 100) -> np.ndarray:
-    """Sorted class labels of a deterministic 1D k-means.
+def kmeans_1d(values: np.ndarray, centres, iterations: int = 100) -> np.ndarray:
+    """Lloyd's 1D k-means from increasing starting ``centres``; the final centres (increasing).
 
-    Lloyd iterations from centres spread evenly over the value range (not over
-    the quantiles, which would merge a small bright class such as the
-    ventricles of a T2w image into its neighbour).
+    Each value belongs to the nearest centre (the lower one on a tie).  The values are
+    sorted once: every iteration's classes are then ranges of the sorted values, whose means
+    come from a prefix sum, so an iteration costs a few binary searches instead of a pass
+    over the values per class.  A class left empty keeps its centre.  Stops when the centres
+    move no more (``numpy.allclose``) or after ``iterations``.
     """
-    low, high = values.min(), values.max()
-    centres = low + (np.arange(n_classes) + 0.5) / n_classes * (high - low)
+    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    prefix = np.concatenate(([0.0], np.cumsum(ordered)))
+    centres = np.asarray(centres, dtype=np.float64)
     for _ in range(iterations):
         bounds = 0.5 * (centres[1:] + centres[:-1])
-        labels = np.searchsorted(bounds, values)
-        updated = np.array([values[labels == k].mean() if np.any(labels == k) else centres[k]
-                            for k in range(n_classes)])
+        edges = np.concatenate(([0], np.searchsorted(ordered, bounds, side="right"),
+                                [ordered.size]))
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
         if np.allclose(updated, centres):
             break
         centres = updated
-    return np.searchsorted(0.5 * (centres[1:] + centres[:-1]), values)
+    return centres
 
 
 def reference_intensity(x: np.ndarray, mask: np.ndarray, contrast: str) -> ReferenceTissue:
@@ -284,7 +289,11 @@ def reference_intensity(x: np.ndarray, mask: np.ndarray, contrast: str) -> Refer
     values = x[interior if interior.sum() >= 1000 else mask].astype(np.float64)
     # A few extreme voxels (vessels, fat in the orbits) must not pull a class.
     values = np.clip(values, *np.percentile(values, (0.1, 99.9)))
-    labels = _kmeans_1d(values)
+    # Centres spread evenly over the value range, not over the quantiles, which would merge
+    # a small bright class such as the ventricles of a T2w image into its neighbour.
+    low, high = values.min(), values.max()
+    centres = kmeans_1d(values, low + (np.arange(3) + 0.5) / 3 * (high - low))
+    labels = np.searchsorted(0.5 * (centres[1:] + centres[:-1]), values)
     intensity = float(np.median(values[labels == labels.max()]))
     if not intensity > 0:
         raise ValueError("reference tissue intensity is not positive: is the image a magnitude MRI?")
@@ -452,6 +461,21 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     return (_mad_spread(difference_at(flat)), float(np.median(x[inner][flat])), int(flat.sum()))
 
 
+def calibrated_sigma(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
+                     ) -> tuple[float, float, int]:
+    """The noise sigma of :func:`estimate_noise` without its reference tissue.
+
+    Returns ``(sigma, raw_std, n_voxels)``: the calibrated linear model applied to
+    :func:`raw_noise_statistic` (same arguments), and that statistic's std and voxel count.
+    For a caller that needs the level in image units only (the reference tissue's k-means
+    costs as much as the statistic).
+    """
+    model = load_calibration()["model"]
+    slope, intercept = float(model["slope"]), float(model["intercept"])
+    raw, scale, count = raw_noise_statistic(x, pair, mask)
+    return float(max(slope * raw + intercept * scale, 0.0)), raw, count
+
+
 def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | None = None,
                    pair: np.ndarray | None = None) -> NoiseEstimate:
     """Auto-N2N noise estimate of a single volume.
@@ -485,13 +509,10 @@ def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | N
         pair = np.asarray(pair, dtype=np.float32)
         if pair.shape != x.shape:
             raise ValueError(f"pair shape {pair.shape} differs from volume shape {x.shape}")
-    model = load_calibration()["model"]
-    slope, intercept = float(model["slope"]), float(model["intercept"])
-    raw, scale, count = raw_noise_statistic(x, pair, mask)
-    sigma = max(slope * raw + intercept * scale, 0.0)
+    sigma, raw, count = calibrated_sigma(x, pair, mask)
     reference = reference_intensity(x, mask, contrast)
     return NoiseEstimate(
-        sigma=float(sigma),
+        sigma=sigma,
         percent=float(100.0 * sigma / reference.intensity),
         reference_tissue=reference.name,
         reference_intensity=reference.intensity,

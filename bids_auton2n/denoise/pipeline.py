@@ -703,7 +703,7 @@ def estimate_noise_and_map(finite: np.ndarray, *, contrast: str, mask: np.ndarra
     if noise.sigma == 0:  # a noise-free image has no noise to map (and stays as it is)
         return noise, None
     with _stage("noise_map", timings, progress):
-        noise_map = local_noise_map(finite, pair, mask, contrast=contrast, voxel_size=voxel_size)
+        noise_map = local_noise_map(finite, pair, mask, voxel_size=voxel_size)
     return noise, noise_map
 
 

@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..denoise.noise import kmeans_1d
+
 #: Intensity order (dark → bright) of CSF, GM and WM classes by contrast.
 TISSUE_ORDER = {
     "T1w": ("csf", "gm", "wm"),
@@ -45,22 +47,11 @@ TISSUE_ORDER = {
 }
 
 
-def kmeans_1d(values: np.ndarray, k: int = 3, iterations: int = 30) -> np.ndarray:
-    """Class centres (sorted) of a 1D k-means started at evenly spaced percentiles."""
-    centres = np.percentile(values, np.linspace(100 / (2 * k), 100 - 100 / (2 * k), k))
-    for _ in range(iterations):
-        labels = np.argmin(np.abs(values[:, None] - centres[None, :]), axis=1)
-        updated = np.array([values[labels == c].mean() if np.any(labels == c) else centres[c]
-                            for c in range(k)])
-        if np.allclose(updated, centres):
-            break
-        centres = updated
-    return np.sort(centres)
-
-
 def tissue_masks(reference: np.ndarray, head: np.ndarray, contrast: str) -> dict[str, np.ndarray]:
     """CSF/GM/WM masks (eroded by one voxel against partial volume) and the air mask."""
-    centres = kmeans_1d(reference[head].astype(np.float64))
+    values = reference[head].astype(np.float64)
+    # Started at evenly spaced percentiles; 30 iterations are plenty for a report's masks.
+    centres = kmeans_1d(values, np.percentile(values, np.linspace(100 / 6, 500 / 6, 3)), iterations=30)
     labels = np.argmin(np.abs(reference[..., None] - centres), axis=-1)
     masks = {}
     for index, tissue in enumerate(TISSUE_ORDER[contrast]):
