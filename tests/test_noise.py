@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bids_auton2n.denoise.noise import (
-    FLATTEST_FRACTION, NoiseEstimate, _binned_mad, estimate_noise, head_mask, load_calibration,
-    noise_pair, otsu_threshold, quantization_step, reference_intensity,
+    FLATTEST_FRACTION, NoiseEstimate, _binned_mad, estimate_noise, head_mask, kmeans_1d,
+    load_calibration, noise_pair, otsu_threshold, quantization_step, reference_intensity,
 )
 
 # Concentric "head": ventricle, white matter, cortex, skull, scalp fat (outer radii, voxels).
@@ -227,3 +227,37 @@ def test_depth_and_gradient_equal_their_numpy_and_scipy_references():
     np.testing.assert_array_equal(
         _depth(ball), ndi.distance_transform_edt(np.pad(ball, 1))[1:-1, 1:-1, 1:-1])
 
+
+
+def _kmeans_reference(values, centres, iterations):
+    """Lloyd's iterations written out: every value to its nearest centre (the lower one on a
+    tie), each centre to its class mean (an empty class keeps its centre)."""
+    centres = np.asarray(centres, dtype=np.float64)
+    for _ in range(iterations):
+        labels = np.argmin(np.abs(values[:, None] - centres[None, :]), axis=1)
+        updated = np.array([values[labels == k].mean() if np.any(labels == k) else centres[k]
+                            for k in range(centres.size)])
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    return centres
+
+
+@pytest.mark.parametrize("case", ["three tissues", "integers with ties", "an empty class",
+                                  "one iteration"])
+def test_kmeans_matches_a_slow_reference(case):
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.normal(mean, 6.0, size) for mean, size in
+                             ((25, 3000), (65, 5000), (100, 8000))])
+    centres, iterations = np.array([10.0, 60.0, 120.0]), 100
+    if case == "integers with ties":
+        values = np.round(values)
+        centres = np.array([20.0, 60.0, 100.0])  # bounds 40 and 80 fall on integer values
+        iterations = 1  # later iterations start from class means: no more ties
+    elif case == "an empty class":
+        centres = np.array([50.0, 80.0, 1000.0])
+    elif case == "one iteration":
+        iterations = 1
+    expected = _kmeans_reference(values, centres, iterations)
+    np.testing.assert_allclose(kmeans_1d(values, centres, iterations), expected,
+                               rtol=1e-12, atol=0)

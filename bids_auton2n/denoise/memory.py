@@ -73,10 +73,10 @@ def keep_freed_memory(keep: bool) -> bool:
     By default glibc serves every allocation above 128 KiB-32 MiB with a fresh ``mmap`` and
     unmaps it when freed, so each whole-volume array (the CNN allocates about 40 per pass,
     numpy a temporary per operation) is new memory, and every one of its pages is a page fault
-    that the kernel zero-fills.  On a 181x217x181 head that was 31 s of system time in 89 s
-    (a 2-core VM, ``bids_auton2n-bench speed``).  Keeping freed memory (no ``mmap``, no
-    trimming) reuses it: 4 s of system time, at the price of a peak that holds the
-    allocator's fragments as well (2.2 -> 3.1 GB on that head).  Returning it (glibc's
+    that the kernel zero-fills.  On a 181x217x181 head that was 36 s of system time in a
+    114 s run (``bids_auton2n-bench speed``, a 2-core VM).  Keeping freed memory (no ``mmap``,
+    no trimming) reuses it: 5 s of system time, at the price of a peak that holds the
+    allocator's fragments as well (2.2 -> 2.7 GB on that head).  Returning it (glibc's
     defaults, then ``malloc_trim``) keeps the peak at what the arrays need.
 
     Parameters
