@@ -70,7 +70,7 @@ class WorkflowSettings:
     finetune_budget_s: float = 600.0
     finetune_steps: int | None = None
     write_noise_map: bool = False
-    noise_model: str = "auto"
+    noise_model: str = "global"
     pair_source: str = "auto"
     slice_pair_budget_s: float = 300.0
     slice_pair_steps: int | None = None

@@ -194,6 +194,13 @@ METHODS = {
         Method("ours-cnn", "ours, CNN + TTA only: no RI-NLM fusion, no Wiener stage, no guard",
                _ours(fusion=False, guard=False, wiener=False)),
         Method("ours-notta", "ours without flip TTA (tta=False)", _ours(tta=False)),
+        Method("ours-global", "ours with one noise level for the whole image (noise_model="
+               "'global'), never the local noise map's routing", _ours(noise_model="global")),
+        Method("ours-auto", "ours with noise_model='auto': the local noise map's routing where "
+               "its spread exceeds noisemap.ADAPTIVE_SPREAD (the default until 2026-12-02)",
+               _ours(noise_model="auto")),
+        Method("ours-adaptive", "ours always with the local noise map's routing (noise_model="
+               "'adaptive')", _ours(noise_model="adaptive")),
         Method("ants", "ANTs DenoiseImage via antspyx, Rician model, own noise estimate", _ants),
         Method("dipy", "DIPY blockwise nlmeans, Rician, sigma from dipy estimate_sigma(N=0)", _dipy),
         Method("bm4d", "BM4D (bm4d package) given the TRUE sigma: an oracle, Gaussian model", _bm4d,

@@ -120,11 +120,12 @@ def add_denoising_options(group) -> None:
     blend = group.add_argument("--blend-experts", dest="blend", action="store_true",
                                help="blend the two experts bracketing the noise level")
     _add_deprecated_alias(group, "--blend", blend)
-    group.add_argument("--noise-model", choices=("auto", "global", "adaptive"), default="auto",
-                       help="global: one noise level per image; adaptive: a local noise map "
-                       "routes each region to the experts of its level and gives RI-NLM and "
-                       "the guard their local sigma; auto: adaptive where the map says the "
-                       "noise varies across the head")
+    group.add_argument("--noise-model", choices=("auto", "global", "adaptive"), default="global",
+                       help="global (default): one noise level per image; adaptive: a local "
+                       "noise map routes each region to the experts of its level and gives "
+                       "RI-NLM and the guard their local sigma; auto: adaptive where the map "
+                       "says the noise varies across the head. On real anatomy the adaptive "
+                       "path loses to the global one (docs/noise-models.md)")
     group.add_argument("--pair-source", choices=("auto", "synthetic-patches",
                                                  "neighbouring-slices"), default="auto",
                        help="neighbouring-slices: fine-tune the selected expert on the "

@@ -271,7 +271,7 @@ def init_single_subject_wf(
     device: str = "auto",
     finetune: bool = False,
     write_noise_map: bool = False,
-    noise_model: str = "auto",
+    noise_model: str = "global",
     pair_source: str = "auto",
     slice_pair_budget_s: float | None = None,
     slice_pair_steps: int | None = None,
@@ -535,7 +535,7 @@ def init_denoise_wf(
     blend: bool = False,
     device: str = "auto",
     finetune: bool = False,
-    noise_model: str = "auto",
+    noise_model: str = "global",
     pair_source: str = "auto",
     slice_pair_budget_s: float | None = None,
     slice_pair_steps: int | None = None,
@@ -572,7 +572,8 @@ def init_denoise_wf(
         ``inputnode.experts_dir`` comes from a fine-tuning node (recorded in the sidecar).
     noise_model : {"auto", "global", "adaptive"}
         One noise level, or the local noise map routing the experts and giving RI-NLM and
-        the guard their local sigma; ``auto`` decides by the map's spread.
+        the guard their local sigma; ``auto`` decides by the map's spread (default
+        ``global``: docs/noise-models.md).
     pair_source : {"auto", "synthetic-patches", "neighbouring-slices"}
         ``neighbouring-slices`` fine-tunes the selected expert on the image's neighbouring
         slices (NS-N2N) and applies it slice by slice; ``auto`` does so for thick slices
@@ -692,7 +693,7 @@ def init_denoise_wf(
 
 
 def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, finetune,
-                  noise_model="auto", pair_source="auto") -> str:
+                  noise_model="global", pair_source="auto") -> str:
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
     from ..denoise.wiener import BLOCK, GROUP_SIZE
