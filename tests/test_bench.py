@@ -149,3 +149,13 @@ def test_a_real_scan_can_be_the_reference(tmp_path):
     assert 0.3 < row["own_noise_percent"] < 3.0  # 1 unit of white matter's 100
     assert 20 < row["psnr"] < 40
     assert "as reference" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("shape", [(80, 96, 72), (181, 217, 181), (48, 56, 48), (12, 200, 20)])
+def test_noise2void_tiles_are_what_careamics_accepts(shape):
+    """Powers of two of at least 16, even overlaps below the tile (CAREamics'
+    TiledPatchingConfig; the 80x96x72 benchmark crop once gave 96 and 72, which it refused)."""
+    tile, overlap = methods.n2v_tiles(shape)
+    assert all(t >= 16 and t & (t - 1) == 0 for t in tile), tile
+    assert all(o % 2 == 0 and o < t for o, t in zip(overlap, tile)), overlap
+    assert all(t <= max(s, 16) for t, s in zip(tile, shape)), tile

@@ -144,6 +144,16 @@ def _careamics_import():
     return careamics
 
 
+def n2v_tiles(shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Tile sizes and overlaps of the Noise2Void peer's prediction for a volume of ``shape``.
+
+    CAREamics accepts tiles that are powers of two of at least 16 (its TiledPatchingConfig;
+    they are then divisible by 2**depth of its U-Net) and even overlaps below the tile.
+    """
+    tile = tuple(min(t, max(16, 2 ** int(np.log2(s)))) for t, s in zip((64, 128, 128), shape))
+    return tile, tuple(min(o, t // 2) for o, t in zip((16, 32, 32), tile))
+
+
 def _noise2void(noisy, given):
     import tempfile
 
@@ -161,11 +171,9 @@ def _noise2void(noisy, given):
         model = careamics.CAREamist(config=config, work_dir=work, enable_progress_bar=False)
         volume = np.ascontiguousarray(noisy, dtype=np.float32)
         model.train(train_data=volume)
-        # Tiles divisible by 2**depth of the U-Net (depth 2); smaller volumes are zero-padded.
-        tile = tuple(min(t, 4 * -(-s // 4)) for t, s in zip((64, 128, 128), volume.shape))
+        tile, overlap = n2v_tiles(volume.shape)
         predictions, _ = model.predict(volume, data_type="array", axes="ZYX", tile_size=tile,
-                                       tile_overlap=tuple(min(o, t // 2) for o, t in
-                                                          zip((16, 32, 32), tile)))
+                                       tile_overlap=overlap)
     output = np.squeeze(np.asarray(predictions[0]))
     return output.astype(np.float32), {}
 
