@@ -37,7 +37,7 @@ from .rician import expected_bias, rician_correct
 from .rinlm import ri_nlm
 from .routing import routed_cnn_denoise
 from .slices import from_slices_first, slice_axis, slicewise_cnn_denoise, to_slices_first
-from .wiener import BLOCK, GROUP_SIZE, SEARCH_RADIUS, STEP, collaborative_wiener
+from .wiener import BLOCK, GROUP_SIZE, PASS_STEPS, SEARCH_RADIUS, collaborative_wiener
 
 LOGGER = logging.getLogger("bids_auton2n.denoise")
 
@@ -89,7 +89,8 @@ class DenoiseResult:
             "TestTimeAugmentation": self.tta,
             "RINLMFusion": self.fusion,
             "CollaborativeWiener": ({"BlockSize": BLOCK, "GroupSize": GROUP_SIZE,
-                                     "SearchRadius": SEARCH_RADIUS, "Step": STEP}
+                                     "SearchRadius": SEARCH_RADIUS,
+                                     "PassSteps": list(PASS_STEPS)}
                                     if self.wiener else False),
             "DoNoHarmGuard": ({"MaxResidualRMS": f"{MAX_RESIDUAL_RMS:g} x sigma"} if self.guard
                               else False),
@@ -620,7 +621,8 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
     corrects its own average, and the later guards measure the residual against the
     bias-corrected input (what the Rician bias explains is not structure).  The collaborative
     Wiener stage (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot
-    and re-estimates it from the noisy data (the block means kept from the pilot).  Each step
+    and re-estimates it from the noisy data (the block means kept from the pilot), in
+    :data:`~.wiener.PASS_STEPS` passes, each guarded and the pilot of the next.  Each step
     is optional; ``timings`` receives their seconds under ``"rinlm"``, ``"wiener"`` and
     ``"guard"``.  ``sigma`` is one noise level or a map of the volume's shape (spatially
     varying noise).
@@ -646,9 +648,10 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
             output = fuse_rinlm(finite, cnn, sigma, rician=rician, cnn_part=output)
         output = guarded(output)
     if wiener:
-        with _stage("wiener", timings, progress):
-            output = collaborative_wiener(finite, output, sigma)
-        output = guarded(output)
+        for step in PASS_STEPS:
+            with _stage("wiener", timings, progress):
+                output = collaborative_wiener(finite, output, sigma, step=step)
+            output = guarded(output)
     return output
 
 
