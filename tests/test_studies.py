@@ -111,5 +111,9 @@ def test_final_stage_study_scores_every_variant(one_torch_thread):
     score = measure(head, 5.0, 1, ExpertRegistry())
     assert all(f"+ Wiener, {name}" in score for name in FLIP_SETS)
     assert all(name in score for name in WIENER_VARIANTS)
-    assert score["Wiener (default)"] > score["noisy"] + 2
+    default = next(name for name in WIENER_VARIANTS if name.startswith("Wiener (default"))
+    assert score[default] > score["CNN + RI-NLM + guard, 2 flips"] + 0.3
+    assert score[default] > score["noisy"] + 1.5
+    # The default row is the pipeline's final stage (same CNN output, so the same image).
+    assert score[default] == score["+ Wiener, 2 flips"]
     assert 4.0 < score["estimated noise (%)"] < 6.0

@@ -610,8 +610,8 @@ def fuse_rinlm(finite: np.ndarray, cnn: np.ndarray, sigma, *, rician: bool,
 
 
 def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, guard: bool,
-                rician: bool, wiener: bool = True, timings: dict | None = None,
-                progress: bool = False) -> np.ndarray:
+                rician: bool, wiener: bool = True, wiener_passes=None,
+                timings: dict | None = None, progress: bool = False) -> np.ndarray:
     """From the CNN output to the pipeline's output: RI-NLM fusion, Wiener stage, guard.
 
     The guard (:func:`~.guard.limit_residual`) is applied to the CNN output before it guides
@@ -622,10 +622,11 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
     bias-corrected input (what the Rician bias explains is not structure).  The collaborative
     Wiener stage (:func:`~.wiener.collaborative_wiener`) takes the image so far as its pilot
     and re-estimates it from the noisy data (the block means kept from the pilot), in
-    :data:`~.wiener.PASS_STEPS` passes, each guarded and the pilot of the next.  Each step
-    is optional; ``timings`` receives their seconds under ``"rinlm"``, ``"wiener"`` and
-    ``"guard"``.  ``sigma`` is one noise level or a map of the volume's shape (spatially
-    varying noise).
+    :data:`~.wiener.PASS_STEPS` passes, each guarded and the pilot of the next
+    (``wiener_passes``, a sequence of keyword arguments of ``collaborative_wiener``, one per
+    pass, replaces them: the final-stage study's variants).  Each step is optional;
+    ``timings`` receives their seconds under ``"rinlm"``, ``"wiener"`` and ``"guard"``.
+    ``sigma`` is one noise level or a map of the volume's shape (spatially varying noise).
     """
     timings = {} if timings is None else timings
     if guard:
@@ -648,9 +649,9 @@ def final_image(finite: np.ndarray, cnn: np.ndarray, sigma, *, fusion: bool, gua
             output = fuse_rinlm(finite, cnn, sigma, rician=rician, cnn_part=output)
         output = guarded(output)
     if wiener:
-        for step in PASS_STEPS:
+        for settings in wiener_passes or [{"step": step} for step in PASS_STEPS]:
             with _stage("wiener", timings, progress):
-                output = collaborative_wiener(finite, output, sigma, step=step)
+                output = collaborative_wiener(finite, output, sigma, **settings)
             output = guarded(output)
     return output
 
