@@ -10,8 +10,13 @@ Objects:
 * a second real scan, ``studyforrest_T1w_0.7mm`` (a training scan: the choices made here
   come after the CNN), as the means of its 2x2x2 blocks (1.4 mm, a fine real texture whose own
   noise is lower than at 0.7 mm), the same crop;
-* the guard's validation head (:func:`.guard_validation.validation_head`): the demo's synthetic
-  head, piecewise constant, with a clean reference.
+* the guard's validation head (:func:`.guard_validation.validation_head`, the same crop
+  around its centre): the demo's synthetic head, piecewise constant, with a clean reference;
+* that head with a known fine texture (:func:`textured`), the textured head as the truth:
+  does a variant keep texture that is really there?
+* that head with 2 % Rician noise of its own, scored both against the clean head and against
+  itself: how far a reference that keeps its own noise (as the real scans' do) favours the
+  variants that remove less.
 
 Rician noise at each level (percent of the object's white matter) is added with a fixed seed;
 PSNR over the head (peak = its maximum).  Every variant starts from the same CNN output of the
@@ -41,12 +46,16 @@ from ...denoise.wiener import PASS_STEPS
 from ..harness import DEFAULT_DATA_DIR
 from ..metrics import psnr
 from ._common import command_line, pipeline_revision, study_parser, write_keeping_notes
-from .guard_validation import validation_head
+from .guard_validation import HEAD_SHAPE, validation_head
 
 NAME = "final-stage"
 HELD_OUT = "philips_ADNI_MPRAGE_T1w.nii.gz"
 #: Second real object (a training scan: the choices here are after the CNN).
 DEV_SCAN = "studyforrest_T1w_0.7mm.nii.gz"
+#: The known texture of the textured demo head and the own noise of the noisy-reference one
+#: (percent of white matter).
+TEXTURE = 4.0
+OWN_NOISE = 2.0
 CROP = (96, 128, 112)
 #: Flip sets compared: the paper's four passes, the identity and the all-axis flip, none.
 FLIP_SETS = {"4 flips": PAPER_TTA_FLIPS, "2 flips": TTA_FLIPS, "no TTA": ((),)}
@@ -81,48 +90,68 @@ def scan_crop(data_dir: Path, name: str, block_mean: int = 1) -> np.ndarray:
     return scan[tuple(slice(b, b + s) for b, s in zip(start, CROP))].copy()
 
 
-def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry) -> dict:
-    """PSNR of every variant on ``clean`` with Rician noise at ``level`` %."""
-    mask = head_mask(clean)
-    white_matter = reference_intensity(clean, mask, "T1w").intensity
-    peak = float(clean[mask].max())
-    noisy = add_rician_noise(clean, level, white_matter, seed)
+def variant_images(noisy: np.ndarray, level: float, white_matter: float,
+                   registry: ExpertRegistry) -> tuple[dict[str, np.ndarray], float]:
+    """Every variant's image of ``noisy`` (Rician noise at ``level`` % of ``white_matter``
+    added) and the estimated noise in percent."""
     noisy_mask = head_mask(noisy)
     noise = estimate_noise(noisy, contrast="T1w", mask=noisy_mask)
     sigma = noise.sigma
     choices = pipeline.choose_experts(registry, noise.percent)
-    score = {"noisy": psnr(clean, noisy, mask, peak)}
+    images = {"noisy": noisy}
     cnn_by_flips = {}
     for name, flips in FLIP_SETS.items():
         cnn = pipeline.run_experts(noisy, noise, choices, registry, tta=True, device="cpu",
                                    mask=noisy_mask, flips=flips)
-        fused = pipeline.final_image(noisy, cnn, sigma, fusion=True, guard=True, rician=True,
-                                     wiener=False)
-        wiener = pipeline.final_image(noisy, cnn, sigma, fusion=True, guard=True, rician=True)
-        score[f"CNN, {name}"] = psnr(clean, cnn, mask, peak)
-        score[f"CNN + RI-NLM + guard, {name}"] = psnr(clean, fused, mask, peak)
-        score[f"+ Wiener, {name}"] = psnr(clean, wiener, mask, peak)
+        images[f"CNN, {name}"] = cnn
+        images[f"CNN + RI-NLM + guard, {name}"] = pipeline.final_image(
+            noisy, cnn, sigma, fusion=True, guard=True, rician=True, wiener=False)
+        images[f"+ Wiener, {name}"] = pipeline.final_image(noisy, cnn, sigma, fusion=True,
+                                                           guard=True, rician=True)
         cnn_by_flips[flips] = cnn
     cnn = cnn_by_flips[tuple(TTA_FLIPS)]
     for name, passes in WIENER_VARIANTS.items():
-        image = pipeline.final_image(noisy, cnn, sigma, fusion=True, guard=True, rician=True,
-                                     wiener_passes=passes)
-        score[name] = psnr(clean, image, mask, peak)
-    guided_by_cnn = pipeline.final_image(noisy, cnn_by_flips[tuple(TTA_FLIPS)], sigma,
-                                         fusion=False, guard=True, rician=True, wiener=True)
-    score["Wiener with the CNN alone as pilot (no RI-NLM)"] = psnr(clean, guided_by_cnn, mask, peak)
-    blended = pipeline.denoise_array(noisy, contrast="T1w", mask=noisy_mask, blend=True,
-                                     registry=registry, device="cpu").denoised
-    score["whole pipeline, two nearest experts blended"] = psnr(clean, blended, mask, peak)
+        images[name] = pipeline.final_image(noisy, cnn, sigma, fusion=True, guard=True,
+                                            rician=True, wiener_passes=passes)
+    images["Wiener with the CNN alone as pilot (no RI-NLM)"] = pipeline.final_image(
+        noisy, cnn, sigma, fusion=False, guard=True, rician=True, wiener=True)
+    images["whole pipeline, two nearest experts blended"] = pipeline.denoise_array(
+        noisy, contrast="T1w", mask=noisy_mask, blend=True, registry=registry,
+        device="cpu").denoised
     try:
         import bm4d
 
-        score["BM4D given the added sigma (reference)"] = psnr(
-            clean, np.asarray(bm4d.bm4d(noisy, level / 100 * white_matter), np.float32), mask, peak)
+        images["BM4D given the added sigma (reference)"] = np.asarray(
+            bm4d.bm4d(noisy, level / 100 * white_matter), np.float32)
     except ImportError:
         pass
-    score["estimated noise (%)"] = noise.percent
-    return score
+    return images, noise.percent
+
+
+def scores(images: dict[str, np.ndarray], reference: np.ndarray) -> dict[str, float]:
+    """PSNR of every image against ``reference`` over its head (peak = its maximum there)."""
+    mask = head_mask(reference)
+    peak = float(reference[mask].max())
+    return {name: psnr(reference, image, mask, peak) for name, image in images.items()}
+
+
+def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry) -> dict:
+    """PSNR of every variant on ``clean`` with Rician noise at ``level`` %, and the estimate."""
+    white_matter = reference_intensity(clean, head_mask(clean), "T1w").intensity
+    images, percent = variant_images(add_rician_noise(clean, level, white_matter, seed), level,
+                                     white_matter, registry)
+    return {**scores(images, clean), "estimated noise (%)": percent}
+
+
+def textured(head: np.ndarray, percent: float, seed: int) -> np.ndarray:
+    """``head`` with a known fine texture: inside the head each voxel scaled by
+    ``1 + percent/100 * f``, ``f`` a Gaussian-smoothed (1 voxel) random field of unit SD."""
+    from scipy import ndimage as ndi
+
+    mask = head_mask(head)
+    field = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=head.shape), 1.0)
+    field /= field[mask].std()
+    return np.where(mask, head * (1 + percent / 100 * field), head).clip(0).astype(np.float32)
 
 
 def main(argv: list[str]) -> int:
@@ -136,24 +165,43 @@ def main(argv: list[str]) -> int:
     real = scan_crop(args.data_dir, HELD_OUT)
     dev = scan_crop(args.data_dir, DEV_SCAN, block_mean=2)
     own, own_dev = (estimate_noise(scan, contrast="T1w").percent for scan in (real, dev))
-    head, _ = validation_head()
-    objects = {f"{HELD_OUT.split('.')[0]} (as acquired, own noise {own:.2f} %)": real,
-               f"{DEV_SCAN.split('_T1w')[0]} at 1.4 mm (2x2x2 block means, own noise "
-               f"{own_dev:.2f} %)": dev,
-               "demo head (clean)": head}
+    head = validation_head()[0][tuple(slice((n - c) // 2, (n - c) // 2 + c)
+                                      for n, c in zip(HEAD_SHAPE, CROP))]
+    head_wm = reference_intensity(head, head_mask(head), "T1w").intensity
+    own_noise_head = add_rician_noise(head, OWN_NOISE, head_wm, seed=99)
+    # object name -> (the image the noise is added to, {table: the reference scored against})
+    objects = {
+        "held-out": (real, {f"{HELD_OUT.split('.')[0]} (as acquired, own noise {own:.2f} %)":
+                            real}),
+        "dev": (dev, {f"{DEV_SCAN.split('_T1w')[0]} at 1.4 mm (2x2x2 block means, own noise "
+                      f"{own_dev:.2f} %)": dev}),
+        "head": (head, {"demo head (clean)": head}),
+        "textured": (textured(head, TEXTURE, seed=11),
+                     {f"demo head with a {TEXTURE:g} % fine texture (clean)": None}),
+        "own noise": (own_noise_head, {
+            f"demo head with {OWN_NOISE:g} % noise of its own, scored against the clean head":
+                head,
+            f"demo head with {OWN_NOISE:g} % noise of its own, scored against itself (noisy)":
+                own_noise_head}),
+    }
     results = {}
-    for name, clean in objects.items():
+    for base, references in objects.values():
+        white_matter = reference_intensity(base, head_mask(base), "T1w").intensity
         for index, level in enumerate(args.levels):
             start = time.perf_counter()
-            results[(name, level)] = measure(clean, level, 5000 + 10 * index, registry)
-            print(f"[{NAME}] {name} {level:g} %: {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr, flush=True)
+            noisy = add_rician_noise(base, level, white_matter, 5000 + 10 * index)
+            images, percent = variant_images(noisy, level, white_matter, registry)
+            for name, reference in references.items():
+                results[(name, level)] = {**scores(images, base if reference is None else reference),
+                                          "estimated noise (%)": percent}
+            print(f"[{NAME}] {next(iter(references))} {level:g} %: "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     rows = list(next(iter(results.values())))
     lines = ["# Final stage: Wiener stage, its settings and TTA passes on validation objects", "",
              f"`{command_line(NAME, argv)}` at revision `{pipeline_revision()}`. PSNR (dB) over "
              "the head; Rician noise in % of white matter; shipped experts. See the study's "
              "docstring for the objects.", ""]
-    for name in objects:
+    for name in dict.fromkeys(n for n, _ in results):
         levels = [level for (n, level) in results if n == name]
         lines += [f"## {name}", "", "| variant | " + " | ".join(f"{v:g} %" for v in levels) + " |",
                   "|---|" + "---:|" * len(levels)]

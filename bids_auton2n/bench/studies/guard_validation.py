@@ -28,9 +28,13 @@ from ._common import study_parser
 NAME = "guard-validation"
 
 
+#: Shape of :func:`validation_head`.
+HEAD_SHAPE = (144, 176, 144)
+
+
 def validation_head() -> tuple[np.ndarray, np.ndarray]:
     """The validation object (clean, with partial volume) and its piecewise-constant original."""
-    sharp = synthetic_head((144, 176, 144), "T1w", np.random.default_rng(5))
+    sharp = synthetic_head(HEAD_SHAPE, "T1w", np.random.default_rng(5))
     return ndi.gaussian_filter(sharp, 0.6), sharp
 
 
