@@ -22,6 +22,7 @@ from bids_auton2n import __version__
 from bids_auton2n.cli.demo import DEMO_IMAGES
 from bids_auton2n.cli.run import main
 from bids_auton2n.denoise.experts import default_root
+from bids_auton2n.denoise.wiener import PASS_STEPS
 from bids_auton2n.reports.iqms import STRUCTURE_REMOVED_FLAG
 
 SOURCES = (
@@ -142,6 +143,7 @@ def test_sidecars(app_run):
         assert meta["Experts"] and all(e["SHA256"] == hashes[e["NoiseLevelPercent"]]
                                        for e in meta["Experts"])
         assert meta["TestTimeAugmentation"] is True and meta["RINLMFusion"] is True
+        assert meta["CollaborativeWiener"]["PassSteps"] == list(PASS_STEPS)
         assert meta["FineTuned"] is False
         assert meta["SoftwareVersion"] == __version__
         assert meta["TimingsSeconds"]["total"] > 0
