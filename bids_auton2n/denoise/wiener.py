@@ -55,10 +55,11 @@ STEP = 2
 #: (:func:`~.pipeline.final_image`): every pass takes the previous pass's output as its pilot.
 #: A pilot that smoothed real texture away gives that texture low gains; the first pass gives
 #: back what the data holds above the noise, and the second, matching and weighing with that
-#: better pilot, keeps it.  On real scans with added noise the second pass gained 0.26-0.41 dB
-#: (held-out crop, 3-7 %) and 0.17-0.77 dB (a dev scan at 1.4 mm) and cost 0.06-0.21 dB on the
-#: textureless ICBM152 phantom; a first pass of step 3 scored as one of step 2 (within 0.01 dB)
-#: at a third of its blocks, a third pass added under 0.1 dB (docs/final-stage.md).
+#: better pilot, keeps it.  On real scans with added noise the second pass gained 0.25-0.41 dB
+#: (the held-out scan, 3-7 %) and 0.12-0.77 dB (studyforrest at 1.4 mm); on synthetic objects
+#: with a known truth (the ICBM152 phantom, the demo head with and without texture) it cost
+#: 0.01-0.21 dB.  A first pass of step 3 scored as one of step 2 (within 0.02 dB) at a third of
+#: its blocks (docs/final-stage.md).
 PASS_STEPS = (3, STEP)
 
 
