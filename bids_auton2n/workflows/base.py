@@ -696,7 +696,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                   noise_model="global", pair_source="auto") -> str:
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
-    from ..denoise.wiener import BLOCK, GROUP_SIZE, PASS_STEPS
+    from ..denoise.wiener import BLOCK, GROUP_SIZE
     from ..utils.io import KEPT_FROM_SOURCE
 
     if noise_level is not None:
@@ -764,9 +764,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                     f"its pilot: blocks of {BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by "
                     f"similarity in the pilot ({GROUP_SIZE} per group), and each coefficient of "
                     "their 3D discrete cosine and group transforms was scaled by the Wiener gain "
-                    "the pilot gives it; block means were kept from the pilot.  The filter ran "
-                    f"{len(PASS_STEPS)} times, every pass with the previous pass's output as its "
-                    f"pilot (reference blocks every {', '.join(map(str, PASS_STEPS))} voxels).")
+                    "the pilot gives it; block means were kept from the pilot.")
     if guard:
         text.append("Wherever the removed residual (input minus output) had a local RMS "
                     f"(3x3x3 voxels) above {MAX_RESIDUAL_RMS:g} times the estimated noise "

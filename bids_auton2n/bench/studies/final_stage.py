@@ -62,9 +62,9 @@ FLIP_SETS = {"4 flips": PAPER_TTA_FLIPS, "2 flips": TTA_FLIPS, "no TTA": ((),)}
 #: Wiener-stage variants applied to the fused image: name -> keyword arguments of
 #: ``collaborative_wiener`` for each pass (every pass the pilot of the next).
 WIENER_VARIANTS = {
-    "Wiener (default: 2 passes, steps 3 then 2)": [{"step": step} for step in PASS_STEPS],
-    "Wiener, 1 pass (step 2; the default until 2026-12-02)": [{}],
+    "Wiener (default)": [{"step": step} for step in PASS_STEPS],
     "Wiener, 1 pass, step 3": [{"step": 3}],
+    "Wiener, 2 passes, steps 3 then 2": [{"step": 3}, {}],
     "Wiener, 2 passes, steps 2 and 2": [{}, {}],
     "Wiener, 2 passes, steps 3 and 3": [{"step": 3}, {"step": 3}],
     "Wiener, 3 passes, steps 3, 2, 2": [{"step": 3}, {}, {}],
