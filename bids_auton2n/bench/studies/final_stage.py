@@ -90,10 +90,12 @@ def scan_crop(data_dir: Path, name: str, block_mean: int = 1) -> np.ndarray:
     return scan[tuple(slice(b, b + s) for b, s in zip(start, CROP))].copy()
 
 
-def variant_images(noisy: np.ndarray, level: float, white_matter: float,
+def variant_images(clean: np.ndarray, level: float, seed: int,
                    registry: ExpertRegistry) -> tuple[dict[str, np.ndarray], float]:
-    """Every variant's image of ``noisy`` (Rician noise at ``level`` % of ``white_matter``
-    added) and the estimated noise in percent."""
+    """Every variant's image of ``clean`` with Rician noise at ``level`` % of its white matter
+    (the noisy image itself under ``"noisy"``) and the estimated noise in percent."""
+    white_matter = reference_intensity(clean, head_mask(clean), "T1w").intensity
+    noisy = add_rician_noise(clean, level, white_matter, seed)
     noisy_mask = head_mask(noisy)
     noise = estimate_noise(noisy, contrast="T1w", mask=noisy_mask)
     sigma = noise.sigma
@@ -137,9 +139,7 @@ def scores(images: dict[str, np.ndarray], reference: np.ndarray) -> dict[str, fl
 
 def measure(clean: np.ndarray, level: float, seed: int, registry: ExpertRegistry) -> dict:
     """PSNR of every variant on ``clean`` with Rician noise at ``level`` %, and the estimate."""
-    white_matter = reference_intensity(clean, head_mask(clean), "T1w").intensity
-    images, percent = variant_images(add_rician_noise(clean, level, white_matter, seed), level,
-                                     white_matter, registry)
+    images, percent = variant_images(clean, level, seed, registry)
     return {**scores(images, clean), "estimated noise (%)": percent}
 
 
@@ -169,6 +169,7 @@ def main(argv: list[str]) -> int:
                                       for n, c in zip(HEAD_SHAPE, CROP))]
     head_wm = reference_intensity(head, head_mask(head), "T1w").intensity
     own_noise_head = add_rician_noise(head, OWN_NOISE, head_wm, seed=99)
+    textured_head = textured(head, TEXTURE, seed=11)
     # object name -> (the image the noise is added to, {table: the reference scored against})
     objects = {
         "held-out": (real, {f"{HELD_OUT.split('.')[0]} (as acquired, own noise {own:.2f} %)":
@@ -176,8 +177,8 @@ def main(argv: list[str]) -> int:
         "dev": (dev, {f"{DEV_SCAN.split('_T1w')[0]} at 1.4 mm (2x2x2 block means, own noise "
                       f"{own_dev:.2f} %)": dev}),
         "head": (head, {"demo head (clean)": head}),
-        "textured": (textured(head, TEXTURE, seed=11),
-                     {f"demo head with a {TEXTURE:g} % fine texture (clean)": None}),
+        "textured": (textured_head, {f"demo head with a {TEXTURE:g} % fine texture (clean)":
+                                     textured_head}),
         "own noise": (own_noise_head, {
             f"demo head with {OWN_NOISE:g} % noise of its own, scored against the clean head":
                 head,
@@ -186,13 +187,11 @@ def main(argv: list[str]) -> int:
     }
     results = {}
     for base, references in objects.values():
-        white_matter = reference_intensity(base, head_mask(base), "T1w").intensity
         for index, level in enumerate(args.levels):
             start = time.perf_counter()
-            noisy = add_rician_noise(base, level, white_matter, 5000 + 10 * index)
-            images, percent = variant_images(noisy, level, white_matter, registry)
+            images, percent = variant_images(base, level, 5000 + 10 * index, registry)
             for name, reference in references.items():
-                results[(name, level)] = {**scores(images, base if reference is None else reference),
+                results[(name, level)] = {**scores(images, reference),
                                           "estimated noise (%)": percent}
             print(f"[{NAME}] {next(iter(references))} {level:g} %: "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
