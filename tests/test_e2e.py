@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import nibabel as nb
+import numba
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bids_auton2n import __version__
 from bids_auton2n.cli.demo import DEMO_IMAGES
@@ -24,6 +26,7 @@ from bids_auton2n.cli.run import main
 from bids_auton2n.denoise.experts import default_root
 from bids_auton2n.denoise.wiener import PASS_STEPS
 from bids_auton2n.reports.iqms import STRUCTURE_REMOVED_FLAG
+from bids_auton2n.utils.threads import set_threads
 
 SOURCES = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w.nii.gz",
@@ -166,9 +169,17 @@ def test_app_output_matches_denoise_file(app_run, tmp_path):
 
     source = next(s for s in SOURCES if s not in REPEATS)
     stem, suffix = source.split(".")[0].rsplit("_", 1)
-    result = denoise_file(app_run["bids"] / source, tmp_path / "library.nii.gz",
-                          noise_map=tmp_path / "library_residual.nii.gz",
-                          sigma_map=tmp_path / "library_sigma.nii.gz")
+    # With the app's threads per node (--omp-nthreads 1): the CNN's convolutions round
+    # differently with other thread counts on some CPUs (test_determinism.py).
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        set_threads(1)
+        result = denoise_file(app_run["bids"] / source, tmp_path / "library.nii.gz",
+                              noise_map=tmp_path / "library_residual.nii.gz",
+                              sigma_map=tmp_path / "library_sigma.nii.gz")
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
     for desc, library in (("denoised", "library.nii.gz"), ("residual", "library_residual.nii.gz"),
                           ("noise", "library_sigma.nii.gz")):
         app = nb.load(app_run["out"] / f"{stem}_desc-{desc}_{suffix}.nii.gz")

@@ -5,7 +5,8 @@ import pytest
 
 from bids_auton2n.denoise.noise import (
     FLATTEST_FRACTION, NoiseEstimate, _binned_mad, estimate_noise, head_mask, kmeans_1d,
-    load_calibration, noise_pair, otsu_threshold, quantization_step, reference_intensity,
+    load_calibration, noise_pair, noise_pair_values, otsu_threshold, quantization_step,
+    reference_intensity,
 )
 
 # Concentric "head": ventricle, white matter, cortex, skull, scalp fat (outer radii, voxels).
@@ -112,6 +113,8 @@ def test_estimate_with_or_without_a_precomputed_pair_is_identical():
     mask = head_mask(noisy)
     assert estimate_noise(noisy, mask=mask) == estimate_noise(noisy, mask=mask,
                                                               pair=noise_pair(noisy, mask))
+    assert estimate_noise(noisy, mask=mask) == estimate_noise(noisy, mask=mask,
+                                                              pair=noise_pair_values(noisy))
 
 
 @pytest.mark.parametrize("slope, offset", [(1.0, 0.0), (133.88, 0.0), (2.0078, -7.5)])

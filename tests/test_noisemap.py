@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from bids_auton2n.denoise.phantom import synthetic_head
-from bids_auton2n.denoise.noise import estimate_noise, head_mask, noise_pair
+from bids_auton2n.denoise.noise import estimate_noise, head_mask, noise_pair, noise_pair_values
 from bids_auton2n.denoise.noisemap import (
     ADAPTIVE_SPREAD,
     NoiseMap,
     choose_noise_model,
+    lattice_strides,
     local_noise_map,
 )
 
@@ -105,3 +106,37 @@ def test_linear_fits_in_chunks_give_the_same_map(ramp, monkeypatch):
     np.testing.assert_array_equal(chunked.measured, whole.measured)
     assert chunked.spread == whole.spread
 
+
+
+def test_lattice_strides_follow_the_node_budget():
+    small = np.ones((40, 40, 40), bool)  # 64,000 voxels: every voxel
+    assert lattice_strides(small, (1.0, 1.0, 1.0)) == (1, 1, 1)
+    head = np.ones((160, 200, 160), bool)  # 5.1 M voxels: 2 mm has 640,000 nodes, 3 mm 190,000
+    assert lattice_strides(head, (1.0, 1.0, 1.0)) == (3, 3, 3)
+    assert lattice_strides(np.ones((100, 110, 100), bool), (1.0, 1.0, 1.0)) == (2, 2, 2)
+    # In millimetres: thick slices keep every slice, fine in-plane voxels are skipped more.
+    assert lattice_strides(head, (0.5, 0.5, 4.0)) == (6, 6, 1)
+
+
+def test_a_map_on_a_lattice_searches_the_pair_there_only(ramp, monkeypatch):
+    import bids_auton2n.denoise.noisemap as noisemap
+
+    noisy, mask, pair, truth, every_voxel = ramp
+    monkeypatch.setattr(noisemap, "LATTICE_NODES", 5000)  # this small head as a whole one
+    strides = lattice_strides(noisemap.ndi.binary_erosion(mask), (1.0, 1.0, 1.0))
+    assert strides == (3, 3, 3)
+    searched = noise_pair_values(noisy)
+    estimate_noise(noisy, mask=mask, pair=searched)
+    before = searched.searched
+    on_lattice = local_noise_map(noisy, searched, mask)
+    # The same map as from the whole pair, with the pair searched at few voxels beyond the
+    # estimate's (its first pass reads the same lattice).
+    from_whole = local_noise_map(noisy, pair, mask)
+    np.testing.assert_array_equal(on_lattice.sigma, from_whole.sigma)
+    assert searched.searched - before < 0.05 * mask.sum()
+    measured = np.argwhere(on_lattice.measured)
+    assert (measured % 3 == 0).all() and len(measured) > 100
+    # Coarser, it still follows the ramp.
+    ratio = on_lattice.sigma[every_voxel.measured] / truth[every_voxel.measured]
+    assert np.percentile(np.abs(ratio / np.median(ratio) - 1.0), 90) < 0.2
+    assert on_lattice.spread == pytest.approx(every_voxel.spread, abs=0.15)

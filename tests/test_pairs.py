@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bids_auton2n.denoise.pairs import (
-    SEARCH_RADIUS, half_displacements, pair_values_at, synthetic_pair,
+    SEARCH_RADIUS, PairValues, half_displacements, pair_values_at, synthetic_pair,
 )
 
 
@@ -147,3 +147,25 @@ def test_pair_values_at_keep_the_tie_order_on_integer_image():
 def test_pair_values_at_bad_input(points, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pair_values_at(np.zeros((8, 8, 8)), points, **kwargs)
+
+
+def test_pair_values_search_each_voxel_once(random_volume, monkeypatch):
+    import bids_auton2n.denoise.pairs as pairs
+
+    whole = synthetic_pair(random_volume, exclude_centre=True)
+    searched = []
+    real_search = pairs.pair_values_at
+
+    def counting(x, points, **kwargs):
+        searched.append(len(points))
+        return real_search(x, points, **kwargs)
+
+    monkeypatch.setattr(pairs, "pair_values_at", counting)
+    values = PairValues(random_volume, exclude_centre=True)
+    first = np.arange(0, random_volume.size, 5)
+    np.testing.assert_array_equal(values(first), whole.ravel()[first])
+    # Overlapping and repeated indices: only the voxels not read before are searched.
+    again = np.concatenate([first[:10], [3, 3, 4]])
+    np.testing.assert_array_equal(values(again), whole.ravel()[again])
+    assert searched == [first.size, 2] and values.searched == first.size + 2
+    assert values.shape == random_volume.shape

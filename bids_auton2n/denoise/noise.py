@@ -59,7 +59,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._checks import real_volume
-from .pairs import pair_values_at, synthetic_pair
+from .pairs import PairValues, synthetic_pair
 
 #: Contrasts and their BrainWeb reference tissue.
 REFERENCE_TISSUE = {"T1w": "WM", "FLAIR": "brightest brain tissue", "T2w": "CSF", "PDw": "CSF"}
@@ -151,18 +151,37 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[np.argmax(between[:-1]) + 1])
 
 
+def _holes(mask: np.ndarray, structure: np.ndarray, open_axes) -> np.ndarray:
+    """What ``scipy.ndimage.binary_fill_holes(mask, structure)`` adds to ``mask``.
+
+    The background is what of ``~mask`` connects (by ``structure``) to outside the volume
+    across the faces of ``open_axes`` (those along which ``structure`` has neighbours); the
+    rest of ``~mask`` are the holes.  One labelling pass, where scipy dilates from the
+    border until nothing changes (several seconds on a whole head).
+    """
+    labels, count = ndi.label(~mask, structure=structure)
+    if count == 0:
+        return np.zeros(mask.shape, bool)
+    outside = np.zeros(count + 1, bool)
+    for axis in open_axes:
+        for face in (0, -1):
+            outside[np.take(labels, face, axis=axis)] = True
+    outside[0] = True  # label 0 is the mask itself
+    return ~outside[labels]
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """3D hole filling, plus slice-wise filling along each axis.
 
     The slice-wise pass fills a head whose surface leaves the field of view (neck,
     vertex), where the 3D cavity is open to the border.
     """
-    filled = ndi.binary_fill_holes(mask)
+    filled = mask | _holes(mask, ndi.generate_binary_structure(3, 1), range(3))
     for axis in range(3):
         in_plane = np.ones((3, 3, 3), dtype=bool)
         in_plane[(slice(None),) * axis + (0,)] = False
         in_plane[(slice(None),) * axis + (2,)] = False
-        filled |= ndi.binary_fill_holes(mask, structure=in_plane)
+        filled |= _holes(mask, in_plane, [a for a in range(3) if a != axis])
     return filled
 
 
@@ -312,6 +331,11 @@ def noise_pair(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return synthetic_pair(x, exclude_centre=True, mask=mask)
 
 
+def noise_pair_values(x: np.ndarray) -> PairValues:
+    """:func:`noise_pair`, searched only where it is read (and searched there once)."""
+    return PairValues(x, exclude_centre=True)
+
+
 def quantization_step(values: np.ndarray) -> float:
     """Step ``q`` of the lattice ``{k q}`` that ``values`` lie on, or 0 if they are continuous.
 
@@ -425,9 +449,10 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     calibration holds for the defaults only (the other values are for
     ``bids_auton2n-bench noise-estimator-variants``).
 
-    ``pair`` is ``noise_pair(x, mask)``, or None: the pair is then searched only at
-    the voxels the statistic reads (:func:`~.pairs.pair_values_at`, bit-identical
-    values), a few per cent of the head.
+    ``pair`` is ``noise_pair(x, mask)``; or a callable giving its values at flat voxel
+    indices (:func:`noise_pair_values`, whose values other readers of the same pair
+    reuse); or None: the pair is then searched only at the voxels the statistic reads
+    (bit-identical values), a few per cent of the head.
     """
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:
@@ -435,14 +460,13 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     # Flat indices, in the order of np.argwhere: a third of the memory of coordinates.
     index = np.flatnonzero(inner)
 
+    if pair is None:
+        pair = noise_pair_values(x)
+    whole = pair.ravel() if isinstance(pair, np.ndarray) else None
+
     def difference_at(chosen: np.ndarray) -> np.ndarray:
         where = index[chosen]
-        if pair is None:
-            points = np.stack(np.unravel_index(where, x.shape), axis=1)
-            partner = pair_values_at(x, points, exclude_centre=True)
-        else:
-            partner = pair.ravel()[where]
-        return x.ravel()[where] - partner
+        return x.ravel()[where] - (pair(where) if whole is None else whole[where])
 
     on_lattice = np.zeros(x.shape, dtype=bool)
     on_lattice[::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE] = True
@@ -477,7 +501,7 @@ def calibrated_sigma(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
 
 
 def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | None = None,
-                   pair: np.ndarray | None = None) -> NoiseEstimate:
+                   pair=None) -> NoiseEstimate:
     """Auto-N2N noise estimate of a single volume.
 
     Parameters
@@ -488,11 +512,11 @@ def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | N
         Selects the reference tissue of ``percent``.
     mask : numpy.ndarray of bool, optional
         Head foreground; :func:`head_mask` when omitted.
-    pair : numpy.ndarray, optional
-        ``noise_pair(x, mask)`` if already computed; otherwise the pair is searched
-        only at the voxels the statistic reads, with the same result.  A pair made
-        with another ``exclude_centre`` or search window does not match the
-        calibration.
+    pair : numpy.ndarray or PairValues, optional
+        ``noise_pair(x, mask)`` if already computed, or ``noise_pair_values(x)`` to share
+        the searched voxels with other readers; otherwise the pair is searched only at
+        the voxels the statistic reads, with the same result.  A pair made with another
+        ``exclude_centre`` or search window does not match the calibration.
 
     Returns
     -------
@@ -505,10 +529,10 @@ def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | N
     """
     x = _check_volume(x, "estimate_noise")
     mask = head_mask(x) if mask is None else _check_mask(mask, x.shape)
-    if pair is not None:
+    if pair is not None and not isinstance(pair, PairValues):
         pair = np.asarray(pair, dtype=np.float32)
-        if pair.shape != x.shape:
-            raise ValueError(f"pair shape {pair.shape} differs from volume shape {x.shape}")
+    if pair is not None and pair.shape != x.shape:
+        raise ValueError(f"pair shape {pair.shape} differs from volume shape {x.shape}")
     sigma, raw, count = calibrated_sigma(x, pair, mask)
     reference = reference_intensity(x, mask, contrast)
     return NoiseEstimate(

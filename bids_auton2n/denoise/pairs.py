@@ -309,16 +309,55 @@ def _pair_volume(x, mask_u8, search_radius, patch_radius, exclude_centre):
 
 
 @njit(parallel=True, cache=True)
-def _pair_at(x, points, displacements, r, exclude_centre, out):
+def _pair_at(x, points, displacements, radius, r, exclude_centre, out):
     """Per-voxel search at ``points`` with :func:`synthetic_pair`'s conventions.
 
-    The patch distance sums the squared differences along x, then y, then z, as the
-    box sums of :func:`_box_sum_xy` and :func:`_distance` do, so that every float64
-    distance, hence every choice, is bit-identical to the volume-wide scheme.
+    Each point's neighbourhood (search window plus patch, edge-replicated) is copied once;
+    the distances of all candidates then grow together, one patch offset at a time (2x
+    faster than a candidate at a time: no edge clamping in the inner loop, contiguous
+    rows).  Each distance still sums the squared differences along x, then y, then z, as
+    the box sums of :func:`_box_sum_xy` and :func:`_distance` do, so that every float64
+    distance, hence every choice, is bit-identical to the volume-wide scheme (a candidate
+    at ``-d`` has the anchor and partner of ``+d`` swapped: its differences change sign,
+    not their squares).
     """
     nz, ny, nx = x.shape
+    half = radius + r
+    width = 2 * half + 1  # of the copied neighbourhood
+    side = 2 * radius + 1  # of the search window
     for n in prange(points.shape[0]):
         vz, vy, vx = points[n, 0], points[n, 1], points[n, 2]
+        window = np.empty(width * width * width, dtype=np.float64)
+        k = 0
+        for a in range(width):
+            za = _clamp(vz + a - half, nz)
+            for b in range(width):
+                yb = _clamp(vy + b - half, ny)
+                for c in range(width):
+                    window[k] = x[za, yb, _clamp(vx + c - half, nx)]
+                    k += 1
+        # distance[(ez * side + ey) * side + ex]: candidate (ez, ey, ex) - radius.
+        distance = np.zeros(side * side * side, dtype=np.float64)
+        plane = np.empty(distance.size, dtype=np.float64)
+        row = np.empty(distance.size, dtype=np.float64)
+        for tz in range(2 * r + 1):
+            plane[:] = 0.0
+            for ty in range(2 * r + 1):
+                row[:] = 0.0
+                for tx in range(2 * r + 1):
+                    anchor = window[((radius + tz) * width + radius + ty) * width + radius + tx]
+                    for ez in range(side):
+                        for ey in range(side):
+                            start = ((tz + ez) * width + ty + ey) * width + tx
+                            first = (ez * side + ey) * side
+                            for ex in range(side):
+                                diff = anchor - window[start + ex]
+                                row[first + ex] += diff * diff
+                for e in range(row.size):  # loops: array expressions would nest parfors
+                    plane[e] += row[e]
+            for e in range(plane.size):
+                distance[e] += plane[e]
+        centre = window[(half * width + half) * width + half]
         best = np.inf
         value = x[vz, vy, vx]
         for m in range(displacements.shape[0]):
@@ -329,30 +368,9 @@ def _pair_at(x, points, displacements, r, exclude_centre, out):
                 cz, cy, cx = vz + dz, vy + dy, vx + dx
                 if not (0 <= cz < nz and 0 <= cy < ny and 0 <= cx < nx):
                     continue
-                # Anchor p and partner p + d: (v, v + d) for +d, (v - d, v) for -d.
-                if sign == 1:
-                    pz, py, px = vz, vy, vx
-                    ez, ey, ex = dz, dy, dx
-                else:
-                    pz, py, px = cz, cy, cx
-                    ez, ey, ex = -dz, -dy, -dx
-                acc = 0.0
-                for tz in range(-r, r + 1):
-                    za = _clamp(pz + tz, nz)
-                    zb = _clamp(pz + tz + ez, nz)
-                    plane = 0.0
-                    for ty in range(-r, r + 1):
-                        ya = _clamp(py + ty, ny)
-                        yb = _clamp(py + ty + ey, ny)
-                        row = 0.0
-                        for tx in range(-r, r + 1):
-                            diff = np.float64(x[za, ya, _clamp(px + tx, nx)]) - np.float64(
-                                x[zb, yb, _clamp(px + tx + ex, nx)])
-                            row += diff * diff
-                        plane += row
-                    acc += plane
+                acc = distance[((radius + dz) * side + radius + dy) * side + radius + dx]
                 if exclude_centre:
-                    diff = np.float64(x[pz, py, px]) - np.float64(x[pz + ez, py + ey, px + ex])
+                    diff = centre - window[((half + dz) * width + half + dy) * width + half + dx]
                     acc -= diff * diff
                 if acc < best:
                     best = acc
@@ -397,6 +415,50 @@ def pair_values_at(
         raise ValueError("points must lie inside the volume")
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(points.shape[0], dtype=np.float32)
-    _pair_at(x, points, half_displacements(int(search_radius)), int(patch_radius),
-             bool(exclude_centre), out)
+    _pair_at(x, points, half_displacements(int(search_radius)), int(search_radius),
+             int(patch_radius), bool(exclude_centre), out)
     return out
+
+
+class PairValues:
+    """The synthetic pair of one volume, searched voxel by voxel where it is read.
+
+    Values come from :func:`pair_values_at` (bit-identical to :func:`synthetic_pair`)
+    and are remembered, so that several readers of one pair (the noise estimate, the
+    local noise map and its calibration) search each voxel once.  Calling the object
+    with flat voxel indices returns the pair's values there.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        3D finite volume.
+    search_radius, patch_radius, exclude_centre
+        As for :func:`synthetic_pair`.
+    """
+
+    def __init__(self, x: np.ndarray, *, search_radius: int = SEARCH_RADIUS,
+                 patch_radius: int = PATCH_RADIUS, exclude_centre: bool = False):
+        self._x = np.ascontiguousarray(real_volume(x, "PairValues"), dtype=np.float32)
+        self._settings = {"search_radius": search_radius, "patch_radius": patch_radius,
+                          "exclude_centre": exclude_centre}
+        self._values = np.empty(self._x.size, np.float32)
+        self._known = np.zeros(self._x.size, bool)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._x.shape
+
+    @property
+    def searched(self) -> int:
+        """How many voxels have been searched so far."""
+        return int(self._known.sum())
+
+    def __call__(self, flat_index: np.ndarray) -> np.ndarray:
+        """float32 values of the pair at ``flat_index`` (indices into ``x.ravel()``)."""
+        flat_index = np.asarray(flat_index, dtype=np.int64)
+        missing = np.unique(flat_index[~self._known[flat_index]])
+        if missing.size:
+            points = np.stack(np.unravel_index(missing, self.shape), axis=1)
+            self._values[missing] = pair_values_at(self._x, points, **self._settings)
+            self._known[missing] = True
+        return self._values[flat_index]
