@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Callable
 from importlib import resources
 
 import numpy as np
@@ -336,6 +337,24 @@ def noise_pair_values(x: np.ndarray) -> PairValues:
     return PairValues(x, exclude_centre=True)
 
 
+def pair_reader(pair, x: np.ndarray, caller: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The values of ``x``'s noise pair at flat voxel indices, however the pair was given.
+
+    ``pair``: the whole pair (:func:`noise_pair`), a :class:`~.pairs.PairValues` or another
+    callable of flat indices (returned as they are), or None (a new
+    :func:`noise_pair_values`).  A whole pair or a ``PairValues`` of another shape than
+    ``x`` is a ValueError naming ``caller``.
+    """
+    if pair is None:
+        return noise_pair_values(x)
+    if callable(pair):
+        if getattr(pair, "shape", x.shape) != x.shape:
+            raise ValueError(f"{caller}: pair shape {pair.shape} differs from x shape {x.shape}")
+        return pair
+    return real_volume(pair, caller, "pair", shape=x.shape).astype(np.float32, copy=False
+                                                                   ).ravel().__getitem__
+
+
 def quantization_step(values: np.ndarray) -> float:
     """Step ``q`` of the lattice ``{k q}`` that ``values`` lie on, or 0 if they are continuous.
 
@@ -434,7 +453,7 @@ def gradient_magnitude(volume: np.ndarray) -> np.ndarray:
     return np.sqrt(total, out=total)
 
 
-def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray, *,
+def raw_noise_statistic(x: np.ndarray, pair, mask: np.ndarray, *,
                         flattest_fraction: float = FLATTEST_FRACTION,
                         flatness_smoothing: float = FLATNESS_SMOOTHING) -> tuple[float, float, int]:
     """Uncorrected spread of ``x - pair`` on the flat, high-SNR voxels of ``mask``.
@@ -452,7 +471,7 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     ``pair`` is ``noise_pair(x, mask)``; or a callable giving its values at flat voxel
     indices (:func:`noise_pair_values`, whose values other readers of the same pair
     reuse); or None: the pair is then searched only at the voxels the statistic reads
-    (bit-identical values), a few per cent of the head.
+    (bit-identical values), a few per cent of the head (:func:`pair_reader`).
     """
     inner = ndi.binary_erosion(mask)
     if inner.sum() < 100:
@@ -460,13 +479,11 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     # Flat indices, in the order of np.argwhere: a third of the memory of coordinates.
     index = np.flatnonzero(inner)
 
-    if pair is None:
-        pair = noise_pair_values(x)
-    whole = pair.ravel() if isinstance(pair, np.ndarray) else None
+    partner = pair_reader(pair, x, "raw_noise_statistic")
 
     def difference_at(chosen: np.ndarray) -> np.ndarray:
         where = index[chosen]
-        return x.ravel()[where] - (pair(where) if whole is None else whole[where])
+        return x.ravel()[where] - partner(where)
 
     on_lattice = np.zeros(x.shape, dtype=bool)
     on_lattice[::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE, ::FIRST_PASS_STRIDE] = True
@@ -485,7 +502,7 @@ def raw_noise_statistic(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
     return (_mad_spread(difference_at(flat)), float(np.median(x[inner][flat])), int(flat.sum()))
 
 
-def calibrated_sigma(x: np.ndarray, pair: np.ndarray | None, mask: np.ndarray
+def calibrated_sigma(x: np.ndarray, pair, mask: np.ndarray
                      ) -> tuple[float, float, int]:
     """The noise sigma of :func:`estimate_noise` without its reference tissue.
 
@@ -529,10 +546,6 @@ def estimate_noise(x: np.ndarray, *, contrast: str = "T1w", mask: np.ndarray | N
     """
     x = _check_volume(x, "estimate_noise")
     mask = head_mask(x) if mask is None else _check_mask(mask, x.shape)
-    if pair is not None and not isinstance(pair, PairValues):
-        pair = np.asarray(pair, dtype=np.float32)
-    if pair is not None and pair.shape != x.shape:
-        raise ValueError(f"pair shape {pair.shape} differs from volume shape {x.shape}")
     sigma, raw, count = calibrated_sigma(x, pair, mask)
     reference = reference_intensity(x, mask, contrast)
     return NoiseEstimate(
