@@ -46,9 +46,11 @@ BLOCK = 4
 #: Blocks per group (a power of two: the group transform is a Haar transform).
 GROUP_SIZE = 8
 _INV_SQRT2 = 1.0 / np.sqrt(2.0)
-#: Half-width of the block-matching window (block corners within +-radius voxels): on the
-#: held-out real scan radius 2 gave the PSNR of radius 3 to within 0.01 dB at 0.65 x the cost.
-SEARCH_RADIUS = 2
+#: Half-width of the block-matching window (block corners within +-radius voxels).  Radius 3
+#: against 2 in the final-stage study (3 and 7 % noise): +0.07 to +0.46 dB on its three
+#: synthetic objects with a known truth, +0.00 to +0.01 dB on the two real scans, 1.5 x the
+#: stage's time (docs/final-stage.md); radius 4 at step 3 lost 0.06 dB on the real scans.
+SEARCH_RADIUS = 3
 #: Spacing of the reference blocks (voxels).
 STEP = 2
 #: Reference-block spacing of each pass of the pipeline's Wiener stage

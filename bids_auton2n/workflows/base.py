@@ -696,7 +696,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                   noise_model="global", pair_source="auto") -> str:
     """Methods text of :func:`init_denoise_wf` built with these options."""
     from ..denoise.guard import MAX_RESIDUAL_RMS
-    from ..denoise.wiener import BLOCK, GROUP_SIZE
+    from ..denoise.wiener import BLOCK, GROUP_SIZE, SEARCH_RADIUS
     from ..utils.io import KEPT_FROM_SOURCE
 
     if noise_level is not None:
@@ -762,7 +762,8 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
         text.append("The image was then re-estimated from the noisy data by a collaborative "
                     "Wiener filter, the second step of BM4D [@maggioni2013], with that image as "
                     f"its pilot: blocks of {BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by "
-                    f"similarity in the pilot ({GROUP_SIZE} per group), and each coefficient of "
+                    f"similarity in the pilot ({GROUP_SIZE} per group, searched within "
+                    f"{SEARCH_RADIUS} voxels), and each coefficient of "
                     "their 3D discrete cosine and group transforms was scaled by the Wiener gain "
                     "the pilot gives it; block means were kept from the pilot.")
     if guard:
