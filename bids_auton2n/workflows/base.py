@@ -763,7 +763,7 @@ def _denoise_desc(*, tta, fusion, guard, wiener, noise_level, expert, blend, fin
                     "Wiener filter, the second step of BM4D [@maggioni2013], with that image as "
                     f"its pilot: blocks of {BLOCK}x{BLOCK}x{BLOCK} voxels were grouped by "
                     f"similarity in the pilot ({GROUP_SIZE} per group, searched within "
-                    f"{SEARCH_RADIUS} voxels), and each coefficient of "
+                    f"±{SEARCH_RADIUS} voxels), and each coefficient of "
                     "their 3D discrete cosine and group transforms was scaled by the Wiener gain "
                     "the pilot gives it; block means were kept from the pilot.")
     if guard:
